@@ -1,0 +1,165 @@
+"""Model configuration: a typed dataclass, validated once, that round-trips to JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["MemorizingTransformerConfig", "KNN_GATES"]
+
+KNN_GATES = ("sigmoid", "joint")
+
+
+def _int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _layers(name: str, value: Any, depth: int) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        layers = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of layer numbers, got {value!r}") from None
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"{name} must hold ints, got {layer!r}")
+        if not 1 <= layer <= depth:
+            raise ValueError(f"{name} must be layer numbers in 1..depth={depth}, got {layer}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"{name} must not repeat a layer, got {layers}")
+    return tuple(sorted(layers))
+
+
+@dataclass(frozen=True)
+class MemorizingTransformerConfig:
+    """Every hyperparameter of a ``MemorizingTransformer``.
+
+    Layers are numbered from 1 (the first block) to ``depth``, as in the seed.
+
+    Args:
+        num_tokens: vocabulary size.
+        dim: model width.
+        depth: number of blocks.
+        heads: query heads per attention layer.
+        dim_head: width of each head.
+        kv_heads: key/value heads (1 = multi-query; must divide ``heads``).
+        ff_mult: feed-forward hidden width as a multiple of ``dim``.
+        attn_dropout, ff_dropout: dropout probabilities.
+        memorizing_layers: layers with a kNN memory. ``None`` picks the layer three
+            quarters up the stack (the paper's layer 9 of 12); ``()`` means none.
+        max_knn_memories: kNN memory capacity per stream (FIFO beyond it).
+        num_retrieved_memories: neighbours k retrieved per query.
+        knn_gate: ``"sigmoid"``: separate softmaxes for local and memory attention,
+            mixed by a learned per-head gate (the paper). ``"joint"``: one softmax
+            over local and retrieved logits (the reference PyTorch code).
+        knn_temperature_init: initial inverse temperature of the cosine-similarity
+            logits in memorizing layers.
+        xl_max_memories: tokens of Transformer-XL cache per layer (0 = no cache).
+        xl_memory_layers: layers with an XL cache. ``None`` means every layer when
+            ``xl_max_memories > 0``.
+        clear_memories_on_sos_token_id: token that starts a document.
+        clear_memories_on_eos_token_id: token that ends a document.
+        pad_id: padding token: never attended to, never stored, ignored by the loss.
+        rel_pos_num_buckets, rel_pos_max_distance: T5 relative position bias.
+    """
+
+    num_tokens: int
+    dim: int = 512
+    depth: int = 8
+    heads: int = 8
+    dim_head: int = 64
+    kv_heads: int = 1
+    ff_mult: int = 4
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    memorizing_layers: tuple[int, ...] | None = None
+    max_knn_memories: int = 16384
+    num_retrieved_memories: int = 32
+    knn_gate: Literal["sigmoid", "joint"] = "sigmoid"
+    knn_temperature_init: float = 10.0
+    xl_max_memories: int = 0
+    xl_memory_layers: tuple[int, ...] | None = None
+    clear_memories_on_sos_token_id: int | None = None
+    clear_memories_on_eos_token_id: int | None = None
+    pad_id: int | None = None
+    rel_pos_num_buckets: int = 32
+    rel_pos_max_distance: int = 128
+
+    def __post_init__(self) -> None:
+        _int("num_tokens", self.num_tokens, minimum=1)
+        for name in ("dim", "depth", "heads", "dim_head", "kv_heads", "ff_mult", "max_knn_memories",
+                     "num_retrieved_memories", "rel_pos_num_buckets", "rel_pos_max_distance"):
+            _int(name, getattr(self, name), minimum=1)
+        _int("xl_max_memories", self.xl_max_memories, minimum=0)
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads must divide heads, got heads={self.heads}, kv_heads={self.kv_heads}")
+        for name in ("attn_dropout", "ff_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+        if self.knn_gate not in KNN_GATES:
+            raise ValueError(f"knn_gate must be one of {KNN_GATES}, got {self.knn_gate!r}")
+        if not isinstance(self.knn_temperature_init, (int, float)) or self.knn_temperature_init <= 0:
+            raise ValueError(f"knn_temperature_init must be a positive number, got {self.knn_temperature_init!r}")
+        if self.num_retrieved_memories > self.max_knn_memories:
+            raise ValueError(
+                f"num_retrieved_memories ({self.num_retrieved_memories}) must not exceed "
+                f"max_knn_memories ({self.max_knn_memories})"
+            )
+        memorizing = (max(1, (3 * self.depth) // 4),) if self.memorizing_layers is None else self.memorizing_layers
+        object.__setattr__(self, "memorizing_layers", _layers("memorizing_layers", memorizing, self.depth))
+        if self.xl_memory_layers is None:
+            xl_layers: Any = range(1, self.depth + 1) if self.xl_max_memories > 0 else ()
+        else:
+            xl_layers = self.xl_memory_layers
+        xl_layers = _layers("xl_memory_layers", xl_layers, self.depth)
+        if xl_layers and self.xl_max_memories == 0:
+            raise ValueError("xl_memory_layers were given but xl_max_memories is 0")
+        object.__setattr__(self, "xl_memory_layers", xl_layers)
+        for name in ("clear_memories_on_sos_token_id", "clear_memories_on_eos_token_id", "pad_id"):
+            value = getattr(self, name)
+            if value is not None:
+                _int(name, value, minimum=0)
+                if value >= self.num_tokens:
+                    raise ValueError(f"{name} must be a token id below num_tokens={self.num_tokens}, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemorizingTransformerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        data = dict(data)
+        for name in ("memorizing_layers", "xl_memory_layers"):
+            if isinstance(data.get(name), list):
+                data[name] = tuple(data[name])
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> MemorizingTransformerConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model config not found: {path}") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model config {path} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"model config {path} must hold a JSON object")
+        return cls.from_dict(data)

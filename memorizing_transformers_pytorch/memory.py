@@ -1,0 +1,310 @@
+"""External kNN memory: one FIFO ring buffer of (key, value) pairs per document stream.
+
+Shapes used throughout:
+    B  number of streams (``num_indices``; the batch size)
+    H  key/value heads sharing the memory (``heads``; 1 for the seed's API)
+    M  capacity per stream and head (``max_memories``)
+    N  new pairs per ``add``
+    Q  queries per stream and head
+    D  feature dimension (``dim``)
+    k  neighbours returned per query (``topk``)
+
+Storage is plain torch tensors on the device of the first data added, so search
+runs where the model runs and nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["KNNMemory", "KNNMemoryList"]
+
+# Score blocks are at most this many elements (float32: 32 MiB), which bounds
+# the extra memory a search needs whatever the memory size.
+_SCORE_BLOCK_ELEMENTS = 1 << 23
+_MEMORY_BLOCK = 16384
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+class KNNMemory:
+    """Per-stream FIFO memory of (key, value) pairs with exact top-k inner-product search.
+
+    Args:
+        dim: feature dimension D of keys and values.
+        max_memories: capacity M of each stream. When a stream is full, each new
+            pair overwrites that stream's oldest pair.
+        num_indices: number of streams B (the batch size); stream ``b`` belongs to
+            batch row ``b``.
+        heads: number of key/value heads H stored side by side per stream. With
+            ``heads == 1`` the head axis may be left out of every call.
+
+    Raises:
+        TypeError, ValueError: for arguments of the wrong type or range.
+    """
+
+    def __init__(self, dim: int, max_memories: int, num_indices: int, *, heads: int = 1) -> None:
+        self.dim = _check_positive_int("dim", dim)
+        self.max_memories = _check_positive_int("max_memories", max_memories)
+        self.num_indices = _check_positive_int("num_indices", num_indices)
+        self.heads = _check_positive_int("heads", heads)
+        # Allocated on the first add, on that data's device and dtype.
+        self.keys: Tensor | None = None  # (B, H, M, D)
+        self.values: Tensor | None = None  # (B, H, M, D)
+        self.count = torch.zeros(num_indices, dtype=torch.long)  # (B,) pairs held
+        self.write_index = torch.zeros(num_indices, dtype=torch.long)  # (B,) next slot
+
+    def __repr__(self) -> str:
+        return (
+            f"KNNMemory(dim={self.dim}, max_memories={self.max_memories}, "
+            f"num_indices={self.num_indices}, heads={self.heads}, held={self.count.tolist()})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.count.device
+
+    # ------------------------------------------------------------------ add
+    def add(self, memories: Tensor, mask: Tensor | None = None) -> None:
+        """Append pairs to each stream, overwriting that stream's oldest pairs when full.
+
+        Args:
+            memories: ``(B, N, 2, D)`` (key | value), or ``(B, H, N, 2, D)``.
+            mask: optional ``(B, N)`` bool; only pairs where it is True are stored
+                (in order), so each stream may receive a different number.
+                If a stream receives more than M pairs, its newest M are kept.
+
+        Raises:
+            TypeError, ValueError: wrong dtype, shape or non-finite values. The
+                memory is unchanged when an error is raised.
+        """
+        memories = self._as_5d(memories, "memories")
+        if memories.shape[-2] != 2:
+            raise ValueError(f"memories must hold (key, value) pairs on dim -2 (size 2), got shape {tuple(memories.shape)}")
+        B, H, N, _, D = memories.shape
+        if mask is None:
+            mask = torch.ones(B, N, dtype=torch.bool, device=memories.device)
+        else:
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                raise TypeError("mask must be a bool tensor")
+            if mask.shape != (B, N):
+                raise ValueError(f"mask must have shape {(B, N)}, got {tuple(mask.shape)}")
+            mask = mask.to(memories.device)
+        if not torch.isfinite(memories).all():
+            raise ValueError("memories contain NaN or infinite values")
+
+        memories = memories.detach()
+        if self.keys is None:
+            self._allocate(memories.device, memories.dtype)
+        assert self.keys is not None and self.values is not None
+        memories = memories.to(device=self.keys.device, dtype=self.keys.dtype)
+        mask = mask.to(self.keys.device)
+        M = self.max_memories
+
+        rank = mask.cumsum(1) - 1  # (B, N) order of each kept pair within its stream
+        num_new = mask.sum(1)  # (B,)
+        keep = mask & (rank >= (num_new - M).unsqueeze(1))
+        slot = (self.write_index.unsqueeze(1) + rank) % M  # (B, N)
+        rows, cols = keep.nonzero(as_tuple=True)
+        slots = slot[rows, cols]
+        # advanced indices around a slice put the indexed axis first: (K, H, D)
+        self.keys[rows, :, slots] = memories[rows, :, cols, 0]
+        self.values[rows, :, slots] = memories[rows, :, cols, 1]
+        self.write_index = (self.write_index + num_new) % M
+        self.count = torch.clamp(self.count + num_new, max=M)
+
+    def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (self.num_indices, self.heads, self.max_memories, self.dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.count = self.count.to(device)
+        self.write_index = self.write_index.to(device)
+
+    # ---------------------------------------------------------------- clear
+    def clear(self, batch_indices: int | Sequence[int] | Tensor | None = None) -> None:
+        """Forget everything held by the given streams (all streams when None).
+
+        Args:
+            batch_indices: an int, a sequence of ints, an integer tensor of stream
+                indices, or a ``(B,)`` bool tensor selecting streams.
+
+        Raises:
+            TypeError, ValueError: indices that are not integers or out of range.
+        """
+        rows = self._rows(batch_indices)
+        self.count[rows] = 0
+        self.write_index[rows] = 0
+
+    def _rows(self, batch_indices: int | Sequence[int] | Tensor | None) -> Tensor:
+        B = self.num_indices
+        if batch_indices is None:
+            return torch.arange(B, device=self.device)
+        if isinstance(batch_indices, Tensor):
+            if batch_indices.dtype == torch.bool:
+                if batch_indices.shape != (B,):
+                    raise ValueError(f"a bool batch mask must have shape ({B},), got {tuple(batch_indices.shape)}")
+                return batch_indices.to(self.device).nonzero(as_tuple=True)[0]
+            if batch_indices.is_floating_point() or batch_indices.is_complex():
+                raise TypeError(f"batch indices must be integers, got {batch_indices.dtype}")
+            rows = batch_indices.reshape(-1).to(device=self.device, dtype=torch.long)
+        else:
+            items = [batch_indices] if isinstance(batch_indices, int) else list(batch_indices)
+            for item in items:
+                if isinstance(item, bool) or not isinstance(item, int):
+                    raise TypeError(f"batch indices must be ints, got {item!r}")
+            rows = torch.tensor(items, dtype=torch.long, device=self.device)
+        if rows.numel() and (rows.min() < -B or rows.max() >= B):
+            raise ValueError(f"batch indices must be in [0, {B}), got {rows.tolist()}")
+        return rows % B
+
+    # --------------------------------------------------------------- search
+    @torch.no_grad()
+    def search(self, queries: Tensor, topk: int) -> tuple[Tensor, Tensor]:
+        """Exact maximum-inner-product search in each stream's own memory.
+
+        Args:
+            queries: ``(B, ..., D)``; with ``heads > 1``, ``(B, H, ..., D)``.
+            topk: number k of pairs to return per query.
+
+        Returns:
+            key_values: ``(B, ..., k, 2, D)`` the k pairs with the largest
+                ``query . key``, best first, each key with its own value.
+            mask: ``(B, ..., k)`` bool, False where the stream holds fewer than k
+                pairs; those slots are zero-filled.
+
+        Raises:
+            TypeError, ValueError: wrong shape, dtype or non-finite queries.
+        """
+        topk = _check_positive_int("topk", topk)
+        if not isinstance(queries, Tensor) or not queries.is_floating_point():
+            raise TypeError("queries must be a floating point tensor")
+        if queries.ndim < 2 or queries.shape[0] != self.num_indices or queries.shape[-1] != self.dim:
+            raise ValueError(
+                f"queries must have shape ({self.num_indices}, ..., {self.dim}), got {tuple(queries.shape)}"
+            )
+        if self.heads > 1 and (queries.ndim < 3 or queries.shape[1] != self.heads):
+            raise ValueError(
+                f"queries must have shape ({self.num_indices}, {self.heads}, ..., {self.dim}), got {tuple(queries.shape)}"
+            )
+        if not torch.isfinite(queries).all():
+            raise ValueError("queries contain NaN or infinite values")
+
+        lead = queries.shape[:-1]
+        B, H, D = self.num_indices, self.heads, self.dim
+        q = queries.reshape(B, H, -1, D)  # (B, H, Q, D)
+        Q = q.shape[2]
+        out_dtype = self.keys.dtype if self.keys is not None else queries.dtype
+        key_values = torch.zeros(B, H, Q, topk, 2, D, dtype=out_dtype, device=queries.device)
+        found = torch.zeros(B, H, Q, topk, dtype=torch.bool, device=queries.device)
+        held = int(self.count.max()) if self.keys is not None else 0
+        if held > 0 and Q > 0:
+            assert self.keys is not None and self.values is not None
+            q = q.to(device=self.keys.device, dtype=self.keys.dtype)
+            scores, index = self._exact_topk(q, min(topk, held))  # (B, H, Q, k')
+            k_found = index.shape[-1]
+            valid = scores > float("-inf")
+            flat = (torch.arange(B * H, device=index.device).view(B, H, 1, 1) * self.max_memories + index).reshape(-1)
+            keys = self.keys.reshape(-1, D).index_select(0, flat).view(B, H, Q, k_found, D)
+            values = self.values.reshape(-1, D).index_select(0, flat).view(B, H, Q, k_found, D)
+            pairs = torch.stack((keys, values), dim=-2) * valid[..., None, None]
+            key_values[:, :, :, :k_found] = pairs.to(key_values.device)
+            found[:, :, :, :k_found] = valid.to(found.device)
+        return key_values.view(*lead, topk, 2, D), found.view(*lead, topk)
+
+    def _exact_topk(self, q: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Blocked exact top-k: never holds more than one score block at a time.
+
+        Args:
+            q: ``(B, H, Q, D)`` in the storage dtype.
+        Returns:
+            scores, index: ``(B, H, Q, k)``; empty slots score ``-inf``.
+        """
+        assert self.keys is not None
+        B, H, Q, _ = q.shape
+        held = int(self.count.max())
+        mem_block = min(held, _MEMORY_BLOCK)
+        q_block = max(1, min(Q, _SCORE_BLOCK_ELEMENTS // (B * H * mem_block)))
+        slot_ids = torch.arange(held, device=q.device)
+        empty = slot_ids.view(1, 1, 1, held) >= self.count.view(B, 1, 1, 1)  # (B, 1, 1, held)
+        best_scores = []
+        best_index = []
+        for q_start in range(0, Q, q_block):
+            q_part = q[:, :, q_start : q_start + q_block]
+            top_s: Tensor | None = None
+            top_i: Tensor | None = None
+            for m_start in range(0, held, mem_block):
+                m_end = min(held, m_start + mem_block)
+                scores = torch.matmul(q_part, self.keys[:, :, m_start:m_end].transpose(-1, -2)).float()
+                scores.masked_fill_(empty[..., m_start:m_end], float("-inf"))
+                s, i = scores.topk(min(k, m_end - m_start), dim=-1)
+                i = i + m_start
+                if top_s is not None:
+                    assert top_i is not None
+                    s, j = torch.cat((top_s, s), dim=-1).topk(k, dim=-1)
+                    i = torch.cat((top_i, i), dim=-1).gather(-1, j)
+                top_s, top_i = s, i
+            assert top_s is not None and top_i is not None
+            best_scores.append(top_s)
+            best_index.append(top_i)
+        return torch.cat(best_scores, dim=2), torch.cat(best_index, dim=2)
+
+    # --------------------------------------------------------------- helpers
+    def _as_5d(self, memories: Tensor, name: str) -> Tensor:
+        if not isinstance(memories, Tensor) or not memories.is_floating_point():
+            raise TypeError(f"{name} must be a floating point tensor, got {type(memories).__name__}"
+                            + (f" of dtype {memories.dtype}" if isinstance(memories, Tensor) else ""))
+        if memories.ndim == 4 and self.heads == 1:
+            memories = memories.unsqueeze(1)
+        expected = f"({self.num_indices}, N, 2, {self.dim})" if self.heads == 1 else ""
+        expected5 = f"({self.num_indices}, {self.heads}, N, 2, {self.dim})"
+        if memories.ndim != 5 or memories.shape[0] != self.num_indices or memories.shape[1] != self.heads or memories.shape[-1] != self.dim:
+            options = f"{expected} or {expected5}" if expected else expected5
+            raise ValueError(f"{name} must have shape {options}, got {tuple(memories.shape)}")
+        return memories
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors that fully describe the memory (for checkpoints)."""
+        state = {"count": self.count, "write_index": self.write_index}
+        if self.keys is not None and self.values is not None:
+            state |= {"keys": self.keys, "values": self.values}
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        B, H, M, D = self.num_indices, self.heads, self.max_memories, self.dim
+        if state["count"].shape != (B,) or state["write_index"].shape != (B,):
+            raise ValueError(f"memory state is for {state['count'].shape[0]} streams, this memory has {B}")
+        if "keys" in state and state["keys"].shape != (B, H, M, D):
+            raise ValueError(f"memory keys must have shape {(B, H, M, D)}, got {tuple(state['keys'].shape)}")
+        self.count = state["count"].clone().long()
+        self.write_index = state["write_index"].clone().long()
+        if "keys" in state:
+            self.keys = state["keys"].clone()
+            self.values = state["values"].clone()
+            self.count = self.count.to(self.keys.device)
+            self.write_index = self.write_index.to(self.keys.device)
+
+
+class KNNMemoryList(list):
+    """The memories of a model's memorizing layers, one ``KNNMemory`` per layer."""
+
+    def __init__(self, memories: Iterable[KNNMemory] = ()) -> None:
+        super().__init__(memories)
+        for memory in self:
+            if not isinstance(memory, KNNMemory):
+                raise TypeError(f"KNNMemoryList holds KNNMemory objects, got {type(memory).__name__}")
+
+    def clear_memory(self, batch_indices: int | Sequence[int] | Tensor | None = None) -> None:
+        """Clear the given streams (all when None) in every layer's memory."""
+        for memory in self:
+            memory._rows(batch_indices)  # validate everywhere before changing anything
+        for memory in self:
+            memory.clear(batch_indices)

@@ -1,0 +1,17 @@
+import pytest
+import torch
+
+from memorizing_transformers_pytorch import MemorizingTransformer
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_model(**overrides) -> MemorizingTransformer:
+    """A tiny CPU model; overrides are config fields."""
+    config = dict(num_tokens=32, dim=32, depth=3, heads=4, dim_head=8, memorizing_layers=(2,),
+                  max_knn_memories=64, num_retrieved_memories=4)
+    config.update(overrides)
+    return MemorizingTransformer(**config).eval()

@@ -1,0 +1,202 @@
+"""KNNMemory against a brute-force reference: FIFO rings, per-row independence, exact top-k."""
+
+from collections import deque
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memorizing_transformers_pytorch import KNNMemory, KNNMemoryList
+from memorizing_transformers_pytorch import memory as memory_module
+
+
+class BruteForceMemory:
+    """Obviously correct: one deque of (key, value) per row, full sort on search."""
+
+    def __init__(self, max_memories, rows):
+        self.rows = [deque(maxlen=max_memories) for _ in range(rows)]
+
+    def add(self, pairs, mask):
+        for row, items in enumerate(self.rows):
+            for i in range(pairs.shape[1]):
+                if mask[row, i]:
+                    items.append((pairs[row, i, 0], pairs[row, i, 1]))
+
+    def clear(self, rows):
+        for row in rows:
+            self.rows[row].clear()
+
+    def top_scores(self, row, query, k):
+        scores = sorted((float(query @ key) for key, _ in self.rows[row]), reverse=True)
+        return scores[:k]
+
+
+def check_against(memory, reference, queries, topk):
+    key_values, mask = memory.search(queries, topk)
+    assert key_values.shape == (*queries.shape[:-1], topk, 2, memory.dim)
+    assert mask.shape == (*queries.shape[:-1], topk)
+    for row, items in enumerate(reference.rows):
+        assert int(memory.count[row]) == len(items)
+        stored = {tuple(key.tolist()): value for key, value in items}
+        for qi in range(queries.shape[1]):
+            expected = reference.top_scores(row, queries[row, qi], topk)
+            found = int(mask[row, qi].sum())
+            assert found == len(expected)
+            assert mask[row, qi, :found].all()  # valid slots come first
+            assert (key_values[row, qi, found:] == 0).all()  # the rest are zero-filled
+            got_keys = key_values[row, qi, :found, 0]
+            torch.testing.assert_close(got_keys @ queries[row, qi], torch.tensor(expected), rtol=0, atol=1e-5)
+            for key, value in zip(got_keys, key_values[row, qi, :found, 1]):
+                assert torch.equal(stored[tuple(key.tolist())], value)  # each key with its own value
+
+
+operation = st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 12), st.integers(0, 2**31 - 1)),
+    st.tuples(st.just("clear"), st.lists(st.integers(0, 2), max_size=3), st.just(0)),
+    st.tuples(st.just("search"), st.integers(1, 9), st.integers(0, 2**31 - 1)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(max_memories=st.integers(1, 10), operations=st.lists(operation, max_size=25))
+def test_random_add_clear_search_matches_brute_force(max_memories, operations):
+    rows, dim = 3, 4
+    memory = KNNMemory(dim=dim, max_memories=max_memories, num_indices=rows)
+    reference = BruteForceMemory(max_memories, rows)
+    for kind, arg, seed in operations:
+        generator = torch.Generator().manual_seed(seed)
+        if kind == "add":
+            pairs = torch.randn(rows, arg, 2, dim, generator=generator)
+            mask = torch.rand(rows, arg, generator=generator) < 0.8
+            memory.add(pairs, mask=mask)
+            reference.add(pairs, mask)
+        elif kind == "clear":
+            memory.clear(arg)
+            reference.clear(arg)
+        else:
+            queries = torch.randn(rows, 3, dim, generator=generator)
+            check_against(memory, reference, queries, arg)
+
+
+def test_blocked_search_is_exact(monkeypatch):
+    """Small blocks force many query and memory blocks and the running top-k merge."""
+    monkeypatch.setattr(memory_module, "_MEMORY_BLOCK", 7)
+    monkeypatch.setattr(memory_module, "_SCORE_BLOCK_ELEMENTS", 50)
+    memory = KNNMemory(dim=8, max_memories=40, num_indices=2)
+    reference = BruteForceMemory(40, 2)
+    for _ in range(3):
+        pairs = torch.randn(2, 17, 2, 8)
+        memory.add(pairs)
+        reference.add(pairs, torch.ones(2, 17, dtype=torch.bool))
+        check_against(memory, reference, torch.randn(2, 11, 8), 5)
+
+
+def test_fifo_overwrites_oldest_one_by_one():
+    memory = KNNMemory(dim=1, max_memories=4, num_indices=1)
+    for i in range(6):
+        memory.add(torch.full((1, 1, 2, 1), float(i + 1)))
+    kv, mask = memory.search(torch.ones(1, 1, 1), topk=4)
+    assert sorted(kv[0, 0, :, 0, 0].tolist()) == [3.0, 4.0, 5.0, 6.0]
+
+
+def test_chunk_longer_than_memory_keeps_newest():
+    memory = KNNMemory(dim=1, max_memories=3, num_indices=1)
+    memory.add(torch.arange(1.0, 8.0).view(1, 7, 1, 1).expand(1, 7, 2, 1))
+    kv, mask = memory.search(torch.ones(1, 1, 1), topk=3)
+    assert kv[0, 0, :, 0, 0].tolist() == [7.0, 6.0, 5.0]
+
+
+def test_rows_are_independent():
+    memory = KNNMemory(dim=2, max_memories=8, num_indices=2)
+    memory.add(torch.randn(2, 5, 2, 2))
+    before = memory.search(torch.randn(2, 3, 2), topk=2)
+    memory.clear([1])
+    kv, mask = memory.search(torch.randn(2, 3, 2), topk=2)
+    assert mask[0].all() and not mask[1].any()
+    assert memory.count.tolist() == [5, 0]
+    assert before[1].all()
+
+
+def test_multi_head_memory_searches_each_head_separately():
+    memory = KNNMemory(dim=2, max_memories=4, num_indices=1, heads=2)
+    pairs = torch.zeros(1, 2, 1, 2, 2)
+    pairs[0, 0, 0, :, 0] = 1.0  # head 0 holds e0
+    pairs[0, 1, 0, :, 1] = 1.0  # head 1 holds e1
+    memory.add(pairs)
+    kv, mask = memory.search(torch.ones(1, 2, 1, 2), topk=1)
+    assert kv.shape == (1, 2, 1, 1, 2, 2)
+    assert kv[0, 0, 0, 0, 0].tolist() == [1.0, 0.0]
+    assert kv[0, 1, 0, 0, 0].tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_storage_and_search(dtype):
+    memory = KNNMemory(dim=16, max_memories=64, num_indices=2)
+    pairs = torch.randn(2, 40, 2, 16).to(dtype)
+    memory.add(pairs)
+    kv, mask = memory.search(torch.randn(2, 5, 16, dtype=dtype), topk=8)
+    assert kv.dtype == dtype and mask.all()
+    memory.add(torch.randn(2, 3, 2, 16))  # float32 data is stored in the memory's dtype
+    assert memory.keys.dtype == dtype
+
+
+def test_clear_memory_on_list_clears_every_layer():
+    memories = KNNMemoryList(KNNMemory(dim=2, max_memories=4, num_indices=2) for _ in range(2))
+    for memory in memories:
+        memory.add(torch.randn(2, 3, 2, 2))
+    memories.clear_memory([0])
+    assert [m.count.tolist() for m in memories] == [[0, 3], [0, 3]]
+
+
+def test_state_dict_round_trip():
+    memory = KNNMemory(dim=3, max_memories=5, num_indices=2)
+    memory.add(torch.randn(2, 7, 2, 3))
+    copy = KNNMemory(dim=3, max_memories=5, num_indices=2)
+    copy.load_state_dict(memory.state_dict())
+    queries = torch.randn(2, 4, 3)
+    for a, b in zip(memory.search(queries, 3), copy.search(queries, 3)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda m: m.add(torch.randn(3, 4, 2, 8)), ValueError),  # wrong batch
+        (lambda m: m.add(torch.randn(2, 4, 3, 8)), ValueError),  # not key | value
+        (lambda m: m.add(torch.randn(2, 4, 2, 7)), ValueError),  # wrong dim
+        (lambda m: m.add(torch.randn(2, 4, 8)), ValueError),  # wrong rank
+        (lambda m: m.add(torch.ones(2, 4, 2, 8, dtype=torch.long)), TypeError),
+        (lambda m: m.add(torch.full((2, 4, 2, 8), float("nan"))), ValueError),
+        (lambda m: m.add(torch.randn(2, 4, 2, 8), mask=torch.ones(2, 3, dtype=torch.bool)), ValueError),
+        (lambda m: m.search(torch.randn(2, 4, 7), topk=2), ValueError),
+        (lambda m: m.search(torch.randn(3, 4, 8), topk=2), ValueError),
+        (lambda m: m.search(torch.randn(2, 4, 8), topk=0), ValueError),
+        (lambda m: m.search(torch.full((2, 4, 8), float("nan")), topk=2), ValueError),
+        (lambda m: m.clear([5]), ValueError),
+        (lambda m: m.clear([0.5]), TypeError),
+    ],
+)
+def test_bad_input_raises_and_leaves_memory_unchanged(call, error):
+    memory = KNNMemory(dim=8, max_memories=6, num_indices=2)
+    memory.add(torch.randn(2, 4, 2, 8))
+    before = {name: t.clone() for name, t in memory.state_dict().items()}
+    with pytest.raises(error):
+        call(memory)
+    for name, t in memory.state_dict().items():
+        assert torch.equal(t, before[name])
+
+
+@pytest.mark.parametrize("args", [dict(dim=0, max_memories=4, num_indices=1), dict(dim=4, max_memories=-1, num_indices=1),
+                                  dict(dim=4, max_memories=4, num_indices=2.0)])
+def test_bad_constructor_arguments(args):
+    with pytest.raises((TypeError, ValueError)):
+        KNNMemory(**args)
+
+
+def test_nothing_is_written_to_disk(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    memory = KNNMemory(dim=4, max_memories=8, num_indices=1)
+    memory.add(torch.randn(1, 3, 2, 4))
+    memory.search(torch.randn(1, 2, 4), topk=2)
+    assert list(tmp_path.iterdir()) == []

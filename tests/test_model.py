@@ -1,0 +1,298 @@
+"""The model: shapes, gradients, the memory/XL life cycle, document boundaries, positions, dtypes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_model
+from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig, XLCache
+from memorizing_transformers_pytorch.model import relative_position_bucket
+
+
+def tokens(batch, n, num_tokens=32, low=2):
+    return torch.randint(low, num_tokens, (batch, n))
+
+
+def test_forward_returns_logits_or_loss_and_xl():
+    model = tiny_model(xl_max_memories=8)
+    knn = model.create_knn_memories(batch_size=2)
+    x = tokens(2, 8)
+    logits, xl = model(x, knn_memories=knn)
+    assert logits.shape == (2, 8, 32)
+    assert len(xl) == 3 and xl[0].keys.shape == (2, 1, 8, 8)
+    loss, xl2 = model(x, knn_memories=knn, xl_memories=xl, labels=x)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert model.config.xl_memory_layers == (1, 2, 3)
+
+
+def test_no_xl_layers_returns_none():
+    model = tiny_model()
+    _, xl = model(tokens(1, 4), knn_memories=model.create_knn_memories(batch_size=1))
+    assert xl is None
+
+
+def test_backward_reaches_parameters_but_not_memories():
+    model = tiny_model(xl_max_memories=4).train()
+    knn = model.create_knn_memories(batch_size=2)
+    xl = None
+    for _ in range(3):
+        x = tokens(2, 6)
+        loss, xl = model(x, knn_memories=knn, xl_memories=xl, labels=x)
+        loss.backward()
+    attn = model.layers[1].attn
+    assert attn.gate_bias.grad is not None and attn.gate_bias.grad.abs().sum() > 0
+    assert attn.log_scale.grad is not None
+    assert not knn[0].keys.requires_grad and not knn[0].values.requires_grad
+    assert all(not cache.keys.requires_grad for cache in xl)
+
+
+def test_memory_holds_exactly_what_left_the_xl_window():
+    model = tiny_model(xl_max_memories=6, xl_memory_layers=(2,))
+    knn = model.create_knn_memories(batch_size=2)
+    x1, x2, x3 = tokens(2, 4), tokens(2, 4), tokens(2, 4)
+    _, xl = model(x1, knn_memories=knn)
+    assert knn[0].count.tolist() == [0, 0] and xl[0].keys.shape[2] == 4
+    cache_after_1 = xl[0]
+    _, xl = model(x2, knn_memories=knn, xl_memories=xl)
+    assert knn[0].count.tolist() == [2, 2]  # 4 + 4 tokens, window 6: the 2 oldest left
+    assert torch.equal(knn[0].keys[:, 0, :2], cache_after_1.keys[:, 0, :2])
+    assert torch.equal(knn[0].values[:, 0, :2], cache_after_1.values[:, 0, :2])
+    assert torch.equal(xl[0].keys[:, :, :2], cache_after_1.keys[:, :, 2:])
+    _, xl = model(x3, knn_memories=knn, xl_memories=xl)
+    assert knn[0].count.tolist() == [6, 6]
+
+
+def test_without_xl_every_pair_goes_to_memory_after_retrieval():
+    model = tiny_model()
+    knn = model.create_knn_memories(batch_size=1)
+    x = tokens(1, 5)
+    out_first, _ = model(x, knn_memories=knn)
+    assert knn[0].count.tolist() == [5]
+    # the first segment saw an empty memory: same as memory off
+    torch.testing.assert_close(out_first, model(x)[0])
+
+
+def test_empty_memory_gives_local_attention_exactly():
+    model = tiny_model()
+    x = tokens(2, 7)
+    with_empty, _ = model(x, knn_memories=model.create_knn_memories(batch_size=2))
+    memory_off, _ = model(x, knn_memories=None)
+    assert torch.isfinite(with_empty).all()
+    torch.testing.assert_close(with_empty, memory_off)
+
+
+@pytest.mark.parametrize("knn_gate", ["sigmoid", "joint"])
+def test_memory_changes_the_output_once_filled(knn_gate):
+    model = tiny_model(knn_gate=knn_gate)
+    knn = model.create_knn_memories(batch_size=1)
+    model(tokens(1, 8), knn_memories=knn)
+    x = tokens(1, 8)
+    with_memory, _ = model(x, knn_memories=knn, add_knn_memory=False)
+    without, _ = model(x)
+    assert not torch.allclose(with_memory, without)
+
+
+def test_gate_forced_to_zero_matches_plain_attention():
+    model = tiny_model()
+    attn = model.layers[1].attn
+    with torch.no_grad():
+        attn.gate_bias.fill_(-float("inf"))  # sigmoid(-inf) = 0
+    knn = model.create_knn_memories(batch_size=2)
+    model(tokens(2, 6), knn_memories=knn)
+    x = tokens(2, 6)
+    gated_off, _ = model(x, knn_memories=knn)
+    memory_off, _ = model(x, knn_memories=None)
+    torch.testing.assert_close(gated_off, memory_off)
+
+
+def test_sdpa_local_attention_matches_a_manual_softmax():
+    model = tiny_model(xl_max_memories=4, heads=4, kv_heads=2)
+    x = tokens(2, 5)
+    _, xl = model(x)
+    block = model.layers[0]
+    h = block.attn_norm(model.token_emb(tokens(2, 5)))
+    layout = model._document_layout(torch.full((2, 5), 3))
+    mask = model._attention_mask(layout, xl[0], 5)
+    out, _, _ = block.attn(h, attn_mask=mask, past=xl[0])
+    a = block.attn
+    q = a.to_q(h).view(2, 5, 4, 8).transpose(1, 2)
+    k, v = a.to_kv(h).view(2, 5, 2, 2, 8).permute(2, 0, 3, 1, 4)
+    k = torch.cat((xl[0].keys, k), 2).repeat_interleave(2, 1)
+    v = torch.cat((xl[0].values, v), 2).repeat_interleave(2, 1)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + mask, dim=-1)
+    expected = a.to_out((weights @ v).transpose(1, 2).reshape(2, 5, 32))
+    torch.testing.assert_close(out, expected)
+
+
+def test_relative_position_bucket_uses_true_distance_across_the_xl_boundary():
+    """A key d tokens back gets the bucket of distance d, in every segment."""
+    model = tiny_model(xl_max_memories=6, rel_pos_num_buckets=8, rel_pos_max_distance=16)
+    rel = model.rel_pos
+    table = rel.embedding.weight  # (buckets, H)
+    knn = model.create_knn_memories(batch_size=1)
+    xl = None
+    for _ in range(3):
+        x = tokens(1, 4)
+        past = xl[0] if xl else None
+        layout = model._document_layout(x)
+        mask = model._attention_mask(layout, past, 4)
+        P = 0 if past is None else past.keys.shape[2]
+        for i in range(4):
+            for j in range(P + i + 1):
+                d = (P + i) - j
+                bucket = relative_position_bucket(torch.tensor(d), 8, 16)
+                torch.testing.assert_close(mask[0, :, i, j], table[bucket])
+        _, xl = model(x, knn_memories=knn, xl_memories=xl)
+    buckets = relative_position_bucket(torch.arange(40), 8, 16)
+    assert buckets[:4].tolist() == [0, 1, 2, 3]  # exact for small distances
+    assert (buckets.diff() >= 0).all() and buckets.max() == 7
+
+
+def test_kv_heads_grouped_query():
+    model = tiny_model(heads=4, kv_heads=2, xl_max_memories=4)
+    knn = model.create_knn_memories(batch_size=2)
+    assert knn[0].heads == 2
+    xl = None
+    for _ in range(3):
+        logits, xl = model(tokens(2, 4), knn_memories=knn, xl_memories=xl)
+    assert torch.isfinite(logits).all() and knn[0].count.tolist() == [8, 8]
+
+
+SOS, EOS = 1, 0
+
+
+@pytest.mark.parametrize("xl_max_memories", [0, 4])
+def test_sos_clears_only_its_row_and_the_new_document_starts_fresh(xl_max_memories):
+    model = tiny_model(clear_memories_on_sos_token_id=SOS, xl_max_memories=xl_max_memories)
+    knn = model.create_knn_memories(batch_size=2)
+    xl = None
+    for _ in range(2):
+        _, xl = model(tokens(2, 6), knn_memories=knn, xl_memories=xl)
+    held_before = knn[0].count.clone()
+    x = tokens(2, 6)
+    x[0, 3] = SOS
+    logits, xl = model(x, knn_memories=knn, xl_memories=xl)
+    # row 0: only the new document (3 tokens from the SOS) is kept anywhere
+    assert knn[0].count[0] == (3 if xl_max_memories == 0 else 0)
+    assert knn[0].count[1] >= held_before[1]
+    if xl is not None:
+        assert xl[0].valid[0].tolist() == [False, True, True, True]
+        assert xl[0].valid[1].all()
+    # tokens from the SOS on see nothing of the old document: same as a fresh start
+    fresh, _ = model(x[:1, 3:], knn_memories=model.create_knn_memories(batch_size=1))
+    torch.testing.assert_close(logits[:1, 3:], fresh)
+
+
+def test_eos_ends_the_document_after_the_token():
+    model = tiny_model(clear_memories_on_eos_token_id=EOS)
+    knn = model.create_knn_memories(batch_size=2)
+    model(tokens(2, 6), knn_memories=knn)
+    x = tokens(2, 6)
+    x[1, 1] = EOS
+    logits, _ = model(x, knn_memories=knn)
+    assert knn[0].count.tolist() == [12, 4]  # row 1 keeps the 4 tokens after the EOS
+    fresh, _ = model(x[1:, 2:], knn_memories=model.create_knn_memories(batch_size=1))
+    torch.testing.assert_close(logits[1:, 2:], fresh)
+    x = tokens(2, 6)
+    x[0, -1] = EOS  # ends exactly at the segment end: nothing of it survives
+    model(x, knn_memories=knn)
+    assert knn[0].count[0] == 0
+
+
+def test_padding_never_enters_memory_or_loss():
+    model = tiny_model(pad_id=0, xl_max_memories=4)
+    knn = model.create_knn_memories(batch_size=2)
+    x = tokens(2, 6)
+    x[1, 4:] = 0
+    loss, xl = model(x, knn_memories=knn, labels=x)
+    assert xl[0].valid[1].tolist() == [True, True, False, False]
+    _, xl = model(tokens(2, 6), knn_memories=knn, xl_memories=xl)
+    assert knn[0].count.tolist() == [8, 6]  # row 1: 2 + 6 left the window, 2 of them padding
+    logits, _ = model(x)
+    keep = x != 0
+    torch.testing.assert_close(loss, F.cross_entropy(logits[keep], x[keep]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights(dtype):
+    model = tiny_model(xl_max_memories=4).to(dtype)
+    knn = model.create_knn_memories(batch_size=2)
+    xl = None
+    for _ in range(3):
+        logits, xl = model(tokens(2, 4), knn_memories=knn, xl_memories=xl)
+    assert logits.dtype == dtype and torch.isfinite(logits).all()
+    assert knn[0].keys.dtype == dtype
+
+
+def test_bfloat16_autocast_training_step():
+    model = tiny_model(xl_max_memories=4).train()
+    knn = model.create_knn_memories(batch_size=2)
+    xl = None
+    for _ in range(2):
+        x = tokens(2, 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, xl = model(x, knn_memories=knn, xl_memories=xl, labels=x)
+        loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_config_round_trips_through_json(tmp_path):
+    model = tiny_model(xl_max_memories=4, knn_gate="joint")
+    path = tmp_path / "config.json"
+    model.config.to_json(path)
+    assert MemorizingTransformerConfig.from_json(path) == model.config
+
+
+@pytest.mark.parametrize(
+    "config, error",
+    [
+        (dict(memorizing_layers=(0,)), ValueError),
+        (dict(memorizing_layers=(4,)), ValueError),
+        (dict(num_retrieved_memories=128), ValueError),
+        (dict(heads=4, kv_heads=3), ValueError),
+        (dict(knn_gate="mlp?"), ValueError),
+        (dict(dim=8.0), TypeError),
+        (dict(xl_memory_layers=(1,)), ValueError),  # XL layers without an XL size
+        (dict(clear_memories_on_sos_token_id=99), ValueError),
+        (dict(not_an_option=1), TypeError),
+    ],
+)
+def test_invalid_config_is_rejected(config, error):
+    with pytest.raises(error):
+        tiny_model(**config)
+
+
+def _bad_calls():
+    good = torch.randint(2, 32, (2, 4))
+    return [
+        (dict(x=torch.tensor([[1, 40, 2, 3]] * 2)), ValueError),  # token id too large
+        (dict(x=torch.tensor([[1, -1, 2, 3]] * 2)), ValueError),
+        (dict(x=good.float()), TypeError),
+        (dict(x=good[0]), ValueError),  # wrong rank
+        (dict(x=torch.randint(2, 32, (3, 4))), ValueError),  # batch does not match the memories
+        (dict(x=good, labels=good[:, :3]), ValueError),
+        (dict(x=good, labels=good.float()), TypeError),
+        (dict(x=good, labels=torch.full((2, 4), 99)), ValueError),
+        (dict(x=good, knn_memories=[]), ValueError),
+        (dict(x=good, xl_memories=[XLCache(torch.zeros(2, 1, 2, 8), torch.zeros(2, 1, 2, 8), torch.ones(2, 2, dtype=torch.bool))] * 2), ValueError),
+    ]
+
+
+@pytest.mark.parametrize("kwargs, error", _bad_calls())
+def test_bad_input_raises_and_leaves_memories_unchanged(kwargs, error):
+    model = tiny_model(xl_max_memories=4)
+    knn = model.create_knn_memories(batch_size=2)
+    _, xl = model(tokens(2, 4), knn_memories=knn)
+    before = {k: t.clone() for k, t in knn[0].state_dict().items()}
+    kwargs.setdefault("knn_memories", knn)
+    kwargs.setdefault("xl_memories", xl)
+    with pytest.raises(error):
+        model(**kwargs)
+    for k, t in knn[0].state_dict().items():
+        assert torch.equal(t, before[k])
+
+
+def test_keyword_construction_equals_config_construction():
+    config = MemorizingTransformerConfig(num_tokens=16, dim=16, depth=2, heads=2, dim_head=8)
+    assert MemorizingTransformer(config).config == MemorizingTransformer(**config.to_dict()).config
+    assert config.memorizing_layers == (1,)
