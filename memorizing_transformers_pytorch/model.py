@@ -9,7 +9,7 @@ Shapes:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .config import MemorizingTransformerConfig
 from .memory import KNNMemory, KNNMemoryList
 
-__all__ = ["MemorizingTransformer", "XLCache", "Attention", "RelativePositionBias", "relative_position_bucket"]
+__all__ = ["MemorizingTransformer", "XLCache", "GenerationOutput", "PendingSegment", "Attention", "RelativePositionBias", "relative_position_bucket"]
 
 IGNORE_INDEX = -100
 
@@ -34,6 +34,48 @@ class XLCache(NamedTuple):
     keys: Tensor
     values: Tensor
     valid: Tensor
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+            generator: torch.Generator | None) -> Tensor:
+    """One token per row from ``(B, V)`` logits; temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class GenerationOutput(NamedTuple):
+    """What ``generate`` returns; pass the memories and ``pending`` back in to continue."""
+
+    tokens: Tensor
+    knn_memories: Sequence[KNNMemory] | None
+    xl_memories: tuple[XLCache, ...] | None
+    pending: PendingSegment | None
+    logits: Tensor | None
+
+
+class PendingSegment(NamedTuple):
+    """The part of the current segment read so far during generation (not yet in XL or kNN memory).
+
+    tokens: ``(B, t)``; keys, values: per layer ``(B, kv_heads, t, Dh)``.
+    """
+
+    tokens: Tensor
+    keys: tuple[Tensor, ...]
+    values: tuple[Tensor, ...]
+
+    def layer(self, number: int) -> tuple[Tensor, Tensor]:
+        return self.keys[number - 1], self.values[number - 1]
 
 
 class DocumentLayout(NamedTuple):
@@ -114,7 +156,7 @@ class Attention(nn.Module):
         x: Tensor,
         *,
         attn_mask: Tensor,
-        past: XLCache | None = None,
+        past: tuple[Tensor, Tensor] | None = None,
         memory: KNNMemory | None = None,
         memory_ok: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -123,7 +165,8 @@ class Attention(nn.Module):
             x: ``(B, n, dim)``, already normalised.
             attn_mask: ``(B | 1, H | 1, n, P + n)`` float, added to the local logits
                 (relative position bias, ``-inf`` where attention is not allowed).
-            past: this layer's XL cache (P tokens) or None.
+            past: keys and values ``(B, kv_heads, P, Dh)`` of the tokens before ``x`` that
+                it may attend to (XL cache, then the earlier part of the segment), or None.
             memory: this layer's kNN memory, searched but not written here.
             memory_ok: ``(B, n)`` bool, queries allowed to read the memory.
 
@@ -141,14 +184,16 @@ class Attention(nn.Module):
         else:
             q_scaled = q * Dh**-0.5
         if past is not None:
-            keys = torch.cat((past.keys.to(k.dtype), k), dim=2)  # (B, Hkv, P + n, Dh)
-            values = torch.cat((past.values.to(v.dtype), v), dim=2)
+            keys = torch.cat((past[0].to(k.dtype), k), dim=2)  # (B, Hkv, P + n, Dh)
+            values = torch.cat((past[1].to(v.dtype), v), dim=2)
         else:
             keys, values = k, v
 
+        # autocast may leave normalised queries in float32 and keys in bfloat16: attend in one dtype
+        q_scaled, keys, values = q_scaled.to(v.dtype), keys.to(v.dtype), values.to(v.dtype)
         retrieved = None
         if self.memorizing and memory is not None:
-            retrieved = self._retrieve(q, memory, memory_ok)
+            retrieved = self._retrieve(q, memory, memory_ok, v.dtype)
         dropout = self.dropout if self.training else 0.0
         if retrieved is not None and self.knn_gate == "joint":
             out = self._joint_attention(q_scaled, keys, values, attn_mask, *retrieved, dropout)
@@ -170,14 +215,15 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(B, n, H * Dh)
         return self.to_out(out), k, v
 
-    def _retrieve(self, q: Tensor, memory: KNNMemory, memory_ok: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-k pairs for each (unscaled, normalised) query: 2 x ``(B, H, n, k, Dh)`` and mask ``(B, H, n, k)``."""
+    def _retrieve(self, q: Tensor, memory: KNNMemory, memory_ok: Tensor | None, dtype: torch.dtype
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-k pairs for each (unscaled, normalised) query: 2 x ``(B, H, n, k, Dh)`` in ``dtype``, and mask ``(B, H, n, k)``."""
         B, H, n, Dh = q.shape
         G = H // self.kv_heads
         queries = q.detach().reshape(B, self.kv_heads, G * n, Dh)  # heads sharing a kv head search together
         pairs, mask = memory.search(queries if self.kv_heads > 1 else queries[:, 0], self.num_retrieved)
-        pairs = pairs.to(q.dtype).view(B, H, n, self.num_retrieved, 2, Dh)
-        mask = mask.view(B, H, n, self.num_retrieved)
+        pairs = pairs.to(device=q.device, dtype=dtype).view(B, H, n, self.num_retrieved, 2, Dh)
+        mask = mask.view(B, H, n, self.num_retrieved).to(q.device)
         if memory_ok is not None:
             mask = mask & memory_ok[:, None, :, None]
         return pairs[..., 0, :], pairs[..., 1, :], mask
@@ -266,11 +312,16 @@ class MemorizingTransformer(nn.Module):
         nn.init.normal_(self.token_emb.weight, std=0.02)
 
     # ----------------------------------------------------------- memories
-    def create_knn_memories(self, *, batch_size: int) -> KNNMemoryList:
-        """One empty ``KNNMemory`` per memorizing layer, with ``batch_size`` streams each."""
+    def create_knn_memories(self, *, batch_size: int, max_memories: int | None = None) -> KNNMemoryList:
+        """One empty ``KNNMemory`` per memorizing layer, with ``batch_size`` streams each.
+
+        ``max_memories`` overrides the configured capacity (e.g. to evaluate with a
+        larger memory than in training).
+        """
         c = self.config
+        size = c.max_knn_memories if max_memories is None else max_memories
         return KNNMemoryList(
-            KNNMemory(dim=c.dim_head, max_memories=c.max_knn_memories, num_indices=batch_size, heads=c.kv_heads)
+            KNNMemory(dim=c.dim_head, max_memories=size, num_indices=batch_size, heads=c.kv_heads)
             for _ in c.memorizing_layers
         )
 
@@ -303,31 +354,172 @@ class MemorizingTransformer(nn.Module):
         Raises:
             TypeError, ValueError: invalid inputs; no memory is changed then.
         """
-        c = self.config
         self._check_inputs(x, knn_memories, xl_memories, labels)
-        layout = self._document_layout(x)
-        memories = dict(zip(c.memorizing_layers, knn_memories)) if knn_memories is not None else {}
-        pasts = dict(zip(c.xl_memory_layers, xl_memories)) if xl_memories else {}
-        n = x.shape[1]
-        local_mask = self._attention_mask(layout, None, n)  # shared by layers without an XL cache
-        h = self.token_emb(x)
-        new_xl = []
-        for number, block in enumerate(self.layers, start=1):
-            past = pasts.get(number)
-            attn_mask = local_mask if past is None else self._attention_mask(layout, past, n)
-            memory = memories.get(number)
-            h, k, v = block(h, attn_mask=attn_mask, past=past, memory=memory, memory_ok=layout.doc == 0)
-            new_cache = self._update_memories(number, k, v, past, layout, memory, add_knn_memory)
-            if new_cache is not None:
-                new_xl.append(new_cache)
-        logits = self.to_logits(self.norm(h))
-        new_xl_memories = tuple(new_xl) if c.xl_memory_layers else None
+        logits, new_xl_memories, _ = self._extend_segment(x, knn_memories, xl_memories, None, commit=True,
+                                                          add_knn_memory=add_knn_memory)
         if labels is None:
             return logits, new_xl_memories
-        if c.pad_id is not None:
-            labels = labels.masked_fill(labels == c.pad_id, IGNORE_INDEX)
+        if self.config.pad_id is not None:
+            labels = labels.masked_fill(labels == self.config.pad_id, IGNORE_INDEX)
         loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX)
         return loss, new_xl_memories
+
+    def _extend_segment(
+        self, x: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None,
+        pending: PendingSegment | None, *, commit: bool, add_knn_memory: bool = True,
+    ) -> tuple[Tensor, tuple[XLCache, ...] | None, PendingSegment | None]:
+        """Runs tokens ``x`` that continue the current segment (``pending`` holds its earlier part).
+
+        With ``commit`` the segment is complete: each layer's XL cache rolls and the
+        pairs that leave it go to the kNN memory (after the layer searched it).
+        Otherwise memories are untouched and the grown segment is returned as the
+        new pending segment. ``forward`` is the case ``pending=None, commit=True``.
+
+        Returns:
+            logits ``(B, m, num_tokens)`` for the new tokens, the XL caches (new ones
+            when committed), and the pending segment (None when committed).
+        """
+        c = self.config
+        start = 0 if pending is None else pending.tokens.shape[1]
+        tokens = x if pending is None else torch.cat((pending.tokens, x), dim=1)
+        layout = self._document_layout(tokens)
+        memories = dict(zip(c.memorizing_layers, knn_memories)) if knn_memories is not None else {}
+        pasts = dict(zip(c.xl_memory_layers, xl_memories)) if xl_memories else {}
+        memory_ok = layout.doc[:, start:] == 0
+        masks: dict[int, Tensor] = {}  # by XL length: every XL cache covers the same tokens
+        h = self.token_emb(x)
+        new_xl, pending_keys, pending_values = [], [], []
+        for number, block in enumerate(self.layers, start=1):
+            xl = pasts.get(number)
+            P = 0 if xl is None else xl.keys.shape[2]
+            if P not in masks:
+                masks[P] = self._attention_mask(layout, xl, start)
+            past = None
+            if xl is not None or pending is not None:
+                parts = ([xl] if xl is not None else []) + ([pending.layer(number)] if pending is not None else [])
+                past = (torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2))
+            h, k, v = block(h, attn_mask=masks[P], past=past, memory=memories.get(number), memory_ok=memory_ok)
+            if pending is not None:
+                earlier_k, earlier_v = pending.layer(number)
+                k, v = torch.cat((earlier_k, k.detach()), dim=2), torch.cat((earlier_v, v.detach()), dim=2)
+            if commit:
+                new_cache = self._update_memories(number, k, v, xl, layout, memories.get(number), add_knn_memory)
+                if new_cache is not None:
+                    new_xl.append(new_cache)
+            else:
+                pending_keys.append(k.detach())
+                pending_values.append(v.detach())
+        logits = self.to_logits(self.norm(h))
+        if not commit:
+            xl_out = tuple(xl_memories) if xl_memories else None
+            return logits, xl_out, PendingSegment(tokens, tuple(pending_keys), tuple(pending_values))
+        return logits, (tuple(new_xl) if c.xl_memory_layers else None), None
+
+    # --------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        *,
+        max_new_tokens: int,
+        seq_len: int = 512,
+        knn_memories: Sequence[KNNMemory] | None = None,
+        xl_memories: Sequence[XLCache] | None = None,
+        pending: PendingSegment | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        return_logits: bool = False,
+        on_token: Callable[[Tensor], None] | None = None,
+    ) -> GenerationOutput:
+        """Reads ``prompt`` into the memories, then samples ``max_new_tokens`` tokens.
+
+        The stream is cut into segments of ``seq_len`` tokens exactly as in training
+        (counted from the start of the stream, or continuing ``pending``): long prompts
+        are read a segment at a time, and each new token then costs one position of
+        work per layer plus one memory search per memorizing layer. When a segment
+        fills, it moves into the XL cache and what leaves that goes to kNN memory.
+
+        Args:
+            prompt: ``(B, n)`` token ids (left-pad rows of different lengths with ``pad_id``).
+            max_new_tokens: tokens to generate per row.
+            seq_len: the segment length the model was trained with.
+            knn_memories, xl_memories, pending: state to continue from (a previous
+                ``GenerationOutput``'s); fresh kNN memories are made when None.
+            temperature: 0 picks the argmax (greedy).
+            top_k, top_p: keep the k most likely tokens / the smallest set with
+                probability >= top_p before sampling.
+            eos_token_id: a row that produces it stops (later tokens are ``pad_id``,
+                or ``eos_token_id`` without one); generation ends when all rows stop.
+            on_token: called with each new ``(B,)`` token tensor (for streaming).
+
+        Returns:
+            ``GenerationOutput(tokens (B, <= max_new_tokens), knn_memories, xl_memories,
+            pending, logits (B, new, num_tokens) or None)``.
+        """
+        c = self.config
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if pending is not None and pending.tokens.shape[1] >= seq_len:
+            raise ValueError(f"the pending segment holds {pending.tokens.shape[1]} tokens, seq_len is {seq_len}")
+        self._check_inputs(prompt, knn_memories, xl_memories, None)
+        B = prompt.shape[0]
+        if knn_memories is None and c.memorizing_layers:
+            knn_memories = self.create_knn_memories(batch_size=B)
+        was_training = self.training
+        self.eval()
+        try:
+            logits, xl_memories, pending = self._read(prompt, knn_memories, xl_memories, pending, seq_len)
+            next_logits = logits[:, -1]
+            new_tokens, all_logits = [], []
+            done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+            filler = c.pad_id if c.pad_id is not None else eos_token_id
+            for _ in range(max_new_tokens):
+                if return_logits:
+                    all_logits.append(next_logits.float())
+                token = _sample(next_logits.float(), temperature, top_k, top_p, generator)
+                if eos_token_id is not None:
+                    token = torch.where(done, torch.full_like(token, filler), token)
+                    done |= token == eos_token_id
+                new_tokens.append(token)
+                if on_token is not None:
+                    on_token(token)
+                if eos_token_id is not None and bool(done.all()):
+                    break
+                logits, xl_memories, pending = self._read(token[:, None], knn_memories, xl_memories, pending, seq_len)
+                next_logits = logits[:, -1]
+        finally:
+            self.train(was_training)
+        tokens = torch.stack(new_tokens, dim=1) if new_tokens else prompt.new_zeros(B, 0)
+        return GenerationOutput(tokens, knn_memories, xl_memories, pending,
+                                torch.stack(all_logits, dim=1) if return_logits and all_logits else None)
+
+    def _read(
+        self, tokens: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None,
+        pending: PendingSegment | None, seq_len: int,
+    ) -> tuple[Tensor, tuple[XLCache, ...] | None, PendingSegment | None]:
+        """Feeds tokens through segment-aligned pieces; returns the logits of the last piece."""
+        logits = None
+        position = 0
+        while position < tokens.shape[1]:
+            used = 0 if pending is None else pending.tokens.shape[1]
+            piece = tokens[:, position : position + seq_len - used]
+            position += piece.shape[1]
+            commit = used + piece.shape[1] == seq_len
+            logits, xl_memories, pending = self._extend_segment(piece, knn_memories, xl_memories, pending,
+                                                                commit=commit)
+        assert logits is not None
+        return logits, xl_memories, pending
 
     def _document_layout(self, x: Tensor) -> DocumentLayout:
         c = self.config
@@ -345,18 +537,24 @@ class MemorizingTransformer(nn.Module):
         keep = (doc == last_doc[:, None]) & key_ok
         return DocumentLayout(doc=doc, keep=keep, restart=last_doc > 0, key_ok=key_ok)
 
-    def _attention_mask(self, layout: DocumentLayout, past: XLCache | None, n: int) -> Tensor:
-        """Additive mask ``(B, H, n, P + n)``: relative position bias, ``-inf`` where not allowed."""
+    def _attention_mask(self, layout: DocumentLayout, past: XLCache | None, start: int = 0) -> Tensor:
+        """Additive mask ``(B, H, n - start, P + n)`` for the segment's queries from ``start`` on.
+
+        It holds the relative position bias of the true distances, and ``-inf`` where a
+        query may not look: the future, another document, padding.
+        """
         doc, key_ok = layout.doc, layout.key_ok
+        n = doc.shape[1]
         device = doc.device
         P = 0 if past is None else past.keys.shape[2]
         positions = torch.arange(P + n, device=device)
-        bias = self.rel_pos(positions[P:], positions)  # (H, n, P + n)
-        causal = positions[P:, None] >= positions[None, P:]  # (n, n)
-        self_key = torch.eye(n, dtype=torch.bool, device=device)
-        local = causal & (doc[:, :, None] == doc[:, None, :]) & (key_ok[:, None, :] | self_key)  # (B, n, n)
+        bias = self.rel_pos(positions[P + start :], positions)  # (H, m, P + n)
+        causal = positions[P + start :, None] >= positions[None, P:]  # (m, n)
+        self_key = positions[P + start :, None] == positions[None, P:]
+        query_doc = doc[:, start:]
+        local = causal & (query_doc[:, :, None] == doc[:, None, :]) & (key_ok[:, None, :] | self_key)  # (B, m, n)
         if past is not None:
-            from_past = past.valid[:, None, :] & (doc == 0)[:, :, None]  # (B, n, P)
+            from_past = past.valid[:, None, :] & (query_doc == 0)[:, :, None]  # (B, m, P)
             local = torch.cat((from_past, local), dim=2)
         return bias.unsqueeze(0).masked_fill(~local.unsqueeze(1), float("-inf"))
 

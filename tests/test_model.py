@@ -112,8 +112,8 @@ def test_sdpa_local_attention_matches_a_manual_softmax():
     block = model.layers[0]
     h = block.attn_norm(model.token_emb(tokens(2, 5)))
     layout = model._document_layout(torch.full((2, 5), 3))
-    mask = model._attention_mask(layout, xl[0], 5)
-    out, _, _ = block.attn(h, attn_mask=mask, past=xl[0])
+    mask = model._attention_mask(layout, xl[0])
+    out, _, _ = block.attn(h, attn_mask=mask, past=xl[0][:2])
     a = block.attn
     q = a.to_q(h).view(2, 5, 4, 8).transpose(1, 2)
     k, v = a.to_kv(h).view(2, 5, 2, 2, 8).permute(2, 0, 3, 1, 4)
@@ -135,7 +135,7 @@ def test_relative_position_bucket_uses_true_distance_across_the_xl_boundary():
         x = tokens(1, 4)
         past = xl[0] if xl else None
         layout = model._document_layout(x)
-        mask = model._attention_mask(layout, past, 4)
+        mask = model._attention_mask(layout, past)
         P = 0 if past is None else past.keys.shape[2]
         for i in range(4):
             for j in range(P + i + 1):

@@ -1,0 +1,204 @@
+"""Command line: ``memorizing-transformers {train,eval,demo} ...`` (or ``python -m memorizing_transformers_pytorch``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import MemorizingTransformerConfig
+from .train import DEMO_MODEL, TrainConfig
+
+
+def _docstring_help(cls: type) -> dict[str, str]:
+    """Field descriptions from the ``Args:`` section of a dataclass docstring."""
+    text = (cls.__doc__ or "").split("Args:", 1)[-1]
+    helps: dict[str, str] = {}
+    for match in re.finditer(r"^\s{8}([\w, ]+):\s(.*?)(?=^\s{8}[\w, ]+:\s|\Z)", text, re.S | re.M):
+        for name in match.group(1).split(","):
+            helps[name.strip()] = " ".join(match.group(2).split())
+    return helps
+
+
+def _parse_layers(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any], title: str) -> None:
+    group = parser.add_argument_group(title)
+    helps = _docstring_help(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
+        text = f.metadata.get("help") or helps.get(f.name, "")
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f"{text} (default: {shown})"
+        if f.name in ("memorizing_layers", "xl_memory_layers"):
+            group.add_argument(flag, type=_parse_layers, default=None, metavar="L1,L2", help=text)
+        elif f.type in (bool, "bool"):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif "int | None" in str(f.type):
+            group.add_argument(flag, type=int, default=None, help=text)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            group.add_argument(flag, type=kind, default=None, help=text)
+
+
+def _collect(args: argparse.Namespace, cls: type, base: dict[str, Any]) -> dict[str, Any]:
+    values = dict(base)
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    return values
+
+
+def _read_json(path: str | None, what: str) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"error: {what} file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: {what} file {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: {what} file {path} must hold a JSON object")
+    return data
+
+
+def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransformerConfig, TrainConfig]:
+    model_base = {**DEMO_MODEL, **_read_json(args.model_config, "model config")}
+    model_values = _collect(args, MemorizingTransformerConfig, model_base)
+    train_values = _collect(args, TrainConfig, _read_json(args.train_config, "training config"))
+    return MemorizingTransformerConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+
+
+def _train_parser(sub: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=description, description=description,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model-config", metavar="JSON", help="model config JSON file; flags override it")
+    parser.add_argument("--train-config", metavar="JSON", help="training config JSON file; flags override it")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    _add_dataclass_arguments(parser, TrainConfig, {}, "training")
+    _add_dataclass_arguments(parser, MemorizingTransformerConfig, DEMO_MODEL, "model")
+    return parser
+
+
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--eval-data", default=None, help="documents to evaluate on (default: the training data)")
+    group.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split")
+    group.add_argument("--memory-sizes", default="0,1024,4096,16384,65536",
+                       help="comma-separated kNN memory sizes per stream to evaluate (0 = memory off)")
+    group.add_argument("--max-docs", type=int, default=16, help="evaluate the N longest documents (0 = all)")
+    group.add_argument("--max-doc-bytes", type=int, default=0, help="cut each document to this many bytes (0 = no cut)")
+    group.add_argument("--eval-batch-size", type=int, default=2, help="streams read in parallel")
+    group.add_argument("--output", default=None, help="folder for eval.json and eval.png (default: the run folder)")
+
+
+def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int, device: str) -> dict[str, Any]:
+    from .checkpoint import load_model
+    from .data import load_documents
+    from .evaluate import evaluate, format_table, save, select_documents
+
+    model = load_model(checkpoint, device=device)
+    baseline = load_model(args.baseline_checkpoint, device=device) if getattr(args, "baseline_checkpoint", None) else None
+    documents = select_documents(load_documents(data, args.split), max_docs=args.max_docs or None,
+                                 max_doc_bytes=args.max_doc_bytes or None)
+    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    if any(s < 0 for s in sizes):
+        raise SystemExit(f"error: memory sizes must be >= 0, got {sizes}")
+    started = time.perf_counter()
+    result = evaluate(model, documents, memory_sizes=sizes, baseline=baseline, batch_size=args.eval_batch_size,
+                      seq_len=seq_len, device=device)
+    result["checkpoint"] = str(checkpoint)
+    result["eval_seconds"] = time.perf_counter() - started
+    output = Path(args.output) if args.output else Path(checkpoint)
+    json_path, png_path = save(result, output)
+    print(format_table(result))
+    print(f"wrote {json_path} and {png_path}")
+    return result
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    model_config, train_config = _model_and_train_configs(args)
+    summary = train(model_config, train_config, resume=args.resume)
+    print(f"trained to step {summary['step']} in {summary['elapsed_s']:.0f}s; run folder: {summary['run_dir']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    train_config = checkpoint.get("train_config", {})
+    data = args.eval_data or train_config.get("data", "stdlib")
+    seq_len = args.seq_len or train_config.get("seq_len", 512)
+    _run_eval(args, str(checkpoint["path"]), data, seq_len, args.device)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .train import train
+
+    model_config, train_config = _model_and_train_configs(args)
+    started = time.perf_counter()
+    print(f"[demo] training on {train_config.data!r} for {train_config.steps} steps -> {train_config.run_dir}")
+    train(model_config, train_config)
+    trained = time.perf_counter() - started
+    print(f"[demo] training took {trained:.0f}s; evaluating on held-out documents")
+    args.baseline_checkpoint = None
+    _run_eval(args, train_config.run_dir, train_config.data, train_config.seq_len, train_config.device)
+    print(f"[demo] total {time.perf_counter() - started:.0f}s")
+
+
+DEMO_TRAIN = dict(run_dir="runs/demo", steps=400, warmup_steps=50, checkpoint_every=100, lr=2e-3)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memorizing-transformers",
+                                     description="Train, evaluate and demo Memorizing Transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train_parser = _train_parser(sub, "train", "train a model (carries kNN and XL memories across segments)")
+    train_parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    train_parser.set_defaults(func=cmd_train)
+
+    demo = _train_parser(sub, "demo", "train a small model on the standard library, then evaluate memory on/off")
+    _add_eval_arguments(demo)
+    demo.set_defaults(func=cmd_demo, **DEMO_TRAIN, max_docs=4, max_doc_bytes=32768, memory_sizes="0,1024,4096,16384")
+
+    ev = sub.add_parser("eval", help="bits per byte with memory on/off and by memory size",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (its latest checkpoint)")
+    ev.add_argument("--baseline-checkpoint", default=None, help="a model trained without memorizing layers, to compare")
+    ev.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
+    ev.add_argument("--device", default="cpu", help="torch device")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_eval_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

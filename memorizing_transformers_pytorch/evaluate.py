@@ -1,0 +1,164 @@
+"""Evaluation: bits per byte on held-out documents, with memory on, off, and at several sizes.
+
+Each document is read in order through the same segmenting as training. Bits per
+byte count every byte of every document (the start-of-document marker is not a
+byte of the document and is not scored).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import IGNORE_INDEX, SOS_ID, DocumentStream
+from .model import MemorizingTransformer
+
+__all__ = ["bits_per_byte", "evaluate", "select_documents", "format_table", "plot"]
+
+
+def select_documents(documents: Sequence[np.ndarray], *, max_docs: int | None, max_doc_bytes: int | None
+                     ) -> list[np.ndarray]:
+    """The ``max_docs`` longest documents (memory matters most there), each cut to ``max_doc_bytes``."""
+    chosen = sorted(documents, key=len, reverse=True)[:max_docs] if max_docs else list(documents)
+    return [d[:max_doc_bytes] if max_doc_bytes else d for d in chosen]
+
+
+@torch.no_grad()
+def bits_per_byte(
+    model: MemorizingTransformer,
+    documents: Sequence[np.ndarray],
+    *,
+    memory_size: int | None,
+    batch_size: int = 2,
+    seq_len: int = 512,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    description: str = "eval",
+) -> float:
+    """Bits per byte over ``documents``.
+
+    Args:
+        memory_size: kNN memory capacity per stream; ``0`` turns the memory off;
+            ``None`` uses the model's configured size.
+    """
+    model.eval()
+    use_memory = memory_size != 0 and len(model.config.memorizing_layers) > 0
+    stream = DocumentStream(documents, batch_size=batch_size, seq_len=seq_len, repeat=False)
+    knn = model.create_knn_memories(batch_size=batch_size, max_memories=memory_size) if use_memory else None
+    xl = None
+    total_bits, total_bytes = 0.0, 0
+    total = sum(len(d) + 1 for d in documents)
+    bar = tqdm(total=total, disable=not progress, unit="B", unit_scale=True, desc=description, leave=False)
+    for batch in stream:
+        labels = batch.labels.masked_fill(batch.labels == SOS_ID, IGNORE_INDEX).to(device)
+        logits, xl = model(batch.tokens.to(device), knn_memories=knn, xl_memories=xl)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        total_bits += nll.item() / math.log(2)
+        total_bytes += int((labels != IGNORE_INDEX).sum())
+        bar.update(int((batch.tokens != 0).sum()))
+    bar.close()
+    return total_bits / max(1, total_bytes)
+
+
+def evaluate(
+    model: MemorizingTransformer,
+    documents: Sequence[np.ndarray],
+    *,
+    memory_sizes: Sequence[int] = (0, 1024, 4096, 16384, 65536),
+    baseline: MemorizingTransformer | None = None,
+    batch_size: int = 2,
+    seq_len: int = 512,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The full table: with memory (trained size), without memory, the baseline, and by memory size."""
+
+    def run(m: MemorizingTransformer, size: int | None, name: str) -> float:
+        return bits_per_byte(m, documents, memory_size=size, batch_size=batch_size, seq_len=seq_len,
+                             device=device, progress=progress, description=name)
+
+    trained_size = model.config.max_knn_memories
+    by_size = {str(size): run(model, size, f"memory {size}") for size in memory_sizes}
+    with_memory = by_size.get(str(trained_size))
+    if with_memory is None:
+        with_memory = run(model, None, f"memory {trained_size}")
+    without_memory = by_size["0"] if "0" in by_size else run(model, 0, "memory off")
+    result: dict[str, Any] = {
+        "bits_per_byte": {"with_memory": with_memory, "without_memory": without_memory},
+        "by_memory_size": by_size,
+        "trained_memory_size": trained_size,
+        "documents": len(documents),
+        "bytes": int(sum(len(d) for d in documents)),
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+    }
+    if baseline is not None:
+        result["bits_per_byte"]["baseline"] = run(baseline, 0, "baseline")
+    on, off = with_memory, without_memory
+    result["memory_gain_percent"] = 100.0 * (off - on) / off
+    if baseline is not None:
+        result["gain_over_baseline_percent"] = 100.0 * (result["bits_per_byte"]["baseline"] - on) / result[
+            "bits_per_byte"]["baseline"]
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = ["| setting | bits per byte |", "|---|---|"]
+    bpb = result["bits_per_byte"]
+    lines.append(f"| with memory ({result['trained_memory_size']}) | {bpb['with_memory']:.4f} |")
+    lines.append(f"| memory off (same weights) | {bpb['without_memory']:.4f} |")
+    if "baseline" in bpb:
+        lines.append(f"| baseline (no memorizing layer) | {bpb['baseline']:.4f} |")
+    for size, value in result["by_memory_size"].items():
+        lines.append(f"| memory size {size} | {value:.4f} |")
+    lines.append("")
+    lines.append(f"memory on vs off: {result['memory_gain_percent']:+.2f}% bits per byte"
+                 + (f"; vs baseline: {result['gain_over_baseline_percent']:+.2f}%"
+                    if "gain_over_baseline_percent" in result else ""))
+    lines.append(f"({result['documents']} documents, {result['bytes']} bytes)")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    """Bits per byte against memory size (log scale), with the baseline as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [int(s) for s in result["by_memory_size"]]
+    values = list(result["by_memory_size"].values())
+    shown = [max(s, 1) for s in sizes]  # size 0 (memory off) drawn at 1 on the log axis
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(shown, values, marker="o", label="memorizing model")
+    if "baseline" in result["bits_per_byte"]:
+        ax.axhline(result["bits_per_byte"]["baseline"], color="gray", linestyle="--", label="baseline (XL only)")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(shown)
+    ax.set_xticklabels(["off" if s == 0 else f"{s // 1024}K" if s >= 1024 else str(s) for s in sizes])
+    ax.set_xlabel("kNN memory size per stream (tokens)")
+    ax.set_ylabel("bits per byte (held-out)")
+    ax.set_title("Held-out bits per byte vs memory size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save(result: dict[str, Any], output_dir: str | Path) -> tuple[Path, Path]:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = output_dir / "eval.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return json_path, plot(result, output_dir / "eval.png")

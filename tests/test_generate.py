@@ -1,0 +1,87 @@
+"""Incremental decoding against a teacher-forced, segment-by-segment forward pass."""
+
+import pytest
+import torch
+
+from conftest import tiny_model
+
+PAD = 0
+
+
+def teacher_forced_logits(model, sequence, seq_len, max_knn_memories=None):
+    """Logits of a plain segment-by-segment forward pass over the whole sequence."""
+    knn = model.create_knn_memories(batch_size=sequence.shape[0], max_memories=max_knn_memories) \
+        if model.config.memorizing_layers else None
+    xl, outputs = None, []
+    for start in range(0, sequence.shape[1], seq_len):
+        logits, xl = model(sequence[:, start : start + seq_len], knn_memories=knn, xl_memories=xl)
+        outputs.append(logits)
+    return torch.cat(outputs, dim=1)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),  # kNN memory, no XL
+        dict(xl_max_memories=6),  # XL + kNN, memory overflows (max 16)
+        dict(xl_max_memories=6, kv_heads=2, knn_gate="joint"),
+        dict(memorizing_layers=(), xl_max_memories=4),  # XL only
+    ],
+)
+def test_greedy_generation_matches_teacher_forcing(overrides):
+    seq_len = 5
+    model = tiny_model(max_knn_memories=16, pad_id=PAD, **overrides)
+    prompt = torch.randint(3, 32, (2, 7))
+    prompt[1, :3] = PAD  # row 1 has a shorter prompt, padded on the left
+    out = model.generate(prompt, max_new_tokens=23, seq_len=seq_len, temperature=0.0, return_logits=True)
+    assert out.tokens.shape == (2, 23)
+    sequence = torch.cat((prompt, out.tokens), dim=1)
+    reference = teacher_forced_logits(model, sequence, seq_len)
+    predicted = reference[:, prompt.shape[1] - 1 : -1]
+    torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out.tokens, predicted.argmax(-1))
+    if model.config.memorizing_layers:
+        assert out.knn_memories[0].count.tolist()[0] == 16  # the memory overflowed
+
+
+def test_generation_continues_from_returned_state():
+    seq_len = 4
+    model = tiny_model(xl_max_memories=4, pad_id=PAD)
+    prompt = torch.randint(3, 32, (1, 6))
+    first = model.generate(prompt, max_new_tokens=5, seq_len=seq_len, temperature=0.0)
+    more = model.generate(torch.tensor([[5]]), max_new_tokens=4, seq_len=seq_len, temperature=0.0,
+                          knn_memories=first.knn_memories, xl_memories=first.xl_memories, pending=first.pending)
+    together = model.generate(torch.cat((prompt, first.tokens, torch.tensor([[5]])), dim=1), max_new_tokens=4,
+                              seq_len=seq_len, temperature=0.0)
+    assert torch.equal(more.tokens, together.tokens)
+
+
+def test_long_prompt_fills_memory_before_the_first_token():
+    model = tiny_model(max_knn_memories=64, xl_max_memories=8)
+    prompt = torch.randint(3, 32, (1, 200))
+    out = model.generate(prompt, max_new_tokens=1, seq_len=8, temperature=0.0)
+    assert out.knn_memories[0].count.tolist() == [64]
+    assert out.xl_memories[0].keys.shape[2] == 8
+
+
+def test_sampling_options_and_eos():
+    model = tiny_model(pad_id=PAD)
+    prompt = torch.randint(3, 32, (3, 4))
+    g = torch.Generator().manual_seed(0)
+    out = model.generate(prompt, max_new_tokens=6, seq_len=4, temperature=0.8, top_k=5, top_p=0.9, generator=g)
+    assert out.tokens.shape == (3, 6) and (out.tokens >= 0).all() and (out.tokens < 32).all()
+    greedy_first = model.generate(prompt, max_new_tokens=1, seq_len=4, temperature=0.0).tokens[:, 0]
+    top1 = model.generate(prompt, max_new_tokens=1, seq_len=4, temperature=1.0, top_k=1).tokens[:, 0]
+    assert torch.equal(greedy_first, top1)
+    stopped = model.generate(prompt, max_new_tokens=5, seq_len=4, temperature=0.0, eos_token_id=int(greedy_first[0]))
+    assert stopped.tokens[0, 0] == greedy_first[0] and (stopped.tokens[0, 1:] == PAD).all()
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_new_tokens=-1), dict(temperature=-1.0), dict(top_k=0), dict(top_p=1.5),
+                                    dict(seq_len=0)])
+def test_bad_generation_arguments(kwargs):
+    model = tiny_model()
+    args = dict(max_new_tokens=2, seq_len=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError):
+        model.generate(torch.randint(3, 32, (1, 4)), **args)

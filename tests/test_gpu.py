@@ -1,0 +1,66 @@
+"""CUDA checks (skipped without a GPU): the same results as on the CPU, and low-precision training."""
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from memorizing_transformers_pytorch import KNNMemory
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_memory_search_on_cuda_matches_cpu():
+    cpu = KNNMemory(dim=64, max_memories=5000, num_indices=2)
+    gpu = KNNMemory(dim=64, max_memories=5000, num_indices=2)
+    for _ in range(3):
+        pairs = torch.randn(2, 2048, 2, 64)
+        cpu.add(pairs)
+        gpu.add(pairs.cuda())
+    assert gpu.keys.is_cuda and gpu.count.is_cuda
+    queries = torch.randn(2, 300, 64)
+    kv_cpu, mask_cpu = cpu.search(queries, 32)
+    kv_gpu, mask_gpu = gpu.search(queries.cuda(), 32)
+    assert torch.equal(mask_gpu.cpu(), mask_cpu)
+    scores_cpu = (kv_cpu[..., 0, :] * queries[:, :, None]).sum(-1)
+    scores_gpu = (kv_gpu[..., 0, :].cpu() * queries[:, :, None]).sum(-1)
+    torch.testing.assert_close(scores_gpu, scores_cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_model_on_cuda_matches_cpu_over_segments():
+    model = tiny_model(xl_max_memories=8, pad_id=0, clear_memories_on_sos_token_id=1)
+    gpu_model = tiny_model(xl_max_memories=8, pad_id=0, clear_memories_on_sos_token_id=1)
+    gpu_model.load_state_dict(model.state_dict())
+    gpu_model.cuda()
+    knn_cpu, knn_gpu = model.create_knn_memories(batch_size=2), gpu_model.create_knn_memories(batch_size=2)
+    xl_cpu = xl_gpu = None
+    for step in range(4):
+        x = torch.randint(2, 32, (2, 8))
+        if step == 2:
+            x[0, 3] = 1
+        out_cpu, xl_cpu = model(x, knn_memories=knn_cpu, xl_memories=xl_cpu)
+        out_gpu, xl_gpu = gpu_model(x.cuda(), knn_memories=knn_gpu, xl_memories=xl_gpu)
+        torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=2e-3, atol=2e-3)
+    assert knn_gpu[0].count.tolist() == knn_cpu[0].count.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_training_on_cuda(dtype):
+    model = tiny_model(xl_max_memories=8).cuda().train()
+    knn = model.create_knn_memories(batch_size=2)
+    xl = None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(4):
+        x = torch.randint(2, 32, (2, 8), device="cuda")
+        with torch.autocast("cuda", dtype=dtype):
+            loss, xl = model(x, knn_memories=knn, xl_memories=xl, labels=x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert torch.isfinite(loss)
+    assert knn[0].keys.dtype == dtype
+
+
+def test_bf16_weights_and_generation_on_cuda():
+    model = tiny_model(xl_max_memories=4, pad_id=0).cuda().to(torch.bfloat16)
+    out = model.generate(torch.randint(3, 32, (2, 9), device="cuda"), max_new_tokens=12, seq_len=4, temperature=0.0)
+    assert out.tokens.shape == (2, 12) and out.tokens.is_cuda

@@ -1,0 +1,126 @@
+"""Training loop, checkpoints (round trip, atomicity), exact resume, evaluation and the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from memorizing_transformers_pytorch import MemorizingTransformerConfig
+from memorizing_transformers_pytorch.checkpoint import latest_checkpoint, load_model, save_checkpoint
+from memorizing_transformers_pytorch.cli import main
+from memorizing_transformers_pytorch.evaluate import evaluate
+from memorizing_transformers_pytorch.train import TrainConfig, train
+
+MODEL = MemorizingTransformerConfig(
+    num_tokens=256, dim=32, depth=2, heads=2, dim_head=16, memorizing_layers=(2,), max_knn_memories=64,
+    num_retrieved_memories=4, xl_max_memories=16, pad_id=0, clear_memories_on_sos_token_id=2,
+)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"doc{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(10)))
+    return str(folder)
+
+
+def config(tmp_path, corpus, **overrides):
+    values = dict(data=corpus, run_dir=str(tmp_path / "run"), seq_len=16, batch_size=2, steps=6, warmup_steps=2,
+                  checkpoint_every=3, log_every=1, lr=3e-3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_training_lowers_the_loss_and_logs_metrics(tmp_path, corpus):
+    summary = train(MODEL, config(tmp_path, corpus, steps=30, checkpoint_every=0), progress=False)
+    losses = summary["losses"]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 30 and {"loss", "bits_per_byte", "lr", "tokens_per_s"} <= set(lines[0])
+    assert math.isclose(lines[0]["bits_per_byte"], lines[0]["loss"] / math.log(2))
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, corpus):
+    full = train(MODEL, config(tmp_path / "a", corpus), progress=False)["losses"]
+    cfg = config(tmp_path / "b", corpus)
+    train(MODEL, cfg, progress=False)
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    (checkpoints / "latest").write_text("step-0000003\n")  # as if the run had died after step 3
+    resumed = train(MODEL, cfg, resume=True, progress=False)["losses"]
+    assert len(resumed) == 3
+    torch.testing.assert_close(torch.tensor(resumed), torch.tensor(full[3:]), rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_a_different_model(tmp_path, corpus):
+    cfg = config(tmp_path, corpus, steps=3)
+    train(MODEL, cfg, progress=False)
+    other = MemorizingTransformerConfig(**{**MODEL.to_dict(), "dim": 48})
+    with pytest.raises(ValueError, match="differs"):
+        train(other, cfg, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError):
+        train(MODEL, config(tmp_path / "none", corpus), resume=True, progress=False)
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path, corpus):
+    train(MODEL, config(tmp_path, corpus, steps=3), progress=False)
+    model = load_model(tmp_path / "run")
+    again = load_model(latest_checkpoint(tmp_path / "run"))
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert model.config == MODEL
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    from memorizing_transformers_pytorch import MemorizingTransformer
+    from memorizing_transformers_pytorch import checkpoint as ckpt
+
+    model = MemorizingTransformer(MODEL)
+    first = save_checkpoint(tmp_path, 1, model, state={})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 2, model, state={})
+    assert latest_checkpoint(tmp_path) == first
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-0000001"]
+    load_model(tmp_path)  # still loads
+
+
+def test_evaluation_reports_memory_on_off_and_sizes(tmp_path, corpus):
+    train(MODEL, config(tmp_path, corpus, steps=3), progress=False)
+    model = load_model(tmp_path / "run")
+    from memorizing_transformers_pytorch.data import load_documents
+
+    documents = load_documents(corpus, "train")[:3]
+    result = evaluate(model, documents, memory_sizes=(0, 16, 64), seq_len=16, progress=False)
+    assert set(result["bits_per_byte"]) == {"with_memory", "without_memory"}
+    assert set(result["by_memory_size"]) == {"0", "16", "64"}
+    assert result["bits_per_byte"]["with_memory"] == result["by_memory_size"]["64"]
+    assert result["bits_per_byte"]["without_memory"] == result["by_memory_size"]["0"]
+
+
+def test_cli_train_then_eval_writes_json_and_plot(tmp_path, corpus, capsys):
+    run = str(tmp_path / "cli")
+    main(["train", "--data", corpus, "--run-dir", run, "--steps", "2", "--seq-len", "16", "--dim", "32", "--depth", "2",
+          "--heads", "2", "--dim-head", "16", "--memorizing-layers", "2", "--max-knn-memories", "64",
+          "--num-retrieved-memories", "4", "--xl-max-memories", "16"])
+    main(["eval", "--checkpoint", run, "--split", "train", "--memory-sizes", "0,64", "--max-docs", "2"])
+    out = capsys.readouterr().out
+    assert "with memory" in out and "memory off" in out
+    result = json.loads((latest_checkpoint(run) / "eval.json").read_text())
+    assert set(result["bits_per_byte"]) == {"with_memory", "without_memory"}
+    assert (latest_checkpoint(run) / "eval.png").stat().st_size > 0
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "r"), "--steps", "1"])
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--memorizing-layers", "9", "--run-dir", str(tmp_path / "r")])
+    assert "memorizing_layers" in capsys.readouterr().err
