@@ -58,8 +58,7 @@ class KNNMemory:
         self.num_indices = _check_positive_int("num_indices", num_indices)
         self.heads = _check_positive_int("heads", heads)
         # Allocated on the first add, on that data's device and dtype.
-        self.keys: Tensor | None = None  # (B, H, M, D)
-        self.values: Tensor | None = None  # (B, H, M, D)
+        self.pairs: Tensor | None = None  # (B, H, M, 2, D) key | value, side by side for one gather
         self.count = torch.zeros(num_indices, dtype=torch.long)  # (B,) pairs held
         self.write_index = torch.zeros(num_indices, dtype=torch.long)  # (B,) next slot
 
@@ -72,6 +71,15 @@ class KNNMemory:
     @property
     def device(self) -> torch.device:
         return self.count.device
+
+    @property
+    def keys(self) -> Tensor | None:
+        """``(B, H, M, D)`` view of the stored keys (slots beyond ``count`` are stale)."""
+        return None if self.pairs is None else self.pairs[..., 0, :]
+
+    @property
+    def values(self) -> Tensor | None:
+        return None if self.pairs is None else self.pairs[..., 1, :]
 
     # ------------------------------------------------------------------ add
     def add(self, memories: Tensor, mask: Tensor | None = None) -> None:
@@ -103,11 +111,11 @@ class KNNMemory:
             raise ValueError("memories contain NaN or infinite values")
 
         memories = memories.detach()
-        if self.keys is None:
+        if self.pairs is None:
             self._allocate(memories.device, memories.dtype)
-        assert self.keys is not None and self.values is not None
-        memories = memories.to(device=self.keys.device, dtype=self.keys.dtype)
-        mask = mask.to(self.keys.device)
+        assert self.pairs is not None
+        memories = memories.to(device=self.pairs.device, dtype=self.pairs.dtype)
+        mask = mask.to(self.pairs.device)
         M = self.max_memories
 
         rank = mask.cumsum(1) - 1  # (B, N) order of each kept pair within its stream
@@ -116,16 +124,15 @@ class KNNMemory:
         slot = (self.write_index.unsqueeze(1) + rank) % M  # (B, N)
         rows, cols = keep.nonzero(as_tuple=True)
         slots = slot[rows, cols]
-        # advanced indices around a slice put the indexed axis first: (K, H, D)
-        self.keys[rows, :, slots] = memories[rows, :, cols, 0]
-        self.values[rows, :, slots] = memories[rows, :, cols, 1]
+        # advanced indices around a slice put the indexed axis first: (K, H, 2, D)
+        new = memories[rows, :, cols]
+        self.pairs[rows, :, slots] = new
         self.write_index = (self.write_index + num_new) % M
         self.count = torch.clamp(self.count + num_new, max=M)
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (self.num_indices, self.heads, self.max_memories, self.dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (self.num_indices, self.heads, self.max_memories)
+        self.pairs = torch.zeros(*shape, 2, self.dim, device=device, dtype=dtype)
         self.count = self.count.to(device)
         self.write_index = self.write_index.to(device)
 
@@ -202,60 +209,67 @@ class KNNMemory:
         B, H, D = self.num_indices, self.heads, self.dim
         q = queries.reshape(B, H, -1, D)  # (B, H, Q, D)
         Q = q.shape[2]
-        out_dtype = self.keys.dtype if self.keys is not None else queries.dtype
-        key_values = torch.zeros(B, H, Q, topk, 2, D, dtype=out_dtype, device=queries.device)
-        found = torch.zeros(B, H, Q, topk, dtype=torch.bool, device=queries.device)
-        held = int(self.count.max()) if self.keys is not None else 0
-        if held > 0 and Q > 0:
-            assert self.keys is not None and self.values is not None
-            q = q.to(device=self.keys.device, dtype=self.keys.dtype)
-            scores, index = self._exact_topk(q, min(topk, held))  # (B, H, Q, k')
-            k_found = index.shape[-1]
-            valid = scores > float("-inf")
-            flat = (torch.arange(B * H, device=index.device).view(B, H, 1, 1) * self.max_memories + index).reshape(-1)
-            keys = self.keys.reshape(-1, D).index_select(0, flat).view(B, H, Q, k_found, D)
-            values = self.values.reshape(-1, D).index_select(0, flat).view(B, H, Q, k_found, D)
-            pairs = torch.stack((keys, values), dim=-2) * valid[..., None, None]
-            key_values[:, :, :, :k_found] = pairs.to(key_values.device)
-            found[:, :, :, :k_found] = valid.to(found.device)
-        return key_values.view(*lead, topk, 2, D), found.view(*lead, topk)
+        held = int(self.count.max()) if self.pairs is not None else 0
+        if held == 0 or Q == 0:
+            dtype = self.pairs.dtype if self.pairs is not None else queries.dtype
+            key_values = torch.zeros(*lead, topk, 2, D, dtype=dtype, device=queries.device)
+            return key_values, torch.zeros(*lead, topk, dtype=torch.bool, device=queries.device)
+        assert self.pairs is not None
+        q = q.to(self.pairs.device)
+        k = min(topk, held)
+        index = self._top_indices(q, k)  # (B, H, Q, k)
+        found = index >= 0
+        flat = (torch.arange(B * H, device=q.device).view(B, H, 1, 1) * self.max_memories + index.clamp(min=0))
+        key_values = self.pairs.view(-1, 2, D).index_select(0, flat.view(-1)).view(B, H, Q, k, 2, D)
+        if not bool(found.all()):
+            key_values = key_values * found[..., None, None]
+        if k < topk:  # fewer memories than asked for: pad with empty slots
+            key_values = torch.cat((key_values, key_values.new_zeros(B, H, Q, topk - k, 2, D)), dim=3)
+            found = torch.cat((found, found.new_zeros(B, H, Q, topk - k)), dim=3)
+        return key_values.view(*lead, topk, 2, D).to(queries.device), found.view(*lead, topk).to(queries.device)
 
-    def _exact_topk(self, q: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Blocked exact top-k: never holds more than one score block at a time.
+    def _top_indices(self, q: Tensor, k: int) -> Tensor:
+        """Exact top-k slot indices ``(B, H, Q, k)`` by ``q . key``, best first; -1 for empty slots."""
+        assert self.pairs is not None
+        scores, index = self._blocked_topk(q.float(), self.pairs[..., 0, :], k)
+        return index.masked_fill(scores == float("-inf"), -1)
+
+    def _blocked_topk(self, q: Tensor, keys: Tensor, c: int) -> tuple[Tensor, Tensor]:
+        """Top-c float32 scores and slots of ``q @ keys^T``, one block at a time (no full score matrix).
 
         Args:
-            q: ``(B, H, Q, D)`` in the storage dtype.
+            q: ``(B, H, Q, D)`` float32; keys: ``(B, H, M, D)``, any float dtype.
         Returns:
-            scores, index: ``(B, H, Q, k)``; empty slots score ``-inf``.
+            scores ``(B, H, Q, c)`` (``-inf`` for empty slots) and slots ``(B, H, Q, c)``.
         """
-        assert self.keys is not None
-        B, H, Q, _ = q.shape
-        held = int(self.count.max())
+        b, h, Q, _ = q.shape
+        count = self.count
+        held = int(count.max())
         mem_block = min(held, _MEMORY_BLOCK)
-        q_block = max(1, min(Q, _SCORE_BLOCK_ELEMENTS // (B * H * mem_block)))
-        slot_ids = torch.arange(held, device=q.device)
-        empty = slot_ids.view(1, 1, 1, held) >= self.count.view(B, 1, 1, 1)  # (B, 1, 1, held)
-        best_scores = []
-        best_index = []
+        q_block = max(1, min(Q, _SCORE_BLOCK_ELEMENTS // (b * h * mem_block)))
+        empty = torch.arange(held, device=q.device).view(1, 1, 1, held) >= count.view(b, 1, 1, 1)
+        any_empty = bool(empty.any())  # usually False: all streams hold the same number
+        best_scores, best_slots = [], []
         for q_start in range(0, Q, q_block):
             q_part = q[:, :, q_start : q_start + q_block]
             top_s: Tensor | None = None
             top_i: Tensor | None = None
             for m_start in range(0, held, mem_block):
                 m_end = min(held, m_start + mem_block)
-                scores = torch.matmul(q_part, self.keys[:, :, m_start:m_end].transpose(-1, -2)).float()
-                scores.masked_fill_(empty[..., m_start:m_end], float("-inf"))
-                s, i = scores.topk(min(k, m_end - m_start), dim=-1)
+                scores = torch.matmul(q_part, keys[:, :, m_start:m_end].float().transpose(-1, -2))
+                if any_empty:
+                    scores.masked_fill_(empty[..., m_start:m_end], float("-inf"))
+                s, i = scores.topk(min(c, m_end - m_start), dim=-1)
                 i = i + m_start
                 if top_s is not None:
                     assert top_i is not None
-                    s, j = torch.cat((top_s, s), dim=-1).topk(k, dim=-1)
+                    s, j = torch.cat((top_s, s), dim=-1).topk(min(c, top_s.shape[-1] + s.shape[-1]), dim=-1)
                     i = torch.cat((top_i, i), dim=-1).gather(-1, j)
                 top_s, top_i = s, i
             assert top_s is not None and top_i is not None
             best_scores.append(top_s)
-            best_index.append(top_i)
-        return torch.cat(best_scores, dim=2), torch.cat(best_index, dim=2)
+            best_slots.append(top_i)
+        return torch.cat(best_scores, dim=2), torch.cat(best_slots, dim=2)
 
     # --------------------------------------------------------------- helpers
     def _as_5d(self, memories: Tensor, name: str) -> Tensor:
@@ -274,23 +288,22 @@ class KNNMemory:
     def state_dict(self) -> dict[str, Tensor]:
         """Tensors that fully describe the memory (for checkpoints)."""
         state = {"count": self.count, "write_index": self.write_index}
-        if self.keys is not None and self.values is not None:
-            state |= {"keys": self.keys, "values": self.values}
+        if self.pairs is not None:
+            state["pairs"] = self.pairs
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         B, H, M, D = self.num_indices, self.heads, self.max_memories, self.dim
         if state["count"].shape != (B,) or state["write_index"].shape != (B,):
             raise ValueError(f"memory state is for {state['count'].shape[0]} streams, this memory has {B}")
-        if "keys" in state and state["keys"].shape != (B, H, M, D):
-            raise ValueError(f"memory keys must have shape {(B, H, M, D)}, got {tuple(state['keys'].shape)}")
+        if "pairs" in state and state["pairs"].shape != (B, H, M, 2, D):
+            raise ValueError(f"memory pairs must have shape {(B, H, M, 2, D)}, got {tuple(state['pairs'].shape)}")
         self.count = state["count"].clone().long()
         self.write_index = state["write_index"].clone().long()
-        if "keys" in state:
-            self.keys = state["keys"].clone()
-            self.values = state["values"].clone()
-            self.count = self.count.to(self.keys.device)
-            self.write_index = self.write_index.to(self.keys.device)
+        if "pairs" in state:
+            self.pairs = state["pairs"].clone()
+            for name in ("count", "write_index"):
+                setattr(self, name, getattr(self, name).to(self.pairs.device))
 
 
 class KNNMemoryList(list):

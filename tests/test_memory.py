@@ -200,3 +200,31 @@ def test_nothing_is_written_to_disk(tmp_path, monkeypatch):
     memory.add(torch.randn(1, 3, 2, 4))
     memory.search(torch.randn(1, 2, 4), topk=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def _brute_force_top_scores(memory, queries, k):
+    keys = memory.keys[:, 0, : int(memory.count.max())].float()
+    return (queries.float() @ keys.transpose(1, 2)).topk(k, dim=-1).values
+
+
+@pytest.mark.parametrize("size, k", [(8192, 4), (3000, 32)])
+def test_large_memory_search_is_exact(size, k):
+    """Big enough for the grouped candidate pass and the bfloat16 pre-selection."""
+    memory = KNNMemory(dim=32, max_memories=size, num_indices=2)
+    memory.add(torch.randn(2, size, 2, 32))
+    queries = torch.randn(2, 64, 32)
+    kv, mask = memory.search(queries, k)
+    got = (kv[..., 0, :] * queries[:, :, None]).sum(-1)
+    torch.testing.assert_close(got, _brute_force_top_scores(memory, queries, k), rtol=0, atol=1e-5)
+
+
+def test_near_ties_that_bfloat16_cannot_separate_are_still_exact():
+    """Keys closer together than bfloat16 can tell apart force the float32 fallback."""
+    base = torch.randn(1, 1, 32)
+    keys = base + 1e-4 * torch.randn(2, 4096, 32)
+    memory = KNNMemory(dim=32, max_memories=4096, num_indices=2)
+    memory.add(torch.stack((keys, torch.randn(2, 4096, 32)), dim=2))
+    queries = base.expand(2, 8, 32) + 1e-3 * torch.randn(2, 8, 32)
+    kv, _ = memory.search(queries, 16)
+    got = (kv[..., 0, :] * queries[:, :, None]).sum(-1)
+    torch.testing.assert_close(got, _brute_force_top_scores(memory, queries, 16), rtol=1e-6, atol=1e-4)
