@@ -40,7 +40,7 @@ def memory_rows(dtype):
         flops = 2 * 2 * 4096 * size * 64
         rows.append(dict(kind="memory", dtype=str(dtype), size=size, search_ms=search, add_ms=add,
                          search_tflops=flops / search / 1e9, peak_gib=torch.cuda.max_memory_allocated() / 2**30))
-        del memory
+        memory = None  # free it before the next size
         torch.cuda.empty_cache()
     return rows
 

@@ -1,4 +1,4 @@
-"""Command line: ``memorizing-transformers {train,eval,demo} ...`` (or ``python -m memorizing_transformers_pytorch``)."""
+"""Command line: ``memorizing-transformers {train,eval,demo,generate} ...`` (or ``python -m memorizing_transformers_pytorch``)."""
 
 from __future__ import annotations
 
@@ -160,6 +160,79 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"[demo] total {time.perf_counter() - started:.0f}s")
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    import codecs
+
+    from .checkpoint import load_checkpoint, load_model
+    from .data import SOS_ID
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    seq_len = args.seq_len or checkpoint.get("train_config", {}).get("seq_len", 512)
+    model = load_model(checkpoint["path"], device=args.device)
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ValueError("give either --prompt or --prompt-file, not both")
+    prompt = args.prompt.encode() if args.prompt is not None else b""
+    if args.prompt_file is not None:
+        prompt = _read_bytes(args.prompt_file, "prompt file")
+    context = _read_bytes(args.context_file, "context file") if args.context_file else b""
+    stream = bytes([SOS_ID]) + context + prompt
+    tokens = torch.tensor([list(stream)], dtype=torch.long, device=args.device)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    knn = None
+    if model.config.memorizing_layers and args.memory_size != 0:
+        knn = model.create_knn_memories(batch_size=1, max_memories=args.memory_size or None)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    sys.stdout.write(prompt.decode("utf-8", errors="replace"))
+
+    def show(token: torch.Tensor) -> None:
+        sys.stdout.write(decoder.decode(bytes([int(token[0])])))
+        sys.stdout.flush()
+
+    started = time.perf_counter()
+    out = model.generate(
+        tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=SOS_ID,
+        generator=generator, on_token=show,
+    )
+    elapsed = time.perf_counter() - started
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    held = [int(m.count[0]) for m in (out.knn_memories or [])]
+    print(f"[{len(stream)} tokens read, {out.tokens.shape[1]} generated in {elapsed:.1f}s; kNN memory holds {held}]",
+          file=sys.stderr)
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    return data.replace(b"\x00", b" ").replace(b"\x02", b" ")
+
+
+def cmd_names(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint, load_model
+    from .data import load_documents
+    from .evaluate import name_recall, select_documents
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    train_config = checkpoint.get("train_config", {})
+    model = load_model(checkpoint["path"], device=args.device)
+    documents = select_documents(load_documents(args.eval_data or train_config.get("data", "stdlib"), args.split),
+                                 max_docs=args.max_docs or None, max_doc_bytes=args.max_doc_bytes or None)
+    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    result = name_recall(model, documents, memory_sizes=sizes, min_distance=args.min_distance,
+                         seq_len=args.seq_len or train_config.get("seq_len", 512), device=args.device)
+    print("| memory size | mean log2 p(name) | mean p(name) | p > 0.5 | better than off |")
+    print("|---|---|---|---|---|")
+    for size, row in result["by_memory_size"].items():
+        print(f"| {size} | {row['mean_log2_prob']:.2f} | {row['mean_prob']:.3f} | {row['exact_recall_at_0.5']:.3f} "
+              f"| {row.get('fraction_better_than_off', float('nan')):.3f} |")
+    print(f"({result['cases']} uses of names last seen >= {args.min_distance} bytes back)")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+
+
 DEMO_TRAIN = dict(run_dir="runs/demo", steps=400, warmup_steps=50, checkpoint_every=100, lr=2e-3)
 
 
@@ -185,6 +258,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     _add_eval_arguments(ev)
     ev.set_defaults(func=cmd_eval)
+
+    gen = sub.add_parser("generate", help="read a context into memory, then generate text, streamed",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gen.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    gen.add_argument("--prompt", default=None, help="prompt text")
+    gen.add_argument("--prompt-file", default=None, help="read the prompt from this file")
+    gen.add_argument("--context-file", default=None, help="read this file into memory before the prompt")
+    gen.add_argument("--max-new-tokens", type=int, default=256, help="bytes to generate")
+    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely bytes")
+    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
+    gen.add_argument("--memory-size", type=int, default=None,
+                     help="kNN memory size (default: the trained size; 0 = memory off)")
+    gen.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument("--device", default="cpu", help="torch device")
+    gen.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    gen.set_defaults(func=cmd_generate)
+
+    names = sub.add_parser("names", help="probability of recalling names last seen far back, memory on vs off",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    names.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    names.add_argument("--min-distance", type=int, default=4096, help="bytes since the name's previous mention")
+    names.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
+    names.add_argument("--device", default="cpu", help="torch device")
+    names.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _add_eval_arguments(names)
+    names.set_defaults(func=cmd_names, memory_sizes="0,16384", max_docs=16, output=None)
     return parser
 
 

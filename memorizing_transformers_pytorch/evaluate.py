@@ -162,3 +162,79 @@ def save(result: dict[str, Any], output_dir: str | Path) -> tuple[Path, Path]:
     json_path = output_dir / "eval.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     return json_path, plot(result, output_dir / "eval.png")
+
+
+@torch.no_grad()
+def token_log_probs(model: MemorizingTransformer, tokens: np.ndarray, *, memory_size: int | None, seq_len: int = 512,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """``log p(tokens[t] | tokens[:t])`` for ``t >= 1``, reading one stream segment by segment."""
+    model.eval()
+    use_memory = memory_size != 0 and len(model.config.memorizing_layers) > 0
+    knn = model.create_knn_memories(batch_size=1, max_memories=memory_size) if use_memory else None
+    xl = None
+    stream = torch.as_tensor(tokens, dtype=torch.long, device=device).unsqueeze(0)
+    out = []
+    for start in range(0, stream.shape[1] - 1, seq_len):
+        x = stream[:, start : start + seq_len]
+        target = stream[:, start + 1 : start + seq_len + 1]
+        logits, xl = model(x, knn_memories=knn, xl_memories=xl)
+        logp = torch.log_softmax(logits[:, : target.shape[1]].float(), dim=-1)
+        out.append(logp.gather(-1, target.unsqueeze(-1))[0, :, 0].cpu())
+    return torch.cat(out).numpy()
+
+
+def find_long_range_names(text: bytes, *, min_distance: int, min_length: int = 6) -> list[tuple[str, int]]:
+    """``(name, offset)`` of uses of names defined by ``def``/``class`` whose previous mention is
+    at least ``min_distance`` bytes back (so it is outside the local and XL window)."""
+    import re
+
+    names = {m.group(1) for m in re.finditer(rb"(?:def|class)\s+([A-Za-z_]\w+)", text) if len(m.group(1)) >= min_length}
+    cases = []
+    for name in names:
+        offsets = [m.start() for m in re.finditer(rb"(?<![\w.])" + re.escape(name) + rb"(?!\w)", text)]
+        first_definition = text.find(b"def " + name) if b"def " + name in text else text.find(b"class " + name)
+        for previous, offset in zip(offsets, offsets[1:]):
+            if offset - previous >= min_distance and previous >= first_definition >= 0:
+                cases.append((name.decode(), offset))
+    return sorted(cases, key=lambda case: case[1])
+
+
+def name_recall(model: MemorizingTransformer, documents: Sequence[np.ndarray], *, memory_sizes: Sequence[int],
+                min_distance: int = 4096, prefix: int = 2, seq_len: int = 512, device: str | torch.device = "cpu",
+                progress: bool = True) -> dict[str, Any]:
+    """How well the model recalls a name last seen ``>= min_distance`` bytes back.
+
+    For each such use, the score is the log-probability of the name's bytes after its
+    first ``prefix`` bytes, teacher-forced, at each memory size (0 = memory off).
+    """
+    from .data import SOS_ID
+
+    per_size: dict[str, list[float]] = {str(size): [] for size in memory_sizes}
+    cases_seen = []
+    for document in tqdm(documents, disable=not progress, desc="documents", leave=False):
+        cases = find_long_range_names(document.tobytes(), min_distance=min_distance)
+        if not cases:
+            continue
+        stream = np.concatenate(([SOS_ID], document)).astype(np.int64)
+        for size in memory_sizes:
+            logp = token_log_probs(model, stream, memory_size=size, seq_len=seq_len, device=device)
+            for name, offset in cases:
+                # byte i of the document is stream position i + 1, predicted by logp[i]
+                span = range(offset + prefix, offset + len(name))
+                per_size[str(size)].append(float(sum(logp[i] for i in span)))
+        cases_seen.extend(name for name, _ in cases)
+    summary: dict[str, Any] = {"cases": len(cases_seen), "min_distance": min_distance, "prefix_bytes": prefix,
+                               "by_memory_size": {}}
+    for size, values in per_size.items():
+        arr = np.array(values)
+        summary["by_memory_size"][size] = {
+            "mean_log2_prob": float(arr.mean() / math.log(2)) if len(arr) else float("nan"),
+            "mean_prob": float(np.exp(arr).mean()) if len(arr) else float("nan"),
+            "exact_recall_at_0.5": float((np.exp(arr) > 0.5).mean()) if len(arr) else float("nan"),
+        }
+    if "0" in per_size and len(per_size) > 1 and per_size["0"]:
+        off = np.array(per_size["0"])
+        for size, values in per_size.items():
+            if size != "0":
+                summary["by_memory_size"][size]["fraction_better_than_off"] = float((np.array(values) > off).mean())
+    return summary

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from memorizing_transformers_pytorch.data import (
-    IGNORE_INDEX, PAD_ID, SOS_ID, DocumentStream, enwik8_documents, folder_documents, load_documents,
+    IGNORE_INDEX,
+    PAD_ID,
+    SOS_ID,
+    DocumentStream,
+    enwik8_documents,
+    folder_documents,
+    load_documents,
     stdlib_documents,
 )
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from conftest import tiny_model
 
 PAD = 0

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import tiny_model
+
 from memorizing_transformers_pytorch import KNNMemory
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_model
+
 from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig, XLCache
 from memorizing_transformers_pytorch.model import relative_position_bucket
 

@@ -124,3 +124,45 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--memorizing-layers", "9", "--run-dir", str(tmp_path / "r")])
     assert "memorizing_layers" in capsys.readouterr().err
+
+
+def test_cli_generate_streams_text(tmp_path, corpus, capsys):
+    run = str(tmp_path / "gen")
+    main(["train", "--data", corpus, "--run-dir", run, "--steps", "2", "--seq-len", "16", "--dim", "32", "--depth", "2",
+          "--heads", "2", "--dim-head", "16", "--memorizing-layers", "2", "--max-knn-memories", "64",
+          "--num-retrieved-memories", "4", "--xl-max-memories", "16"])
+    context = tmp_path / "context.py"
+    context.write_text("def alpha():\n    return 1\n" * 10)
+    capsys.readouterr()
+    main(["generate", "--checkpoint", run, "--prompt", "def ", "--context-file", str(context),
+          "--max-new-tokens", "20", "--temperature", "0"])
+    captured = capsys.readouterr()
+    assert captured.out.startswith("def ")
+    assert "20 generated" in captured.err and "kNN memory holds [64]" in captured.err
+    with pytest.raises(SystemExit):
+        main(["generate", "--checkpoint", run, "--prompt-file", str(tmp_path / "nope.txt")])
+    assert "nope.txt" in capsys.readouterr().err
+
+
+def test_long_range_name_cases_are_beyond_the_window():
+    from memorizing_transformers_pytorch.evaluate import find_long_range_names
+
+    text = b"def compute_total(x):\n    pass\n" + b"# filler\n" * 500 + b"y = compute_total(3)\n" + b"z = compute_total(4)\n"
+    cases = find_long_range_names(text, min_distance=4000)
+    assert cases == [("compute_total", text.index(b"y = compute_total") + 4)]  # the second use is too close
+
+
+def test_cli_names_reports_memory_on_and_off(tmp_path, corpus, capsys):
+    run = str(tmp_path / "names")
+    main(["train", "--data", corpus, "--run-dir", run, "--steps", "1", "--seq-len", "16", "--dim", "32", "--depth", "2",
+          "--heads", "2", "--dim-head", "16", "--memorizing-layers", "2", "--max-knn-memories", "64",
+          "--num-retrieved-memories", "4", "--xl-max-memories", "16"])
+    (tmp_path / "names_data").mkdir()
+    body = b"def helper_function():\n    pass\n" + b"x = 1\n" * 100 + b"helper_function()\n"
+    for i in range(30):
+        (tmp_path / "names_data" / f"m{i}.py").write_bytes(body)
+    main(["names", "--checkpoint", run, "--eval-data", str(tmp_path / "names_data"), "--split", "train",
+          "--min-distance", "300", "--memory-sizes", "0,64", "--max-docs", "2", "--output", str(tmp_path / "names.json")])
+    result = json.loads((tmp_path / "names.json").read_text())
+    assert result["cases"] > 0 and set(result["by_memory_size"]) == {"0", "64"}
+    assert 0 <= result["by_memory_size"]["64"]["fraction_better_than_off"] <= 1
