@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .config import MemorizingTransformerConfig
+from .config import MemorizingTransformerConfig, read_json_object
 from .train import DEMO_MODEL, TrainConfig
 
 
@@ -61,17 +61,7 @@ def _collect(args: argparse.Namespace, cls: type, base: dict[str, Any]) -> dict[
 
 
 def _read_json(path: str | None, what: str) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"error: {what} file not found: {path}") from None
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"error: {what} file {path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise SystemExit(f"error: {what} file {path} must hold a JSON object")
-    return data
+    return {} if path is None else read_json_object(path, what)
 
 
 def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransformerConfig, TrainConfig]:

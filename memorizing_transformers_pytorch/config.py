@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["MemorizingTransformerConfig", "KNN_GATES"]
+__all__ = ["MemorizingTransformerConfig", "KNN_GATES", "read_json_object"]
 
 KNN_GATES = ("sigmoid", "joint")
 
@@ -153,13 +153,22 @@ class MemorizingTransformerConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> MemorizingTransformerConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"model config not found: {path}") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"model config {path} is not valid JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"model config {path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, "model config"))
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON file holding an object, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not JSON, or not an object.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} file {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} file {path} must hold a JSON object")
+    return data

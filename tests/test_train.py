@@ -166,3 +166,16 @@ def test_cli_names_reports_memory_on_and_off(tmp_path, corpus, capsys):
     result = json.loads((tmp_path / "names.json").read_text())
     assert result["cases"] > 0 and set(result["by_memory_size"]) == {"0", "64"}
     assert 0 <= result["by_memory_size"]["64"]["fraction_better_than_off"] <= 1
+
+
+def test_cli_reads_configs_from_json_and_reports_bad_files(tmp_path, corpus, capsys):
+    model_json = tmp_path / "model.json"
+    model_json.write_text(json.dumps({**MODEL.to_dict(), "memorizing_layers": [2]}))
+    train_json = tmp_path / "train.json"
+    train_json.write_text(json.dumps({"data": corpus, "run_dir": str(tmp_path / "j"), "steps": 1, "seq_len": 16}))
+    main(["train", "--model-config", str(model_json), "--train-config", str(train_json)])
+    assert load_model(tmp_path / "j").config == MODEL
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit):
+        main(["train", "--model-config", str(tmp_path / "bad.json")])
+    assert "bad.json" in capsys.readouterr().err
