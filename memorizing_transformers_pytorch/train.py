@@ -58,6 +58,8 @@ class TrainConfig:
     checkpoint_every: int = field(default=200, metadata=_help("steps between checkpoints (0 = only at the end)"))
     log_every: int = field(default=10, metadata=_help("steps between metric lines"))
     device: str = field(default="cpu", metadata=_help("torch device"))
+    knn_memory: bool = field(default=True, metadata=_help(
+        "train with the kNN memory; --no-knn-memory trains the same architecture with memory off (a fair baseline)"))
     max_minutes: float = field(default=0.0, metadata=_help(
         "stop (and checkpoint) after this much training time even before --steps (0 = no limit)"))
 
@@ -119,7 +121,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     stream = DocumentStream(load_documents(config.data, "train"), batch_size=config.batch_size,
                             seq_len=config.seq_len, repeat=True, seed=config.seed)
-    knn_memories = model.create_knn_memories(batch_size=config.batch_size)
+    knn_memories = model.create_knn_memories(batch_size=config.batch_size) if config.knn_memory else None
     xl_memories = None
     step = 0
 

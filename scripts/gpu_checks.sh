@@ -7,7 +7,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" OMP_WAIT_POLICY=PASSIVE
 OUT=${OUT:-runs/gpu_out}
 TRAIN_MINUTES=${TRAIN_MINUTES:-3.5}
-mkdir -p "$OUT"
+mkdir -p "$OUT" runs
 LOG="$OUT/gpu_checks.log"
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -26,6 +26,10 @@ wait
 for run in memory baseline; do
   echo "-- $run: last log lines"; tail -c 600 "runs/gpu_$run.log" | tr '\r' '\n' | tail -4
   cp "runs/gpu/$run/metrics.jsonl" "$OUT/metrics_$run.jsonl"
+done
+# keep the trained weights (small): at most 8 files come back from the machine
+for run in memory baseline; do
+  ckpt=$(cat runs/gpu/$run/checkpoints/latest 2>/dev/null) && tar -C "runs/gpu/$run/checkpoints/$ckpt" -czf "$OUT/weights_$run.tgz" model.safetensors config.json
 done
 echo "== evaluation on held-out stdlib files"
 timeout 240 $MT eval --checkpoint runs/gpu/memory --baseline-checkpoint runs/gpu/baseline --device cuda \

@@ -179,3 +179,11 @@ def test_cli_reads_configs_from_json_and_reports_bad_files(tmp_path, corpus, cap
     with pytest.raises(SystemExit):
         main(["train", "--model-config", str(tmp_path / "bad.json")])
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_training_with_memory_off_keeps_no_memories(tmp_path, corpus):
+    train(MODEL, config(tmp_path, corpus, steps=2, knn_memory=False), progress=False)
+    from safetensors.torch import load_file
+
+    memories = load_file(latest_checkpoint(tmp_path / "run") / "memories.safetensors")
+    assert not any(name.startswith("knn.") for name in memories)
