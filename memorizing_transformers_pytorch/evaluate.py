@@ -136,13 +136,12 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
     sizes = [int(s) for s in result["by_memory_size"]]
     values = list(result["by_memory_size"].values())
-    shown = [max(s, 1) for s in sizes]  # size 0 (memory off) drawn at 1 on the log axis
+    positions = list(range(len(sizes)))  # evenly spaced: sizes grow roughly geometrically
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(shown, values, marker="o", label="memorizing model")
+    ax.plot(positions, values, marker="o", label="memorizing model")
     if "baseline" in result["bits_per_byte"]:
         ax.axhline(result["bits_per_byte"]["baseline"], color="gray", linestyle="--", label="baseline (XL only)")
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xticks(shown)
+    ax.set_xticks(positions)
     ax.set_xticklabels(["off" if s == 0 else f"{s // 1024}K" if s >= 1024 else str(s) for s in sizes])
     ax.set_xlabel("kNN memory size per stream (tokens)")
     ax.set_ylabel("bits per byte (held-out)")
