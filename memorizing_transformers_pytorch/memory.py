@@ -229,25 +229,19 @@ class KNNMemory:
         return key_values.view(*lead, topk, 2, D).to(queries.device), found.view(*lead, topk).to(queries.device)
 
     def _top_indices(self, q: Tensor, k: int) -> Tensor:
-        """Exact top-k slot indices ``(B, H, Q, k)`` by ``q . key``, best first; -1 for empty slots."""
-        assert self.pairs is not None
-        scores, index = self._blocked_topk(q.float(), self.pairs[..., 0, :], k)
-        return index.masked_fill(scores == float("-inf"), -1)
+        """Exact top-k slot indices ``(B, H, Q, k)`` by ``q . key``, best first; -1 for empty slots.
 
-    def _blocked_topk(self, q: Tensor, keys: Tensor, c: int) -> tuple[Tensor, Tensor]:
-        """Top-c float32 scores and slots of ``q @ keys^T``, one block at a time (no full score matrix).
-
-        Args:
-            q: ``(B, H, Q, D)`` float32; keys: ``(B, H, M, D)``, any float dtype.
-        Returns:
-            scores ``(B, H, Q, c)`` (``-inf`` for empty slots) and slots ``(B, H, Q, c)``.
+        Scores are computed in float32, one block of queries x memories at a time, with a
+        running top-k merge, so no full score matrix is ever held.
         """
-        b, h, Q, _ = q.shape
-        count = self.count
-        held = int(count.max())
+        assert self.pairs is not None
+        keys = self.pairs[..., 0, :]  # (B, H, M, D)
+        q = q.float()
+        B, H, Q, _ = q.shape
+        held = int(self.count.max())
         mem_block = min(held, _MEMORY_BLOCK)
-        q_block = max(1, min(Q, _SCORE_BLOCK_ELEMENTS // (b * h * mem_block)))
-        empty = torch.arange(held, device=q.device).view(1, 1, 1, held) >= count.view(b, 1, 1, 1)
+        q_block = max(1, min(Q, _SCORE_BLOCK_ELEMENTS // (B * H * mem_block)))
+        empty = torch.arange(held, device=q.device).view(1, 1, 1, held) >= self.count.view(B, 1, 1, 1)
         any_empty = bool(empty.any())  # usually False: all streams hold the same number
         best_scores, best_slots = [], []
         for q_start in range(0, Q, q_block):
@@ -259,17 +253,19 @@ class KNNMemory:
                 scores = torch.matmul(q_part, keys[:, :, m_start:m_end].float().transpose(-1, -2))
                 if any_empty:
                     scores.masked_fill_(empty[..., m_start:m_end], float("-inf"))
-                s, i = scores.topk(min(c, m_end - m_start), dim=-1)
+                s, i = scores.topk(min(k, m_end - m_start), dim=-1)
                 i = i + m_start
                 if top_s is not None:
                     assert top_i is not None
-                    s, j = torch.cat((top_s, s), dim=-1).topk(min(c, top_s.shape[-1] + s.shape[-1]), dim=-1)
+                    s = torch.cat((top_s, s), dim=-1)
+                    s, j = s.topk(min(k, s.shape[-1]), dim=-1)  # early blocks may be shorter than k
                     i = torch.cat((top_i, i), dim=-1).gather(-1, j)
                 top_s, top_i = s, i
             assert top_s is not None and top_i is not None
             best_scores.append(top_s)
             best_slots.append(top_i)
-        return torch.cat(best_scores, dim=2), torch.cat(best_slots, dim=2)
+        scores, index = torch.cat(best_scores, dim=2), torch.cat(best_slots, dim=2)
+        return index.masked_fill(scores == float("-inf"), -1)
 
     # --------------------------------------------------------------- helpers
     def _as_5d(self, memories: Tensor, name: str) -> Tensor:
