@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .config import MemorizingTransformerConfig, read_json_object
 from .train import DEMO_MODEL, TrainConfig
 
@@ -99,6 +100,7 @@ def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int
     from .data import load_documents
     from .evaluate import evaluate, format_table, save, select_documents
 
+    device = str(distributed.setup(device))  # under torchrun, ranks share the documents and sum the results
     model = load_model(checkpoint, device=device)
     baseline = load_model(args.baseline_checkpoint, device=device) if getattr(args, "baseline_checkpoint", None) else None
     documents = select_documents(load_documents(data, args.split), max_docs=args.max_docs or None,
@@ -112,9 +114,10 @@ def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int
     result["checkpoint"] = str(checkpoint)
     result["eval_seconds"] = time.perf_counter() - started
     output = Path(args.output) if args.output else Path(checkpoint)
-    json_path, png_path = save(result, output)
-    print(format_table(result))
-    print(f"wrote {json_path} and {png_path}")
+    if distributed.is_main():
+        json_path, png_path = save(result, output)
+        print(format_table(result))
+        print(f"wrote {json_path} and {png_path}")
     return result
 
 
@@ -289,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

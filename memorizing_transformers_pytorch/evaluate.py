@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import IGNORE_INDEX, SOS_ID, DocumentStream
 from .model import MemorizingTransformer
 
@@ -48,9 +49,15 @@ def bits_per_byte(
     Args:
         memory_size: kNN memory capacity per stream; ``0`` turns the memory off;
             ``None`` uses the model's configured size.
+
+    Under ``torchrun`` each rank reads every ``world_size``-th document and the
+    sums are reduced across ranks, so every rank returns the same total.
     """
     model.eval()
+    documents = list(documents)[distributed.rank() :: distributed.world_size()]
     use_memory = memory_size != 0 and len(model.config.memorizing_layers) > 0
+    if not documents:  # more ranks than documents: this rank has nothing to read
+        return _reduced_ratio(0.0, 0, device)
     stream = DocumentStream(documents, batch_size=batch_size, seq_len=seq_len, repeat=False)
     knn = model.create_knn_memories(batch_size=batch_size, max_memories=memory_size) if use_memory else None
     xl = None
@@ -65,7 +72,12 @@ def bits_per_byte(
         total_bytes += int((labels != IGNORE_INDEX).sum())
         bar.update(int((batch.tokens != 0).sum()))
     bar.close()
-    return total_bits / max(1, total_bytes)
+    return _reduced_ratio(total_bits, total_bytes, device)
+
+
+def _reduced_ratio(bits: float, count: int, device: str | torch.device) -> float:
+    bits, count = distributed.sum_values([bits, float(count)], device)
+    return bits / max(1.0, count)
 
 
 def evaluate(
@@ -83,7 +95,7 @@ def evaluate(
 
     def run(m: MemorizingTransformer, size: int | None, name: str) -> float:
         return bits_per_byte(m, documents, memory_size=size, batch_size=batch_size, seq_len=seq_len,
-                             device=device, progress=progress, description=name)
+                             device=device, progress=progress and distributed.is_main(), description=name)
 
     trained_size = model.config.max_knn_memories
     by_size = {str(size): run(model, size, f"memory {size}") for size in memory_sizes}

@@ -8,6 +8,7 @@ accumulation over consecutive segments and bf16 autocast. Metrics are appended t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint, memories_from_tensors, memories_to_tensors, save_checkpoint
 from .config import MemorizingTransformerConfig
 from .data import DocumentStream, load_documents
@@ -107,20 +109,33 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Trains (or resumes) a run and returns a summary: final step, last losses, tokens/s.
+    """Trains (or resumes) a run and returns a summary: final step, the losses, time, and the model
+    and kNN memories it ended with.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains with
+    ``DistributedDataParallel`` on its own rows of the global document stream
+    (``batch_size`` rows per process; see ``distributed.py``); rank 0 alone writes
+    metrics and checkpoints. A run resumes only with the world size that wrote it.
 
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
         ValueError: resuming with a different model config or batch layout.
     """
     run_dir = Path(config.run_dir)
-    device = torch.device(config.device)
+    device = distributed.setup(config.device)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
     torch.manual_seed(config.seed)
     model = MemorizingTransformer(model_config).to(device)
+    # DDP averages gradients across ranks; without a memory the memorizing layers' gates get no gradient
+    ddp_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, find_unused_parameters=not config.knn_memory)
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
-    stream = DocumentStream(load_documents(config.data, "train"), batch_size=config.batch_size,
+    # one global stream; this rank reads its own rows of it (see distributed.py)
+    stream = DocumentStream(load_documents(config.data, "train"), batch_size=config.batch_size * world,
                             seq_len=config.seq_len, repeat=True, seed=config.seed)
+    rows = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
     knn_memories = model.create_knn_memories(batch_size=config.batch_size) if config.knn_memory else None
     xl_memories = None
     step = 0
@@ -133,47 +148,62 @@ def train(
         saved = MemorizingTransformerConfig.from_json(checkpoint_dir / "config.json")
         if saved != model_config:
             raise ValueError(f"--resume: the model config differs from the checkpoint's ({checkpoint_dir})")
+        saved_world = checkpoint["state"].get("world_size", 1)
+        if saved_world != world:
+            raise ValueError(
+                f"--resume: the checkpoint was written by {saved_world} process(es), this run has {world}; "
+                "each process owns its document streams and memories, so resume with the same world size")
         model.load_state_dict(_load_weights(checkpoint_dir, device))
         trainer = checkpoint["trainer_state"]
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
-        torch.set_rng_state(trainer["rng"])
+        torch.set_rng_state(trainer["rng"][rank] if isinstance(trainer["rng"], list) else trainer["rng"])
         stream.load_state_dict(checkpoint["state"]["data"])
-        xl_memories = memories_from_tensors(
-            {k: v.to(device) for k, v in checkpoint.get("memories", {}).items()}, knn_memories)
+        saved_memories = {k: v[rows].to(device) for k, v in checkpoint.get("memories", {}).items()}
+        xl_memories = memories_from_tensors(saved_memories, knn_memories)
         step = checkpoint["state"]["step"]
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
-    if not resume and metrics_path.exists():
-        metrics_path.unlink()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and metrics_path.exists():
+            metrics_path.unlink()
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    tokens_per_step = config.batch_size * config.seq_len * config.grad_accum
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    tokens_per_step = config.batch_size * world * config.seq_len * config.grad_accum
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and main), unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     window_start, window_tokens, window_loss, window_count = started, 0, 0.0, 0
     losses: list[float] = []
 
     def checkpoint_now() -> None:
-        save_checkpoint(
-            run_dir, step, model,
-            state={"data": stream.state_dict()},
-            train_config=config.to_dict(),
-            trainer_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "rng": torch.get_rng_state()},
-            memories=memories_to_tensors(knn_memories, xl_memories),
-        )
+        # rank 0 writes one checkpoint holding every rank's memories (in global row order) and RNG state
+        memories = {k: v.cpu() for k, v in memories_to_tensors(knn_memories, xl_memories).items()}
+        gathered = distributed.gather_objects((memories, torch.get_rng_state()))
+        if gathered is not None:
+            save_checkpoint(
+                run_dir, step, model,
+                state={"data": stream.state_dict(), "world_size": world},
+                train_config=config.to_dict(),
+                trainer_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "rng": [rng for _, rng in gathered]},
+                memories={k: torch.cat([m[k] for m, _ in gathered]) for k in memories},
+            )
+        distributed.barrier()
 
     while step < config.steps:
         step_loss = 0.0
-        for _ in range(config.grad_accum):
+        for micro in range(config.grad_accum):
             batch = stream.next_batch()
-            with autocast:
-                loss, xl_memories = model(batch.tokens.to(device), knn_memories=knn_memories,
-                                          xl_memories=xl_memories, labels=batch.labels.to(device))
-            (loss / config.grad_accum).backward()
+            # gradients are averaged across ranks once per optimizer step, on the last micro-batch
+            sync = contextlib.nullcontext() if micro == config.grad_accum - 1 or world == 1 else ddp_model.no_sync()
+            with sync:
+                with autocast:
+                    loss, xl_memories = ddp_model(batch.tokens[rows].to(device), knn_memories=knn_memories,
+                                                  xl_memories=xl_memories, labels=batch.labels[rows].to(device))
+                (loss / config.grad_accum).backward()
             step_loss += loss.item() / config.grad_accum
+        step_loss = distributed.mean(step_loss, device)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -193,19 +223,23 @@ def train(
                 "lr": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / (now - window_start),
                 "elapsed_s": now - started, "documents_started": stream.documents_started,
             }
-            with open(metrics_path, "a") as file:
-                file.write(json.dumps(record) + "\n")
+            if main:
+                with open(metrics_path, "a") as file:
+                    file.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{mean_loss:.3f}", bpb=f"{record['bits_per_byte']:.3f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
             window_start, window_tokens, window_loss, window_count = now, 0, 0.0, 0
         out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
+        if config.max_minutes > 0 and world > 1:  # every rank stops at the same step
+            out_of_time = distributed.sum_values([float(out_of_time)], device)[0] > 0
         if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps or out_of_time:
             checkpoint_now()
         if out_of_time:
             break
     bar.close()
     elapsed = time.perf_counter() - started
-    return {"step": step, "losses": losses, "elapsed_s": elapsed, "run_dir": str(run_dir)}
+    return {"step": step, "losses": losses, "elapsed_s": elapsed, "run_dir": str(run_dir), "world_size": world,
+            "model": model, "knn_memories": knn_memories}
 
 
 def _load_weights(checkpoint_dir: Path, device: torch.device) -> dict:
