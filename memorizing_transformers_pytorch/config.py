@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 __all__ = ["MemorizingTransformerConfig", "KNN_GATES", "read_json_object"]
 
-KNN_GATES = ("sigmoid", "joint")
+KNN_GATES = ("sigmoid", "joint", "mlp")
 
 
 def _int(name: str, value: Any, *, minimum: int) -> None:
@@ -59,6 +59,10 @@ class MemorizingTransformerConfig:
         knn_gate: ``"sigmoid"``: separate softmaxes for local and memory attention,
             mixed by a learned per-head gate (the paper). ``"joint"``: one softmax
             over local and retrieved logits (the reference PyTorch code).
+            ``"mlp"``: the joint softmax, with each retrieved memory's logit shifted
+            by a small per-head MLP of its log-distance from the query (see
+            ``Attention``), so how far back a memory is, and how many valid
+            memories there are, set how much memory is used.
         knn_temperature_init: initial inverse temperature of the cosine-similarity
             logits in memorizing layers.
         xl_max_memories: tokens of Transformer-XL cache per layer (0 = no cache).
@@ -82,7 +86,7 @@ class MemorizingTransformerConfig:
     memorizing_layers: tuple[int, ...] | None = None
     max_knn_memories: int = 16384
     num_retrieved_memories: int = 32
-    knn_gate: Literal["sigmoid", "joint"] = "sigmoid"
+    knn_gate: Literal["sigmoid", "joint", "mlp"] = "sigmoid"
     knn_temperature_init: float = 10.0
     xl_max_memories: int = 0
     xl_memory_layers: tuple[int, ...] | None = None

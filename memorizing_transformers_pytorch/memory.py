@@ -59,8 +59,10 @@ class KNNMemory:
         self.heads = _check_positive_int("heads", heads)
         # Allocated on the first add, on that data's device and dtype.
         self.pairs: Tensor | None = None  # (B, H, M, 2, D) key | value, side by side for one gather
+        self.positions: Tensor | None = None  # (B, M) each pair's position in its stream (0 = first added)
         self.count = torch.zeros(num_indices, dtype=torch.long)  # (B,) pairs held
         self.write_index = torch.zeros(num_indices, dtype=torch.long)  # (B,) next slot
+        self.total = torch.zeros(num_indices, dtype=torch.long)  # (B,) pairs added since the last clear
 
     def __repr__(self) -> str:
         return (
@@ -127,14 +129,19 @@ class KNNMemory:
         # advanced indices around a slice put the indexed axis first: (K, H, 2, D)
         new = memories[rows, :, cols]
         self.pairs[rows, :, slots] = new
+        assert self.positions is not None
+        self.positions[rows, slots] = self.total[rows] + rank[rows, cols]
+        self.total = self.total + num_new
         self.write_index = (self.write_index + num_new) % M
         self.count = torch.clamp(self.count + num_new, max=M)
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
         shape = (self.num_indices, self.heads, self.max_memories)
         self.pairs = torch.zeros(*shape, 2, self.dim, device=device, dtype=dtype)
+        self.positions = torch.zeros(self.num_indices, self.max_memories, device=device, dtype=torch.long)
         self.count = self.count.to(device)
         self.write_index = self.write_index.to(device)
+        self.total = self.total.to(device)
 
     # ---------------------------------------------------------------- clear
     def clear(self, batch_indices: int | Sequence[int] | Tensor | None = None) -> None:
@@ -150,6 +157,7 @@ class KNNMemory:
         rows = self._rows(batch_indices)
         self.count[rows] = 0
         self.write_index[rows] = 0
+        self.total[rows] = 0
 
     def _rows(self, batch_indices: int | Sequence[int] | Tensor | None) -> Tensor:
         B = self.num_indices
@@ -175,18 +183,22 @@ class KNNMemory:
 
     # --------------------------------------------------------------- search
     @torch.no_grad()
-    def search(self, queries: Tensor, topk: int) -> tuple[Tensor, Tensor]:
+    def search(self, queries: Tensor, topk: int, *, with_ages: bool = False
+               ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Exact maximum-inner-product search in each stream's own memory.
 
         Args:
             queries: ``(B, ..., D)``; with ``heads > 1``, ``(B, H, ..., D)``.
             topk: number k of pairs to return per query.
+            with_ages: also return each pair's age.
 
         Returns:
             key_values: ``(B, ..., k, 2, D)`` the k pairs with the largest
                 ``query . key``, best first, each key with its own value.
             mask: ``(B, ..., k)`` bool, False where the stream holds fewer than k
                 pairs; those slots are zero-filled.
+            ages (with ``with_ages``): ``(B, ..., k)`` long, how many pairs were
+                added to the stream after each one (0 = the newest); 0 in empty slots.
 
         Raises:
             TypeError, ValueError: wrong shape, dtype or non-finite queries.
@@ -213,7 +225,9 @@ class KNNMemory:
         if held == 0 or Q == 0:
             dtype = self.pairs.dtype if self.pairs is not None else queries.dtype
             key_values = torch.zeros(*lead, topk, 2, D, dtype=dtype, device=queries.device)
-            return key_values, torch.zeros(*lead, topk, dtype=torch.bool, device=queries.device)
+            mask = torch.zeros(*lead, topk, dtype=torch.bool, device=queries.device)
+            return (key_values, mask, torch.zeros(*lead, topk, dtype=torch.long, device=queries.device)
+                    ) if with_ages else (key_values, mask)
         assert self.pairs is not None
         q = q.to(self.pairs.device)
         k = min(topk, held)
@@ -226,7 +240,15 @@ class KNNMemory:
         if k < topk:  # fewer memories than asked for: pad with empty slots
             key_values = torch.cat((key_values, key_values.new_zeros(B, H, Q, topk - k, 2, D)), dim=3)
             found = torch.cat((found, found.new_zeros(B, H, Q, topk - k)), dim=3)
-        return key_values.view(*lead, topk, 2, D).to(queries.device), found.view(*lead, topk).to(queries.device)
+            index = torch.cat((index, index.new_full((B, H, Q, topk - k), -1)), dim=3)
+        key_values = key_values.view(*lead, topk, 2, D).to(queries.device)
+        mask = found.view(*lead, topk).to(queries.device)
+        if not with_ages:
+            return key_values, mask
+        assert self.positions is not None
+        slot_positions = self.positions.gather(1, index.clamp(min=0).view(B, -1)).view(B, H, Q, -1)
+        ages = (self.total.view(B, 1, 1, 1) - 1 - slot_positions).masked_fill(index < 0, 0)
+        return key_values, mask, ages.view(*lead, topk).to(queries.device)
 
     def _top_indices(self, q: Tensor, k: int) -> Tensor:
         """Exact top-k slot indices ``(B, H, Q, k)`` by ``q . key``, best first; -1 for empty slots.
@@ -283,9 +305,10 @@ class KNNMemory:
 
     def state_dict(self) -> dict[str, Tensor]:
         """Tensors that fully describe the memory (for checkpoints)."""
-        state = {"count": self.count, "write_index": self.write_index}
+        state = {"count": self.count, "write_index": self.write_index, "total": self.total}
         if self.pairs is not None:
-            state["pairs"] = self.pairs
+            assert self.positions is not None
+            state["pairs"], state["positions"] = self.pairs, self.positions
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -294,11 +317,22 @@ class KNNMemory:
             raise ValueError(f"memory state is for {state['count'].shape[0]} streams, this memory has {B}")
         if "pairs" in state and state["pairs"].shape != (B, H, M, 2, D):
             raise ValueError(f"memory pairs must have shape {(B, H, M, 2, D)}, got {tuple(state['pairs'].shape)}")
+        if "positions" in state and state["positions"].shape != (B, M):
+            raise ValueError(f"memory positions must have shape {(B, M)}, got {tuple(state['positions'].shape)}")
         self.count = state["count"].clone().long()
         self.write_index = state["write_index"].clone().long()
+        # checkpoints from before positions were stored: number the held pairs 0 .. count - 1 in age order
+        self.total = state["total"].clone().long() if "total" in state else self.count.clone()
         if "pairs" in state:
             self.pairs = state["pairs"].clone()
-            for name in ("count", "write_index"):
+            if "positions" in state:
+                self.positions = state["positions"].clone().long()
+            else:
+                slots = torch.arange(M).view(1, M)
+                oldest = (self.write_index - self.count).view(B, 1)
+                self.positions = (slots - oldest) % M + (self.total - self.count).view(B, 1)
+            self.positions = self.positions.to(self.pairs.device)
+            for name in ("count", "write_index", "total"):
                 setattr(self, name, getattr(self, name).to(self.pairs.device))
 
 

@@ -133,6 +133,21 @@ class Attention(nn.Module):
     own softmax and ``out = g * memory + (1 - g) * local`` with ``g = sigmoid(b_h)``;
     a query with no valid memory gets the local output unchanged. With the ``joint``
     gate a single softmax runs over the local and retrieved logits.
+
+    The ``mlp`` gate (the seed's TODO: gating from the number of retrieved memories
+    and their positions, through a continuous MLP representation) is the joint
+    softmax with a learned bias on each retrieved memory's logit::
+
+        logit_j = s_h * cos(q, k_j) + f_h(log(1 + d_j))
+
+    where ``d_j`` is the distance in tokens from the query back to memory ``j`` (the
+    memory stores each pair's position in its stream) and ``f`` is a two-layer MLP
+    (1 -> 32 -> heads, last layer zero-initialised, so training starts from the
+    joint gate). The share of attention that goes to memory is
+    ``sum_j exp(logit_j) / (sum_j exp(logit_j) + sum_local exp(logit))``: it grows
+    with the number of valid memories retrieved and with how much ``f`` favours
+    their distances; with no valid memory it is 0 and the output is exactly local
+    attention.
     """
 
     def __init__(self, config: MemorizingTransformerConfig, *, memorizing: bool) -> None:
@@ -150,6 +165,10 @@ class Attention(nn.Module):
             self.log_scale = nn.Parameter(torch.full((c.heads, 1, 1), math.log(c.knn_temperature_init)))
             if c.knn_gate == "sigmoid":
                 self.gate_bias = nn.Parameter(torch.zeros(c.heads, 1, 1))
+            elif c.knn_gate == "mlp":
+                self.distance_mlp = nn.Sequential(nn.Linear(1, 32), nn.GELU(), nn.Linear(32, c.heads))
+                nn.init.zeros_(self.distance_mlp[2].weight)
+                nn.init.zeros_(self.distance_mlp[2].bias)
 
     def forward(
         self,
@@ -159,6 +178,7 @@ class Attention(nn.Module):
         past: tuple[Tensor, Tensor] | None = None,
         memory: KNNMemory | None = None,
         memory_ok: Tensor | None = None,
+        memory_offset: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """
         Args:
@@ -169,6 +189,8 @@ class Attention(nn.Module):
                 it may attend to (XL cache, then the earlier part of the segment), or None.
             memory: this layer's kNN memory, searched but not written here.
             memory_ok: ``(B, n)`` bool, queries allowed to read the memory.
+            memory_offset: ``(B, n)`` long, tokens between each query and the newest
+                pair in the memory, plus one (used by the ``mlp`` gate).
 
         Returns:
             out ``(B, n, dim)``, and the segment's keys and values ``(B, kv_heads, n, Dh)``
@@ -193,9 +215,9 @@ class Attention(nn.Module):
         q_scaled, keys, values = q_scaled.to(v.dtype), keys.to(v.dtype), values.to(v.dtype)
         retrieved = None
         if self.memorizing and memory is not None:
-            retrieved = self._retrieve(q, memory, memory_ok, v.dtype)
+            retrieved = self._retrieve(q, memory, memory_ok, memory_offset, v.dtype)
         dropout = self.dropout if self.training else 0.0
-        if retrieved is not None and self.knn_gate == "joint":
+        if retrieved is not None and self.knn_gate in ("joint", "mlp"):
             out = self._joint_attention(q_scaled, keys, values, attn_mask, *retrieved, dropout)
         else:
             out = F.scaled_dot_product_attention(
@@ -203,7 +225,7 @@ class Attention(nn.Module):
                 enable_gqa=H != Hkv,
             )  # (B, H, n, Dh)
             if retrieved is not None:
-                mem_keys, mem_values, mem_mask = retrieved
+                mem_keys, mem_values, mem_mask, _ = retrieved
                 # elementwise products, not a batched matmul of 1 x Dh by Dh x k (slow on CPU)
                 logits = (q_scaled.unsqueeze(-2) * mem_keys).sum(-1).masked_fill(~mem_mask, float("-inf"))
                 has_memory = mem_mask.any(dim=-1, keepdim=True)  # (B, H, n, 1)
@@ -215,30 +237,45 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(B, n, H * Dh)
         return self.to_out(out), k, v
 
-    def _retrieve(self, q: Tensor, memory: KNNMemory, memory_ok: Tensor | None, dtype: torch.dtype
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-k pairs for each (unscaled, normalised) query: 2 x ``(B, H, n, k, Dh)`` in ``dtype``, and mask ``(B, H, n, k)``."""
+    def _retrieve(self, q: Tensor, memory: KNNMemory, memory_ok: Tensor | None, memory_offset: Tensor | None,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Top-k pairs for each (unscaled, normalised) query: 2 x ``(B, H, n, k, Dh)`` in ``dtype``,
+        the mask ``(B, H, n, k)``, and for the ``mlp`` gate the logit biases ``(B, H, n, k)``."""
         B, H, n, Dh = q.shape
         G = H // self.kv_heads
+        k = self.num_retrieved
         queries = q.detach().reshape(B, self.kv_heads, G * n, Dh)  # heads sharing a kv head search together
-        pairs, mask = memory.search(queries if self.kv_heads > 1 else queries[:, 0], self.num_retrieved)
-        pairs = pairs.to(device=q.device, dtype=dtype).view(B, H, n, self.num_retrieved, 2, Dh)
-        mask = mask.view(B, H, n, self.num_retrieved).to(q.device)
+        queries = queries if self.kv_heads > 1 else queries[:, 0]
+        bias = None
+        if self.knn_gate == "mlp":
+            pairs, mask, ages = memory.search(queries, k, with_ages=True)
+            offset = memory_offset if memory_offset is not None else torch.ones(B, n, dtype=torch.long, device=q.device)
+            distance = ages.to(q.device).view(B, H, n, k) + offset[:, None, :, None].to(q.device)
+            per_head = self.distance_mlp(torch.log1p(distance.float()).unsqueeze(-1) / 8)  # (B, H, n, k, H)
+            bias = per_head.diagonal(dim1=1, dim2=-1).permute(0, 3, 1, 2).to(dtype)  # head h's own output
+        else:
+            pairs, mask = memory.search(queries, k)
+        pairs = pairs.to(device=q.device, dtype=dtype).view(B, H, n, k, 2, Dh)
+        mask = mask.view(B, H, n, k).to(q.device)
         if memory_ok is not None:
             mask = mask & memory_ok[:, None, :, None]
-        return pairs[..., 0, :], pairs[..., 1, :], mask
+        return pairs[..., 0, :], pairs[..., 1, :], mask, bias
 
     def _joint_attention(
         self, q_scaled: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor,
-        mem_keys: Tensor, mem_values: Tensor, mem_mask: Tensor, dropout: float,
+        mem_keys: Tensor, mem_values: Tensor, mem_mask: Tensor, mem_bias: Tensor | None, dropout: float,
     ) -> Tensor:
-        """One softmax over retrieved and local logits (the reference implementation's choice)."""
+        """One softmax over retrieved and local logits (the reference implementation's choice),
+        with the ``mlp`` gate's distance bias added to the retrieved logits."""
         B, H, n, Dh = q_scaled.shape
         G = H // self.kv_heads
         keys = keys.repeat_interleave(G, dim=1)
         values = values.repeat_interleave(G, dim=1)
         local_logits = q_scaled @ keys.transpose(-1, -2) + attn_mask  # (B, H, n, P + n)
-        mem_logits = (q_scaled.unsqueeze(-2) * mem_keys).sum(-1).masked_fill(~mem_mask, float("-inf"))
+        mem_logits = (q_scaled.unsqueeze(-2) * mem_keys).sum(-1)
+        if mem_bias is not None:
+            mem_logits = mem_logits + mem_bias
+        mem_logits = mem_logits.masked_fill(~mem_mask, float("-inf"))
         weights = torch.softmax(torch.cat((mem_logits, local_logits), dim=-1), dim=-1)
         weights = F.dropout(weights, p=dropout, training=self.training)
         k = mem_keys.shape[-2]
@@ -398,7 +435,14 @@ class MemorizingTransformer(nn.Module):
             if xl is not None or pending is not None:
                 parts = ([xl] if xl is not None else []) + ([pending.layer(number)] if pending is not None else [])
                 past = (torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2))
-            h, k, v = block(h, attn_mask=masks[P], past=past, memory=memories.get(number), memory_ok=memory_ok)
+            memory_offset = None
+            if number in memories and c.knn_gate == "mlp":
+                # tokens from the newest memory to each query: the valid XL cache, then the segment so far
+                in_cache = xl.valid.sum(dim=1, keepdim=True) if xl is not None else 0
+                steps = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device)
+                memory_offset = in_cache + steps.expand(x.shape[0], -1)
+            h, k, v = block(h, attn_mask=masks[P], past=past, memory=memories.get(number), memory_ok=memory_ok,
+                            memory_offset=memory_offset)
             if pending is not None:
                 earlier_k, earlier_v = pending.layer(number)
                 k, v = torch.cat((earlier_k, k.detach()), dim=2), torch.cat((earlier_v, v.detach()), dim=2)

@@ -1,17 +1,19 @@
-"""A long-range recall task with known answers: key -> value bindings stated early, queried later.
+"""A long-range recall task with known answers: key -> value bindings, queried far later.
 
-A document is ``SOS``, then ``bindings`` statements such as ``K7QX=Z31P;``, then
-``gap`` bytes of filler (random lowercase words), then the same keys again in a
-shuffled order, each followed by its value::
+Documents are runs of statements ``KEY=VALUE;`` (keys and values drawn from
+``A-Z0-9``, 36 symbols). A statement is either a fresh binding or a *query*: a
+repeat of an earlier binding, whose value is predictable only by recalling it.
 
-    K7QX=Z31P;B0LM=4HTA;...  qzv kw hhe ...  B0LM=4HTA;K7QX=Z31P;...
-
-Keys and values are drawn from ``A-Z0-9`` (36 symbols) and the filler from
-``a-z`` and spaces, so a value is predictable only by recalling its binding. The
-*distance* of a query is the number of bytes from the binding's value to the
-query's value; ``distance=d`` sets ``gap = d - bindings * binding_bytes``, so the
-query in the same slot as its binding is exactly ``d`` bytes away and the others
-are within ``(bindings - 1) * binding_bytes`` of it.
+- Training documents (``recall_documents``) are ``length`` bytes long; each
+  statement is a query of a random earlier, not yet queried binding with
+  probability ``query_rate``, so query distances spread from a few statements up
+  to the document length, inside and far outside the model's context.
+- Evaluation documents (``recall_document``) fix the distance: ``bindings`` bindings,
+  then fresh never-queried bindings as filler, then the ``bindings`` queries in a
+  shuffled order. The query in the same slot as its binding is exactly
+  ``distance`` bytes after it (a multiple of the statement width); the others are
+  within ``(bindings - 1)`` statements of that. The filler bindings also sit in
+  memory as distractors.
 
 A value is recalled when the model's argmax is right at each of its bytes given
 the true bytes before it, which is exactly when greedy generation after ``KEY=``
@@ -34,10 +36,9 @@ from tqdm.auto import tqdm
 from .data import PAD_ID, SOS_ID
 from .model import MemorizingTransformer
 
-__all__ = ["RecallTask", "recall_document", "recall_documents", "evaluate_recall", "plot_recall"]
+__all__ = ["RecallTask", "RecallDocument", "recall_document", "recall_documents", "evaluate_recall", "plot_recall"]
 
 SYMBOLS = np.frombuffer((string.ascii_uppercase + string.digits).encode(), dtype=np.uint8)
-FILLER = np.frombuffer((string.ascii_lowercase + "    ").encode(), dtype=np.uint8)  # ~1 space per 7 letters
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,19 @@ class RecallTask:
     """Parameters of the recall documents.
 
     Args:
-        bindings: key -> value statements per document (each queried once).
+        bindings: queried bindings per evaluation document.
         key_len, value_len: bytes of each key and value.
-        min_distance, max_distance: binding-to-query distance in bytes, drawn
-            uniformly per document (training) or fixed (``min == max``).
-        documents: how many documents a split holds.
-        seed: the train / valid / test splits use ``seed``, ``seed + 1``, ``seed + 2``.
+        length: bytes per training document (the longest training distance).
+        query_rate: fraction of training statements that are queries.
+        documents: training documents per split.
+        seed: the train / valid / test splits draw from ``[seed, split]``.
     """
 
     bindings: int = 8
     key_len: int = 4
     value_len: int = 4
-    min_distance: int = 80
-    max_distance: int = 2048
+    length: int = 2048
+    query_rate: float = 0.5
     documents: int = 4000
     seed: int = 0
 
@@ -65,42 +66,33 @@ class RecallTask:
         for name in ("bindings", "key_len", "value_len", "documents"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recall task: {name} must be >= 1, got {getattr(self, name)}")
-        if self.min_distance < self.bindings * self.binding_bytes:
-            raise ValueError(f"recall task: min_distance must be >= bindings * (key_len + value_len + 2) = "
-                             f"{self.bindings * self.binding_bytes}, got {self.min_distance}")
-        if self.max_distance < self.min_distance:
-            raise ValueError(f"recall task: max_distance ({self.max_distance}) < min_distance ({self.min_distance})")
-        if len(SYMBOLS) ** self.key_len < 4 * self.bindings:
-            raise ValueError("recall task: key_len is too short for distinct keys")
+        if self.length < 2 * self.width:
+            raise ValueError(f"recall task: length must hold two statements ({2 * self.width} bytes), got {self.length}")
+        if not 0 <= self.query_rate < 1:
+            raise ValueError(f"recall task: query_rate must be in [0, 1), got {self.query_rate}")
+        if self.key_len < 3:
+            raise ValueError("recall task: key_len must be >= 3 so that keys are distinct")
 
     @property
-    def binding_bytes(self) -> int:
-        return self.key_len + self.value_len + 2  # "KEY=VALUE;"
+    def width(self) -> int:
+        """Bytes per statement: ``KEY=VALUE;``."""
+        return self.key_len + self.value_len + 2
 
     @classmethod
     def parse(cls, spec: str) -> RecallTask:
-        """From ``"recall"`` or ``"recall:bindings=8,distance=80-2048,documents=4000,seed=0"``.
-
-        ``distance`` is ``MIN-MAX`` or one number; the other keys are the field names.
-        """
+        """From ``"recall"`` or ``"recall:length=2048,documents=4000,bindings=8,seed=0"`` (the field names)."""
         body = spec.removeprefix("recall").removeprefix(":")
-        values: dict[str, int] = {}
+        values: dict[str, Any] = {}
+        fields = cls.__dataclass_fields__
         for part in filter(None, body.split(",")):
             name, _, text = part.partition("=")
             name = name.strip().replace("-", "_")
+            if name not in fields:
+                raise ValueError(f"recall spec {spec!r}: unknown key {name!r} (known: {', '.join(fields)})")
             try:
-                if name == "distance":
-                    low, _, high = text.partition("-")
-                    values["min_distance"], values["max_distance"] = int(low), int(high or low)
-                elif name in {f for f in cls.__dataclass_fields__ if f not in ("min_distance", "max_distance")}:
-                    values[name] = int(text)
-                else:
-                    raise KeyError(name)
-            except KeyError:
-                raise ValueError(f"recall spec {spec!r}: unknown key {name!r} (use bindings, key_len, value_len, "
-                                 f"distance, documents, seed)") from None
+                values[name] = float(text) if name == "query_rate" else int(text)
             except ValueError:
-                raise ValueError(f"recall spec {spec!r}: {part!r} is not NAME=INT (distance=MIN-MAX)") from None
+                raise ValueError(f"recall spec {spec!r}: {part!r} is not NAME=NUMBER") from None
         return cls(**values)
 
 
@@ -109,40 +101,73 @@ class RecallDocument:
     """One document and, per query, where its value starts and its distance from the binding."""
 
     tokens: np.ndarray  # uint8, without the start-of-document marker
-    value_starts: np.ndarray  # (bindings,) offsets in ``tokens`` of the queried values
-    distances: np.ndarray  # (bindings,) bytes from the binding's value to the query's value
+    value_starts: np.ndarray  # offsets in ``tokens`` of the queried values
+    distances: np.ndarray  # bytes from each binding's value to its query's value
+
+
+class _Statements:
+    """Draws distinct keys and random values, and lays out statements."""
+
+    def __init__(self, task: RecallTask, rng: np.random.Generator) -> None:
+        self.task, self.rng = task, rng
+        self.used: set[bytes] = set()
+
+    def binding(self) -> tuple[bytes, bytes]:
+        t = self.task
+        while True:
+            key = SYMBOLS[self.rng.integers(len(SYMBOLS), size=t.key_len)].tobytes()
+            if key not in self.used:
+                self.used.add(key)
+                return key, SYMBOLS[self.rng.integers(len(SYMBOLS), size=t.value_len)].tobytes()
+
+
+def _document(task: RecallTask, statements: list[tuple[bytes, bytes]], queries: list[tuple[int, int]]) -> RecallDocument:
+    """``queries``: (statement index of the query, statement index of its binding)."""
+    text = b"".join(key + b"=" + value + b";" for key, value in statements)
+    value_at = np.arange(len(statements)) * task.width + task.key_len + 1
+    asked = np.array([q for q, _ in queries], dtype=np.int64)
+    bound = np.array([b for _, b in queries], dtype=np.int64)
+    return RecallDocument(np.frombuffer(text, dtype=np.uint8).copy(), value_at[asked], value_at[asked] - value_at[bound])
 
 
 def recall_document(task: RecallTask, distance: int, rng: np.random.Generator) -> RecallDocument:
-    """One document whose queries sit ``distance`` bytes (same slot) after their bindings."""
-    n, width = task.bindings, task.binding_bytes
-    keys: set[bytes] = set()
-    while len(keys) < n:
-        keys.add(SYMBOLS[rng.integers(len(SYMBOLS), size=task.key_len)].tobytes())
-    key_list = sorted(keys)
-    rng.shuffle(key_list)
-    values = [SYMBOLS[rng.integers(len(SYMBOLS), size=task.value_len)].tobytes() for _ in range(n)]
-    statements = [k + b"=" + v + b";" for k, v in zip(key_list, values)]
-    gap = distance - n * width
-    filler = FILLER[rng.integers(len(FILLER), size=gap)].tobytes()
+    """An evaluation document whose same-slot query sits ``distance`` bytes (rounded down to whole
+    statements, at least ``bindings`` statements) after its binding."""
+    draw = _Statements(task, rng)
+    n = task.bindings
+    filler = max(0, distance // task.width - n)
+    bound = [draw.binding() for _ in range(n)]
+    statements = bound + [draw.binding() for _ in range(filler)]
     order = rng.permutation(n)
-    text = b"".join(statements) + filler + b"".join(statements[i] for i in order)
-    value_offset = task.key_len + 1
-    bound_at = np.arange(n) * width + value_offset  # where binding i's value starts
-    query_start = n * width + gap
-    value_starts = query_start + np.arange(n) * width + value_offset
-    distances = value_starts - bound_at[order]
-    return RecallDocument(np.frombuffer(text, dtype=np.uint8).copy(), value_starts, distances)
+    queries = [(len(statements) + slot, int(i)) for slot, i in enumerate(order)]
+    statements += [bound[i] for i in order]
+    return _document(task, statements, queries)
+
+
+def training_document(task: RecallTask, rng: np.random.Generator) -> RecallDocument:
+    """A ``length``-byte document of bindings and queries of random earlier bindings."""
+    draw = _Statements(task, rng)
+    statements: list[tuple[bytes, bytes]] = []
+    unqueried: list[int] = []
+    queries = []
+    for index in range(task.length // task.width):
+        if unqueried and rng.random() < task.query_rate:
+            bound = unqueried.pop(int(rng.integers(len(unqueried))))
+            statements.append(statements[bound])
+            queries.append((index, bound))
+        else:
+            statements.append(draw.binding())
+            unqueried.append(index)
+    return _document(task, statements, queries)
 
 
 def recall_documents(task: RecallTask, split: str) -> list[np.ndarray]:
-    """``task.documents`` token arrays for ``split``, distances uniform in the task's range."""
+    """``task.documents`` training-style token arrays for ``split``."""
     from .data import _check_split
 
     _check_split(split)
     rng = np.random.default_rng([task.seed, ("train", "valid", "test").index(split)])
-    distances = rng.integers(task.min_distance, task.max_distance + 1, size=task.documents)
-    return [recall_document(task, int(d), rng).tokens for d in distances]
+    return [training_document(task, rng).tokens for _ in range(task.documents)]
 
 
 @torch.no_grad()
@@ -175,6 +200,7 @@ def evaluate_recall(
     for distance in tqdm(distances, disable=not progress, desc="distances", leave=False):
         rng = np.random.default_rng([seed, distance])
         docs = [recall_document(task, distance, rng) for _ in range(documents)]
+        measured = np.concatenate([d.distances for d in docs])
         correct, bits, queries = 0, 0.0, 0
         for first in range(0, documents, batch_size):
             chunk = docs[first : first + batch_size]
@@ -206,6 +232,8 @@ def evaluate_recall(
             "accuracy": correct / queries,
             "bits_per_value_byte": bits / (queries * task.value_len),
             "queries": queries,
+            "mean_distance": float(measured.mean()),
+            "min_distance": int(measured.min()),
         }
     return {
         "by_distance": results,

@@ -14,4 +14,8 @@ def tiny_model(**overrides) -> MemorizingTransformer:
     config = dict(num_tokens=32, dim=32, depth=3, heads=4, dim_head=8, memorizing_layers=(2,),
                   max_knn_memories=64, num_retrieved_memories=4)
     config.update(overrides)
-    return MemorizingTransformer(**config).eval()
+    model = MemorizingTransformer(**config).eval()
+    for module in model.modules():
+        if hasattr(module, "distance_mlp"):  # zero-initialised; randomise so that tests see its effect
+            torch.nn.init.normal_(module.distance_mlp[2].weight)
+    return model

@@ -12,20 +12,28 @@ from memorizing_transformers_pytorch import memory as memory_module
 
 
 class BruteForceMemory:
-    """Obviously correct: one deque of (key, value) per row, full sort on search."""
+    """Obviously correct: one deque of (key, value) per row, full sort on search; counts what was added."""
 
     def __init__(self, max_memories, rows):
         self.rows = [deque(maxlen=max_memories) for _ in range(rows)]
+        self.added = [[] for _ in range(rows)]  # every key added to a row since its last clear, in order
 
     def add(self, pairs, mask):
         for row, items in enumerate(self.rows):
             for i in range(pairs.shape[1]):
                 if mask[row, i]:
                     items.append((pairs[row, i, 0], pairs[row, i, 1]))
+                    self.added[row].append(tuple(pairs[row, i, 0].tolist()))
 
     def clear(self, rows):
         for row in rows:
             self.rows[row].clear()
+            self.added[row].clear()
+
+    def ages(self, row, key):
+        """Pairs added to the row after each held copy of ``key``."""
+        newest_first = self.added[row][::-1][: len(self.rows[row])]
+        return {age for age, other in enumerate(newest_first) if other == tuple(key.tolist())}
 
     def top_scores(self, row, query, k):
         scores = sorted((float(query @ key) for key, _ in self.rows[row]), reverse=True)
@@ -33,7 +41,8 @@ class BruteForceMemory:
 
 
 def check_against(memory, reference, queries, topk):
-    key_values, mask = memory.search(queries, topk)
+    key_values, mask, ages = memory.search(queries, topk, with_ages=True)
+    torch.testing.assert_close(memory.search(queries, topk)[0], key_values)
     assert key_values.shape == (*queries.shape[:-1], topk, 2, memory.dim)
     assert mask.shape == (*queries.shape[:-1], topk)
     for row, items in enumerate(reference.rows):
@@ -47,8 +56,10 @@ def check_against(memory, reference, queries, topk):
             assert (key_values[row, qi, found:] == 0).all()  # the rest are zero-filled
             got_keys = key_values[row, qi, :found, 0]
             torch.testing.assert_close(got_keys @ queries[row, qi], torch.tensor(expected), rtol=0, atol=1e-5)
-            for key, value in zip(got_keys, key_values[row, qi, :found, 1]):
+            for key, value, age in zip(got_keys, key_values[row, qi, :found, 1], ages[row, qi, :found]):
                 assert torch.equal(stored[tuple(key.tolist())], value)  # each key with its own value
+                assert int(age) in reference.ages(row, key)
+            assert (ages[row, qi, found:] == 0).all()
 
 
 operation = st.one_of(
@@ -155,8 +166,23 @@ def test_state_dict_round_trip():
     copy = KNNMemory(dim=3, max_memories=5, num_indices=2)
     copy.load_state_dict(memory.state_dict())
     queries = torch.randn(2, 4, 3)
-    for a, b in zip(memory.search(queries, 3), copy.search(queries, 3)):
+    for a, b in zip(memory.search(queries, 3, with_ages=True), copy.search(queries, 3, with_ages=True)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("added", [3, 5, 12])  # part full, exactly full, wrapped around
+def test_state_without_positions_gets_ages_in_fifo_order(added):
+    """Checkpoints written before pairs had positions still load, with the ages the FIFO order implies."""
+    memory = KNNMemory(dim=3, max_memories=5, num_indices=2)
+    memory.add(torch.randn(2, added, 2, 3))
+    old_style = {k: v for k, v in memory.state_dict().items() if k not in ("positions", "total")}
+    copy = KNNMemory(dim=3, max_memories=5, num_indices=2)
+    copy.load_state_dict(old_style)
+    queries = torch.randn(2, 4, 3)
+    held = min(added, 5)
+    _, _, ages = memory.search(queries, held, with_ages=True)
+    _, _, copy_ages = copy.search(queries, held, with_ages=True)
+    assert torch.equal(copy_ages, ages)
 
 
 @pytest.mark.parametrize(

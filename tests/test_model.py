@@ -72,8 +72,9 @@ def test_without_xl_every_pair_goes_to_memory_after_retrieval():
     torch.testing.assert_close(out_first, model(x)[0])
 
 
-def test_empty_memory_gives_local_attention_exactly():
-    model = tiny_model()
+@pytest.mark.parametrize("knn_gate", ["sigmoid", "joint", "mlp"])
+def test_empty_memory_gives_local_attention_exactly(knn_gate):
+    model = tiny_model(knn_gate=knn_gate)
     x = tokens(2, 7)
     with_empty, _ = model(x, knn_memories=model.create_knn_memories(batch_size=2))
     memory_off, _ = model(x, knn_memories=None)
@@ -81,7 +82,7 @@ def test_empty_memory_gives_local_attention_exactly():
     torch.testing.assert_close(with_empty, memory_off)
 
 
-@pytest.mark.parametrize("knn_gate", ["sigmoid", "joint"])
+@pytest.mark.parametrize("knn_gate", ["sigmoid", "joint", "mlp"])
 def test_memory_changes_the_output_once_filled(knn_gate):
     model = tiny_model(knn_gate=knn_gate)
     knn = model.create_knn_memories(batch_size=1)
@@ -90,6 +91,39 @@ def test_memory_changes_the_output_once_filled(knn_gate):
     with_memory, _ = model(x, knn_memories=knn, add_knn_memory=False)
     without, _ = model(x)
     assert not torch.allclose(with_memory, without)
+
+
+@pytest.mark.parametrize("xl", [0, 3])
+def test_mlp_gate_sees_the_true_distance_of_each_memory(xl):
+    """With k = all memories, query t of a segment after S tokens sees distances P + t + 1 .. S + t."""
+    seq_len, segments = 4, 3
+    model = tiny_model(knn_gate="mlp", xl_max_memories=xl, num_retrieved_memories=seq_len * (segments - 1) - xl)
+    seen = []
+    attn = model.layers[1].attn
+    attn.distance_mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    knn, xl_memories = model.create_knn_memories(batch_size=2), None
+    for _ in range(segments):
+        seen.clear()
+        _, xl_memories = model(tokens(2, seq_len), knn_memories=knn, xl_memories=xl_memories)
+    S = seq_len * (segments - 1)
+    distances = torch.expm1(seen[0][..., 0] * 8).round().long()  # (B, H, n, k)
+    for t in range(seq_len):
+        expected = set(range(xl + t + 1, S + t + 1))
+        for row in range(2):
+            for head in range(attn.heads):
+                assert set(distances[row, head, t].tolist()) == expected
+
+
+def test_mlp_gate_gets_gradients_and_changes_with_distance():
+    model = tiny_model(knn_gate="mlp").train()
+    knn = model.create_knn_memories(batch_size=2)
+    model(tokens(2, 8), knn_memories=knn)
+    loss, _ = model(tokens(2, 8), knn_memories=knn, labels=tokens(2, 8))
+    loss.backward()
+    mlp = model.layers[1].attn.distance_mlp
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp.parameters())
+    bias = mlp(torch.log1p(torch.tensor([[1.0], [1000.0]])) / 8)
+    assert bias.shape == (2, 4) and not torch.allclose(bias[0], bias[1])
 
 
 def test_gate_forced_to_zero_matches_plain_attention():
