@@ -1,4 +1,4 @@
-"""Command line: ``memorizing-transformers {train,eval,demo,generate} ...`` (or ``python -m memorizing_transformers_pytorch``)."""
+"""Command line: ``memorizing-transformers {train,eval,demo,generate,names,recall} ...`` (or ``python -m memorizing_transformers_pytorch``)."""
 
 from __future__ import annotations
 
@@ -226,6 +226,39 @@ def cmd_names(args: argparse.Namespace) -> None:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def cmd_recall(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint, load_model
+    from .recall import RecallTask, evaluate_recall, plot_recall
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    train_config = checkpoint.get("train_config", {})
+    data = train_config.get("data", "recall")
+    task = RecallTask.parse(data if data.startswith("recall") else "recall")
+    model = load_model(checkpoint["path"], device=args.device)
+    distances = [int(d) for d in args.distances.split(",") if d.strip()]
+    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    if not distances or any(d < task.bindings * task.width for d in distances):
+        raise ValueError(f"distances must be >= {task.bindings * task.width} (bindings x statement bytes), got {distances}")
+    seq_len = args.seq_len or train_config.get("seq_len", 512)
+    curves = {}
+    for size in sizes:
+        label = "memory off" if size == 0 else f"memory {size}"
+        curves[label] = evaluate_recall(model, task, distances, documents=args.documents, memory_size=size,
+                                        seq_len=seq_len, device=args.device)
+    print("| memory | " + " | ".join(str(d) for d in distances) + " |")
+    print("|---|" + "---|" * len(distances))
+    for label, result in curves.items():
+        print(f"| {label} | " + " | ".join(f"{v['accuracy']:.3f}" for v in result["by_distance"].values()) + " |")
+    context = seq_len + model.config.xl_max_memories
+    print(f"(exact-match recall by distance in bytes; local + XL context is {context} bytes; chance "
+          f"{next(iter(curves.values()))['chance_accuracy']:.1e})")
+    output = Path(args.output) if args.output else Path(checkpoint["path"])
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "recall.json").write_text(json.dumps(curves, indent=2) + "\n")
+    plot_recall(curves, str(output / "recall.png"), context=context)
+    print(f"wrote {output / 'recall.json'} and {output / 'recall.png'}")
+
+
 DEMO_TRAIN = dict(run_dir="runs/demo", steps=400, warmup_steps=50, checkpoint_every=100, lr=2e-3)
 
 
@@ -279,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     names.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     _add_eval_arguments(names)
     names.set_defaults(func=cmd_names, memory_sizes="0,16384", max_docs=16, output=None)
+
+    recall = sub.add_parser("recall", help="exact-match recall of key -> value bindings by distance (train with --data recall)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    recall.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    recall.add_argument("--distances", default="80,160,320,640,1280,2560,5120", help="binding-to-query distances (bytes)")
+    recall.add_argument("--memory-sizes", default="0,16384", help="kNN memory sizes to evaluate (0 = memory off)")
+    recall.add_argument("--documents", type=int, default=64, help="documents per distance (8 queries each)")
+    recall.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
+    recall.add_argument("--output", default=None, help="folder for recall.json and recall.png (default: the checkpoint)")
+    recall.add_argument("--device", default="cpu", help="torch device")
+    recall.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    recall.set_defaults(func=cmd_recall)
     return parser
 
 

@@ -1,13 +1,19 @@
 """A long-range recall task with known answers: key -> value bindings, queried far later.
 
-Documents are runs of statements ``KEY=VALUE;`` (keys and values drawn from
-``A-Z0-9``, 36 symbols). A statement is either a fresh binding or a *query*: a
-repeat of an earlier binding, whose value is predictable only by recalling it.
+Documents are runs of statements ``KEY VALUE ;``: a key of ``key_len`` bytes
+drawn from the 128 bytes 128..255, then a value of ``value_len`` bytes drawn from
+the 93 printable ASCII characters other than space and ``;``, then ``;``. A statement is either a fresh binding or a
+*query*: a repeat of an earlier binding, whose value is predictable only by
+recalling it. (Keys come from their own byte range, without a separator, so that
+even matching a key's last byte narrows the search: a gradient a small model can
+start learning the lookup from. With an ``=`` between key and value, nothing
+short of matching the whole key helps, and the small CPU models here never
+started to learn.)
 
 - Training documents (``recall_documents``) are ``length`` bytes long; each
-  statement is a query of a random earlier, not yet queried binding with
-  probability ``query_rate``, so query distances spread from a few statements up
-  to the document length, inside and far outside the model's context.
+  statement is, with probability ``query_rate``, a query of an earlier binding
+  not yet queried, at a log-uniform distance: from a few statements up to the
+  document length, inside and far outside the model's context.
 - Evaluation documents (``recall_document``) fix the distance: ``bindings`` bindings,
   then fresh never-queried bindings as filler, then the ``bindings`` queries in a
   shuffled order. The query in the same slot as its binding is exactly
@@ -16,14 +22,14 @@ repeat of an earlier binding, whose value is predictable only by recalling it.
   memory as distractors.
 
 A value is recalled when the model's argmax is right at each of its bytes given
-the true bytes before it, which is exactly when greedy generation after ``KEY=``
-writes the value. Chance is ``36 ** -value_len``.
+the true bytes before it, which is exactly when greedy generation after the key
+writes the value. Chance is ``93 ** -value_len``.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +44,8 @@ from .model import MemorizingTransformer
 
 __all__ = ["RecallTask", "RecallDocument", "recall_document", "recall_documents", "evaluate_recall", "plot_recall"]
 
-SYMBOLS = np.frombuffer((string.ascii_uppercase + string.digits).encode(), dtype=np.uint8)
+KEY_SYMBOLS = np.arange(128, 256, dtype=np.uint8)
+SYMBOLS = np.array([c for c in range(0x21, 0x7F) if c != ord(";")], dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,10 @@ class RecallTask:
     """
 
     bindings: int = 8
-    key_len: int = 4
-    value_len: int = 4
+    key_len: int = 2
+    value_len: int = 3
     length: int = 2048
-    query_rate: float = 0.5
+    query_rate: float = 0.4
     documents: int = 4000
     seed: int = 0
 
@@ -70,13 +77,13 @@ class RecallTask:
             raise ValueError(f"recall task: length must hold two statements ({2 * self.width} bytes), got {self.length}")
         if not 0 <= self.query_rate < 1:
             raise ValueError(f"recall task: query_rate must be in [0, 1), got {self.query_rate}")
-        if self.key_len < 3:
-            raise ValueError("recall task: key_len must be >= 3 so that keys are distinct")
+        if self.key_len < 2:
+            raise ValueError("recall task: key_len must be >= 2 so that keys are distinct")
 
     @property
     def width(self) -> int:
-        """Bytes per statement: ``KEY=VALUE;``."""
-        return self.key_len + self.value_len + 2
+        """Bytes per statement: key, value, ``;``."""
+        return self.key_len + self.value_len + 1
 
     @classmethod
     def parse(cls, spec: str) -> RecallTask:
@@ -115,7 +122,7 @@ class _Statements:
     def binding(self) -> tuple[bytes, bytes]:
         t = self.task
         while True:
-            key = SYMBOLS[self.rng.integers(len(SYMBOLS), size=t.key_len)].tobytes()
+            key = KEY_SYMBOLS[self.rng.integers(len(KEY_SYMBOLS), size=t.key_len)].tobytes()
             if key not in self.used:
                 self.used.add(key)
                 return key, SYMBOLS[self.rng.integers(len(SYMBOLS), size=t.value_len)].tobytes()
@@ -123,8 +130,8 @@ class _Statements:
 
 def _document(task: RecallTask, statements: list[tuple[bytes, bytes]], queries: list[tuple[int, int]]) -> RecallDocument:
     """``queries``: (statement index of the query, statement index of its binding)."""
-    text = b"".join(key + b"=" + value + b";" for key, value in statements)
-    value_at = np.arange(len(statements)) * task.width + task.key_len + 1
+    text = b"".join(key + value + b";" for key, value in statements)
+    value_at = np.arange(len(statements)) * task.width + task.key_len
     asked = np.array([q for q, _ in queries], dtype=np.int64)
     bound = np.array([b for _, b in queries], dtype=np.int64)
     return RecallDocument(np.frombuffer(text, dtype=np.uint8).copy(), value_at[asked], value_at[asked] - value_at[bound])
@@ -145,14 +152,21 @@ def recall_document(task: RecallTask, distance: int, rng: np.random.Generator) -
 
 
 def training_document(task: RecallTask, rng: np.random.Generator) -> RecallDocument:
-    """A ``length``-byte document of bindings and queries of random earlier bindings."""
+    """A ``length``-byte document of bindings and queries of earlier bindings.
+
+    A query's distance back (in statements) is drawn log-uniformly, so that about
+    as many queries fall inside the local window (where the model can first learn
+    to look keys up) as in each doubling of the distance beyond it.
+    """
     draw = _Statements(task, rng)
     statements: list[tuple[bytes, bytes]] = []
-    unqueried: list[int] = []
+    unqueried: list[int] = []  # ascending statement indices of bindings not queried yet
     queries = []
     for index in range(task.length // task.width):
         if unqueried and rng.random() < task.query_rate:
-            bound = unqueried.pop(int(rng.integers(len(unqueried))))
+            target = index - int(np.exp(rng.uniform(0.0, np.log(index))))
+            at = max(0, bisect.bisect_right(unqueried, target) - 1)  # at least that far back, if any
+            bound = unqueried.pop(at)
             statements.append(statements[bound])
             queries.append((index, bound))
         else:

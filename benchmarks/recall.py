@@ -1,0 +1,165 @@
+"""Long-range recall: does the model use what it read far outside its context?
+
+Trains small byte-level models for the same budget on the recall task
+(``memorizing_transformers_pytorch/recall.py``: key -> value bindings queried
+later) and measures exact-match recall of the value, and bits per value byte, at
+binding-to-query distances from inside the local window to many times the local +
+XL context. Variants: the memorizing model (kNN memory), an XL-only model, a plain
+model, and ablations (gate, memorizing layer, neighbours k, training memory size).
+
+    python benchmarks/recall.py                      # the three main variants
+    python benchmarks/recall.py --variants all       # + ablations
+    python benchmarks/recall.py --variants memory,mlp_gate --steps 1000
+
+Each variant trains in its own process (``--jobs`` at a time, one thread each) and
+is skipped when its run folder already holds a finished checkpoint, so an
+interrupted sweep continues where it stopped. Results: ``OUT/recall.json``,
+``OUT/recall.png`` and a markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SEQ_LEN = 128
+XL = 128
+BASE = dict(num_tokens=256, dim=128, depth=3, heads=4, dim_head=32, memorizing_layers=(2,), max_knn_memories=4096,
+            num_retrieved_memories=32, xl_max_memories=XL, pad_id=0, clear_memories_on_sos_token_id=2, knn_gate="joint")
+# name -> (model overrides, evaluation memory size, description)
+VARIANTS = {
+    "memory": ({}, 16384, "kNN memory (joint softmax), layer 2 of 3"),
+    "xl_only": ({"memorizing_layers": ()}, 0, "XL cache only, no memorizing layer"),
+    "plain": ({"memorizing_layers": (), "xl_max_memories": 0}, 0, "no XL, no memory (local window only)"),
+    "sigmoid_gate": ({"knn_gate": "sigmoid"}, 16384, "per-head sigmoid gate"),
+    "mlp_gate": ({"knn_gate": "mlp"}, 16384, "MLP gate over log-distance"),
+    "layer_3": ({"memorizing_layers": (3,)}, 16384, "memorizing layer 3 of 3"),
+    "k8": ({"num_retrieved_memories": 8}, 16384, "8 retrieved memories"),
+    "k128": ({"num_retrieved_memories": 128}, 16384, "128 retrieved memories"),
+    "train_mem_512": ({"max_knn_memories": 512}, 16384, "trained with a 512-pair memory, evaluated with 16K"),
+}
+MAIN = ("memory", "xl_only", "plain")
+
+
+def train_one(name: str, out: Path, steps: int, seed: int) -> None:
+    """Trains one variant (run in a child process)."""
+    import torch
+
+    from memorizing_transformers_pytorch import MemorizingTransformerConfig
+    from memorizing_transformers_pytorch.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    overrides, _, _ = VARIANTS[name]
+    model_config = MemorizingTransformerConfig(**{**BASE, **overrides})
+    config = TrainConfig(data="recall", run_dir=str(out / name), seq_len=SEQ_LEN, batch_size=8, steps=steps,
+                         lr=2e-3, warmup_steps=100, checkpoint_every=500, log_every=50, seed=seed)
+    train(model_config, config, progress=False)
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    return latest is not None and json.loads((latest / "state.json").read_text())["step"] >= steps
+
+
+def evaluate_one(name: str, out: Path, distances: list[int], documents: int) -> dict:
+    import torch
+
+    from memorizing_transformers_pytorch.checkpoint import load_model
+    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
+
+    torch.set_num_threads(2)
+    model = load_model(out / name)
+    _, memory_size, description = VARIANTS[name]
+    result = evaluate_recall(model, RecallTask(), distances, documents=documents, memory_size=memory_size,
+                             seq_len=SEQ_LEN, batch_size=16)
+    metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    result.update(description=description, config=model.config.to_dict(), final_train_loss=metrics[-1]["loss"],
+                  train_seconds=metrics[-1]["elapsed_s"], steps=metrics[-1]["step"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(MAIN), help=f"comma list, or 'all': {', '.join(VARIANTS)}")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps per variant (batch 8 x 128 bytes)")
+    parser.add_argument("--distances", default="80,160,320,640,1280,2560,5120", help="binding-to-query distances")
+    parser.add_argument("--eval-docs", type=int, default=64, help="documents per distance (8 queries each)")
+    parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one thread each)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recall"))
+    parser.add_argument("--train-one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.train_one:
+        train_one(args.train_one, out, args.steps, args.seed)
+        return
+    names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    todo = [n for n in names if not finished(out / n, args.steps)]
+    running: list[tuple[str, subprocess.Popen, float]] = []
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            name = todo.pop(0)
+            log = open(out / f"{name}.log", "w")
+            command = [sys.executable, __file__, "--train-one", name, "--steps", str(args.steps), "--out", str(out),
+                       "--seed", str(args.seed)]
+            running.append((name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                   env={"OMP_NUM_THREADS": "1", **__import__("os").environ}),
+                            time.perf_counter()))
+            print(f"[recall] training {name} ({args.steps} steps)", flush=True)
+        time.sleep(5)
+        for entry in list(running):
+            name, process, started = entry
+            if process.poll() is not None:
+                running.remove(entry)
+                if process.returncode:
+                    raise SystemExit(f"training {name} failed; see {out / f'{name}.log'}")
+                print(f"[recall] {name} trained in {time.perf_counter() - started:.0f}s", flush=True)
+
+    distances = [int(d) for d in args.distances.split(",")]
+    results_path = out / "recall.json"
+    results = json.loads(results_path.read_text())["variants"] if results_path.exists() else {}
+    for name in names:
+        print(f"[recall] evaluating {name}", flush=True)
+        results[name] = evaluate_one(name, out, distances, args.eval_docs)
+    context = SEQ_LEN + XL
+    results_path.write_text(json.dumps({"variants": results, "seq_len": SEQ_LEN, "xl": XL, "context": context,
+                                        "steps": args.steps}, indent=2) + "\n")
+
+    from memorizing_transformers_pytorch.recall import plot_recall
+
+    plot_recall({f"{n}: {r['description']}": r for n, r in results.items() if n in MAIN}, str(out / "recall.png"),
+                context=context)
+    ablations = {f"{n}": r for n, r in results.items() if n not in ("xl_only", "plain")}
+    if len(ablations) > 1:
+        plot_recall(ablations, str(out / "recall_ablations.png"), context=context, title="Recall ablations")
+    print_table(results, distances, context)
+
+
+def print_table(results: dict, distances: list[int], context: int) -> None:
+    header = "| variant | " + " | ".join(f"{d} ({d / context:.1f}x)" for d in distances) + " | value bits/byte @ max |"
+    print(header)
+    print("|" + "---|" * (len(distances) + 2))
+    for name, result in results.items():
+        cells = [f"{result['by_distance'][str(d)]['accuracy']:.3f}" if str(d) in result["by_distance"] else "-"
+                 for d in distances]
+        last = result["by_distance"].get(str(distances[-1]), {}).get("bits_per_value_byte", float("nan"))
+        print(f"| {name} | " + " | ".join(cells) + f" | {last:.2f} |")
+    print(f"(exact-match recall of 4-byte values; distance in bytes and in multiples of the local + XL context {context})")
+
+
+if __name__ == "__main__":
+    main()

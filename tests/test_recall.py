@@ -1,0 +1,93 @@
+"""The recall task: documents whose answers are known, and the evaluation that scores them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_model
+from memorizing_transformers_pytorch.cli import main
+from memorizing_transformers_pytorch.data import load_documents
+from memorizing_transformers_pytorch.recall import (
+    KEY_SYMBOLS, SYMBOLS, RecallTask, evaluate_recall, recall_document, training_document,
+)
+
+
+def statements(tokens, task):
+    text = tokens.tobytes()
+    return [text[i : i + task.width] for i in range(0, len(text), task.width)]
+
+
+@pytest.mark.parametrize("distance", [56, 200, 1000])
+def test_evaluation_document_queries_every_binding_once_at_the_asked_distance(distance):
+    task = RecallTask()
+    doc = recall_document(task, distance, np.random.default_rng(0))
+    parts = statements(doc.tokens, task)
+    assert all(p.endswith(b";") and len(p) == task.width for p in parts)
+    bound, queried = parts[: task.bindings], parts[-task.bindings :]
+    assert sorted(bound) == sorted(queried)
+    keys = [p[: task.key_len] for p in parts[: -task.bindings]]
+    assert len(set(keys)) == len(keys)  # filler keys are distractors, never repeats
+    assert set(doc.tokens[: task.key_len]) <= set(KEY_SYMBOLS.tolist())
+    expected = max(task.bindings, distance // task.width) * task.width
+    slot_distance = [d for d, q in zip(doc.distances, queried) if q == bound[0]]
+    assert doc.distances.max() - doc.distances.min() < 2 * task.bindings * task.width
+    assert expected - task.bindings * task.width < slot_distance[0] < expected + task.bindings * task.width
+    for start, d in zip(doc.value_starts, doc.distances):
+        value = doc.tokens[start : start + task.value_len]
+        assert np.array_equal(doc.tokens[start - d : start - d + task.value_len], value)
+        assert set(value.tolist()) <= set(SYMBOLS.tolist())
+
+
+def test_training_documents_repeat_bindings_faithfully():
+    task = RecallTask(length=600)
+    doc = training_document(task, np.random.default_rng(1))
+    assert len(doc.tokens) == 600 // task.width * task.width
+    assert len(doc.value_starts) > 10
+    for start, d in zip(doc.value_starts, doc.distances):
+        assert d > 0
+        assert np.array_equal(doc.tokens[start - d - task.key_len : start - d + task.value_len],
+                              doc.tokens[start - task.key_len : start + task.value_len])
+
+
+def test_recall_source_splits_are_deterministic_and_different():
+    train = load_documents("recall:documents=5,length=300", "train")
+    assert len(train) == 5 and all(len(d) == 300 for d in train)
+    again = load_documents("recall:documents=5,length=300", "train")
+    assert all(np.array_equal(a, b) for a, b in zip(train, again))
+    assert not np.array_equal(train[0], load_documents("recall:documents=5,length=300", "test")[0])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("recall:colour=3", "unknown key"),
+    ("recall:length=abc", "NAME=NUMBER"),
+    ("recall:length=5", "two statements"),
+    ("recall:query_rate=1.5", "query_rate"),
+])
+def test_bad_recall_specs_are_rejected(spec, message):
+    with pytest.raises(ValueError, match=message):
+        RecallTask.parse(spec)
+
+
+def test_evaluate_recall_reports_every_distance():
+    model = tiny_model(num_tokens=256, xl_max_memories=4, max_knn_memories=256)
+    result = evaluate_recall(model, RecallTask(), [56, 120], documents=3, memory_size=None, seq_len=16, batch_size=2,
+                             progress=False)
+    for distance in ("56", "120"):
+        row = result["by_distance"][distance]
+        assert row["queries"] == 3 * 8 and 0 <= row["accuracy"] <= 1 and row["bits_per_value_byte"] > 0
+    assert result["memory_size"] == 256 and result["chance_accuracy"] == 93.0**-3
+
+
+def test_recall_command_trains_and_evaluates(tmp_path, capsys):
+    run = tmp_path / "run"
+    main(["train", "--data", "recall:documents=8,length=120", "--run-dir", str(run), "--steps", "2", "--seq-len", "16",
+          "--dim", "32", "--depth", "2", "--heads", "2", "--dim-head", "16", "--memorizing-layers", "2",
+          "--xl-max-memories", "16", "--max-knn-memories", "128", "--num-retrieved-memories", "4", "--knn-gate", "mlp"])
+    main(["recall", "--checkpoint", str(run), "--distances", "56,200", "--memory-sizes", "0,128", "--documents", "2"])
+    out = capsys.readouterr().out
+    assert "| memory off |" in out and "| memory 128 |" in out
+    saved = json.loads((run / "checkpoints" / "step-0000002" / "recall.json").read_text())
+    assert set(saved) == {"memory off", "memory 128"} and (run / "checkpoints" / "step-0000002" / "recall.png").exists()
+    with pytest.raises(SystemExit):
+        main(["recall", "--checkpoint", str(run), "--distances", "10"])
