@@ -31,16 +31,17 @@ sys.path.insert(0, str(ROOT))
 
 SEQ_LEN = 128
 XL = 128
-BASE = dict(num_tokens=256, dim=128, depth=3, heads=4, dim_head=32, memorizing_layers=(2,), max_knn_memories=4096,
+DATA = "recall:query_rate=0.5"
+BASE = dict(num_tokens=256, dim=128, depth=2, heads=4, dim_head=32, memorizing_layers=(2,), max_knn_memories=4096,
             num_retrieved_memories=32, xl_max_memories=XL, pad_id=0, clear_memories_on_sos_token_id=2, knn_gate="joint")
 # name -> (model overrides, evaluation memory size, description)
 VARIANTS = {
-    "memory": ({}, 16384, "kNN memory (joint softmax), layer 2 of 3"),
+    "memory": ({}, 16384, "kNN memory (joint softmax), layer 2 of 2"),
     "xl_only": ({"memorizing_layers": ()}, 0, "XL cache only, no memorizing layer"),
     "plain": ({"memorizing_layers": (), "xl_max_memories": 0}, 0, "no XL, no memory (local window only)"),
     "sigmoid_gate": ({"knn_gate": "sigmoid"}, 16384, "per-head sigmoid gate"),
     "mlp_gate": ({"knn_gate": "mlp"}, 16384, "MLP gate over log-distance"),
-    "layer_3": ({"memorizing_layers": (3,)}, 16384, "memorizing layer 3 of 3"),
+    "depth_3": ({"depth": 3}, 16384, "3 layers, memorizing layer 2"),
     "k8": ({"num_retrieved_memories": 8}, 16384, "8 retrieved memories"),
     "k128": ({"num_retrieved_memories": 128}, 16384, "128 retrieved memories"),
     "train_mem_512": ({"max_knn_memories": 512}, 16384, "trained with a 512-pair memory, evaluated with 16K"),
@@ -58,7 +59,7 @@ def train_one(name: str, out: Path, steps: int, seed: int) -> None:
     torch.set_num_threads(1)
     overrides, _, _ = VARIANTS[name]
     model_config = MemorizingTransformerConfig(**{**BASE, **overrides})
-    config = TrainConfig(data="recall", run_dir=str(out / name), seq_len=SEQ_LEN, batch_size=8, steps=steps,
+    config = TrainConfig(data=DATA, run_dir=str(out / name), seq_len=SEQ_LEN, batch_size=8, steps=steps,
                          lr=2e-3, warmup_steps=100, checkpoint_every=500, log_every=50, seed=seed)
     train(model_config, config, progress=False)
 
@@ -79,7 +80,7 @@ def evaluate_one(name: str, out: Path, distances: list[int], documents: int) -> 
     torch.set_num_threads(2)
     model = load_model(out / name)
     _, memory_size, description = VARIANTS[name]
-    result = evaluate_recall(model, RecallTask(), distances, documents=documents, memory_size=memory_size,
+    result = evaluate_recall(model, RecallTask.parse(DATA), distances, documents=documents, memory_size=memory_size,
                              seq_len=SEQ_LEN, batch_size=16)
     metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     result.update(description=description, config=model.config.to_dict(), final_train_loss=metrics[-1]["loss"],
@@ -87,15 +88,42 @@ def evaluate_one(name: str, out: Path, distances: list[int], documents: int) -> 
     return result
 
 
+def evaluation_ablations(out: Path, distances: list[int], documents: int) -> dict:
+    """The trained ``memory`` variant evaluated with other memory sizes and numbers of neighbours (same weights)."""
+    import torch
+
+    from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig
+    from memorizing_transformers_pytorch.checkpoint import load_model
+    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
+
+    torch.set_num_threads(2)
+    trained = load_model(out / "memory")
+    task = RecallTask.parse(DATA)
+    results = {}
+    for size in (0, 512, 2048):
+        results[f"memory size {size}"] = evaluate_recall(trained, task, distances, documents=documents,
+                                                         memory_size=size, seq_len=SEQ_LEN, batch_size=16)
+    for k in (8, 128):
+        config = MemorizingTransformerConfig(**{**trained.config.to_dict(), "num_retrieved_memories": k,
+                                                "max_knn_memories": 16384})
+        model = MemorizingTransformer(config)
+        model.load_state_dict(trained.state_dict())
+        results[f"k = {k} (trained with 32)"] = evaluate_recall(model, task, distances, documents=documents,
+                                                                 seq_len=SEQ_LEN, batch_size=16)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(MAIN), help=f"comma list, or 'all': {', '.join(VARIANTS)}")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps per variant (batch 8 x 128 bytes)")
-    parser.add_argument("--distances", default="80,160,320,640,1280,2560,5120", help="binding-to-query distances")
+    parser.add_argument("--steps", type=int, default=7000, help="training steps per variant (batch 8 x 128 bytes)")
+    parser.add_argument("--distances", default="88,176,352,704,1408,2816,5632", help="binding-to-query distances")
     parser.add_argument("--eval-docs", type=int, default=64, help="documents per distance (8 queries each)")
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one thread each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recall"))
+    parser.add_argument("--eval-ablations", action="store_true",
+                        help="also evaluate the memory variant with other memory sizes and k (no training)")
     parser.add_argument("--train-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
@@ -136,8 +164,14 @@ def main() -> None:
         print(f"[recall] evaluating {name}", flush=True)
         results[name] = evaluate_one(name, out, distances, args.eval_docs)
     context = SEQ_LEN + XL
-    results_path.write_text(json.dumps({"variants": results, "seq_len": SEQ_LEN, "xl": XL, "context": context,
-                                        "steps": args.steps}, indent=2) + "\n")
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {}
+    evaluation = saved.get("evaluation_ablations", {})
+    if args.eval_ablations and "memory" in results:
+        print("[recall] evaluation ablations of the memory variant", flush=True)
+        evaluation = evaluation_ablations(out, distances, args.eval_docs)
+    results_path.write_text(json.dumps({"variants": results, "evaluation_ablations": evaluation, "seq_len": SEQ_LEN,
+                                        "xl": XL, "context": context, "steps": args.steps, "data": DATA},
+                                       indent=2) + "\n")
 
     from memorizing_transformers_pytorch.recall import plot_recall
 
@@ -146,7 +180,13 @@ def main() -> None:
     ablations = {f"{n}": r for n, r in results.items() if n not in ("xl_only", "plain")}
     if len(ablations) > 1:
         plot_recall(ablations, str(out / "recall_ablations.png"), context=context, title="Recall ablations")
+    if evaluation:
+        plot_recall({"memory 16K, k=32": results["memory"], **evaluation}, str(out / "recall_eval_ablations.png"),
+                    context=context, title="Same weights, other memory sizes and k")
     print_table(results, distances, context)
+    if evaluation:
+        print("\nmemory variant, other evaluation settings:")
+        print_table({"memory (16K, k=32)": results["memory"], **evaluation}, distances, context)
 
 
 def print_table(results: dict, distances: list[int], context: int) -> None:

@@ -63,7 +63,7 @@ class RecallTask:
 
     bindings: int = 8
     key_len: int = 2
-    value_len: int = 3
+    value_len: int = 8
     length: int = 2048
     query_rate: float = 0.4
     documents: int = 4000
