@@ -12,8 +12,9 @@ model, and ablations (gate, memorizing layer, neighbours k, training memory size
     python benchmarks/recall.py --variants memory,mlp_gate --steps 1000
 
 Each variant trains in its own process (``--jobs`` at a time, one thread each) and
-is skipped when its run folder already holds a finished checkpoint, so an
-interrupted sweep continues where it stopped. Results: ``OUT/recall.json``,
+is skipped when its run folder already holds a finished checkpoint, and resumed
+from its latest checkpoint when it holds an unfinished one, so an interrupted
+sweep continues where it stopped. Results: ``OUT/recall.json``,
 ``OUT/recall.png`` and a markdown table on stdout.
 """
 
@@ -61,7 +62,9 @@ def train_one(name: str, out: Path, steps: int, seed: int) -> None:
     model_config = MemorizingTransformerConfig(**{**BASE, **overrides})
     config = TrainConfig(data=DATA, run_dir=str(out / name), seq_len=SEQ_LEN, batch_size=8, steps=steps,
                          lr=2e-3, warmup_steps=100, checkpoint_every=500, log_every=50, seed=seed)
-    train(model_config, config, progress=False)
+    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
+
+    train(model_config, config, resume=latest_checkpoint(out / name) is not None, progress=False)
 
 
 def finished(run_dir: Path, steps: int) -> bool:

@@ -57,6 +57,9 @@ class RecallTask:
         key_len, value_len: bytes of each key and value.
         length: bytes per training document (the longest training distance).
         query_rate: fraction of training statements that are queries.
+        value_first: 1 writes bindings as ``VALUE KEY;`` ("Z31 is the code of K7") and
+            queries as ``KEY VALUE;``, so the lookup matches a query's key with the
+            binding's key itself rather than with the token before a value.
         documents: training documents per split.
         seed: the train / valid / test splits draw from ``[seed, split]``.
     """
@@ -66,6 +69,7 @@ class RecallTask:
     value_len: int = 8
     length: int = 2048
     query_rate: float = 0.4
+    value_first: int = 0
     documents: int = 4000
     seed: int = 0
 
@@ -130,8 +134,12 @@ class _Statements:
 
 def _document(task: RecallTask, statements: list[tuple[bytes, bytes]], queries: list[tuple[int, int]]) -> RecallDocument:
     """``queries``: (statement index of the query, statement index of its binding)."""
-    text = b"".join(key + value + b";" for key, value in statements)
-    value_at = np.arange(len(statements)) * task.width + task.key_len
+    is_query = np.zeros(len(statements), dtype=bool)
+    is_query[[q for q, _ in queries]] = True
+    flip = task.value_first and ~is_query  # bindings read "VALUE KEY;", queries "KEY VALUE;"
+    text = b"".join((value + key if f else key + value) + b";" for (key, value), f in zip(statements, np.broadcast_to(flip, is_query.shape)))
+    starts = np.arange(len(statements)) * task.width
+    value_at = np.where(flip, starts, starts + task.key_len)
     asked = np.array([q for q, _ in queries], dtype=np.int64)
     bound = np.array([b for _, b in queries], dtype=np.int64)
     return RecallDocument(np.frombuffer(text, dtype=np.uint8).copy(), value_at[asked], value_at[asked] - value_at[bound])
