@@ -15,6 +15,7 @@ from memorizing_transformers_pytorch.recall import (
     evaluate_recall,
     recall_document,
     training_document,
+    wired_lookup_model,
 )
 
 
@@ -96,3 +97,17 @@ def test_recall_command_trains_and_evaluates(tmp_path, capsys):
     assert set(saved) == {"memory off", "memory 128"} and (run / "checkpoints" / "step-0000002" / "recall.png").exists()
     with pytest.raises(SystemExit):
         main(["recall", "--checkpoint", str(run), "--distances", "10"])
+
+
+def test_a_wired_lookup_recalls_from_memory_far_beyond_the_context():
+    """Memory on: recall at 10x the local + XL context; memory off (same weights): near chance."""
+    model = wired_lookup_model(xl=32)
+    task = RecallTask(value_len=1)
+    far = 640  # segments of 32 + XL 32 = 64 bytes of context
+    with_memory = evaluate_recall(model, task, [far], documents=8, memory_size=4096, seq_len=32, progress=False)
+    without = evaluate_recall(model, task, [far], documents=8, memory_size=0, seq_len=32, progress=False)
+    near = evaluate_recall(model, task, [task.bindings * task.width], documents=8, memory_size=0, seq_len=64,
+                           progress=False)
+    assert near["by_distance"]["32"]["accuracy"] >= 0.9  # the circuit works inside the context
+    assert with_memory["by_distance"][str(far)]["accuracy"] >= 0.9
+    assert without["by_distance"][str(far)]["accuracy"] <= 0.2
