@@ -74,6 +74,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
 
     kwargs = {**MODEL_ARGS, "memorizing_layers": (3,) if size else (), "max_knn_memories": size or 16384}
+    if impl == "ours" and spec.get("knn_index", "exact") != "exact":
+        kwargs["knn_index"] = spec["knn_index"]
     model = package.MemorizingTransformer(**kwargs).to(device)
     knn = model.create_knn_memories(batch_size=BATCH)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -159,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
     parser.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast for OUR model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--knn-index", default="exact", choices=("exact", "ivf"),
+                        help="OUR memory's search: exact, or the faiss IVF index (256 lists, 16 probed)")
     parser.add_argument("--json-name", help="file name under --out (default model.json, or model-DEVICE-AMP.json)")
     return parser
 
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for index, size in enumerate(configs):
         for impl in common.alternate(impls, index):
             spec = {"impl": impl, "knn_size": size, "device": args.device, "amp": args.amp if impl == "ours" else "none",
-                    "steps": steps, "warmup": warmup, "modes": modes, "seed": args.seed}
+                    "steps": steps, "warmup": warmup, "modes": modes, "seed": args.seed, "knn_index": args.knn_index}
             common.log(f"[{impl} {config_name(size)}] running")
             row = common.run_worker(SCRIPT, spec, pythons[impl], timeout=args.timeout,
                                     omp_wait_policy=args.omp_wait_policy)
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "environment": common.environment(args.device),
         "settings": {"model": {**MODEL_ARGS, "memorizing_layers": [3]}, "batch": BATCH, "seq_len": SEQ_LEN,
                      "knn_sizes": sizes, "steps": steps, "warmup": warmup, "modes": modes, "amp": args.amp,
-                     "seed": args.seed, "omp_wait_policy": args.omp_wait_policy},
+                     "seed": args.seed, "knn_index": args.knn_index, "omp_wait_policy": args.omp_wait_policy},
         "results": rows,
         "comparison": compare(rows, modes, impls),
     }

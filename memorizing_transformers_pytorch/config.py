@@ -63,6 +63,9 @@ class MemorizingTransformerConfig:
             by a small per-head MLP of its log-distance from the query (see
             ``Attention``), so how far back a memory is, and how many valid
             memories there are, set how much memory is used.
+        knn_index: ``"exact"`` search, or ``"ivf"``: approximate faiss IVF search on
+            CPU for large memories (``KNNMemory``'s ``index``; needs the ``[faiss]`` extra).
+        knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         knn_temperature_init: initial inverse temperature of the cosine-similarity
             logits in memorizing layers.
         xl_max_memories: tokens of Transformer-XL cache per layer (0 = no cache).
@@ -87,6 +90,9 @@ class MemorizingTransformerConfig:
     max_knn_memories: int = 16384
     num_retrieved_memories: int = 32
     knn_gate: Literal["sigmoid", "joint", "mlp"] = "sigmoid"
+    knn_index: Literal["exact", "ivf"] = "exact"
+    knn_ivf_lists: int = 256
+    knn_ivf_probe: int = 16
     knn_temperature_init: float = 10.0
     xl_max_memories: int = 0
     xl_memory_layers: tuple[int, ...] | None = None
@@ -99,7 +105,8 @@ class MemorizingTransformerConfig:
     def __post_init__(self) -> None:
         _int("num_tokens", self.num_tokens, minimum=1)
         for name in ("dim", "depth", "heads", "dim_head", "kv_heads", "ff_mult", "max_knn_memories",
-                     "num_retrieved_memories", "rel_pos_num_buckets", "rel_pos_max_distance"):
+                     "num_retrieved_memories", "rel_pos_num_buckets", "rel_pos_max_distance", "knn_ivf_lists",
+                     "knn_ivf_probe"):
             _int(name, getattr(self, name), minimum=1)
         _int("xl_max_memories", self.xl_max_memories, minimum=0)
         if self.heads % self.kv_heads:
@@ -110,6 +117,8 @@ class MemorizingTransformerConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
         if self.knn_gate not in KNN_GATES:
             raise ValueError(f"knn_gate must be one of {KNN_GATES}, got {self.knn_gate!r}")
+        if self.knn_index not in ("exact", "ivf"):
+            raise ValueError(f"knn_index must be 'exact' or 'ivf', got {self.knn_index!r}")
         if not isinstance(self.knn_temperature_init, (int, float)) or self.knn_temperature_init <= 0:
             raise ValueError(f"knn_temperature_init must be a positive number, got {self.knn_temperature_init!r}")
         if self.num_retrieved_memories > self.max_knn_memories:

@@ -20,7 +20,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["KNNMemory", "KNNMemoryList"]
+__all__ = ["KNNMemory", "KNNMemoryList", "INDEXES"]
+
+INDEXES = ("exact", "ivf")
 
 # Score blocks are at most this many elements (float32: 32 MiB), which bounds
 # the extra memory a search needs whatever the memory size.
@@ -47,16 +49,39 @@ class KNNMemory:
             batch row ``b``.
         heads: number of key/value heads H stored side by side per stream. With
             ``heads == 1`` the head axis may be left out of every call.
+        index: ``"exact"`` (default): blocked exact search on the memory's device.
+            ``"ivf"``: an approximate faiss ``IndexIVFFlat`` per stream and head (the
+            ``[faiss]`` extra, CPU), for large memories on CPU. Its ids are the
+            storage slots, and an overwritten slot is removed from it, so FIFO
+            eviction stays exact in what can be found. Until each stream holds
+            ``ivf_train_size`` pairs (default ``39 * ivf_lists``), and whenever a
+            stream's index is not trained, search stays exact. The centroids are
+            trained once, on the first full training set, and kept across ``clear``.
+        ivf_lists, ivf_probe: inverted lists per index and lists scanned per query
+            (``ivf_probe == ivf_lists`` scans everything: exact).
 
     Raises:
         TypeError, ValueError: for arguments of the wrong type or range.
     """
 
-    def __init__(self, dim: int, max_memories: int, num_indices: int, *, heads: int = 1) -> None:
+    def __init__(self, dim: int, max_memories: int, num_indices: int, *, heads: int = 1, index: str = "exact",
+                 ivf_lists: int = 256, ivf_probe: int = 16, ivf_train_size: int | None = None) -> None:
         self.dim = _check_positive_int("dim", dim)
         self.max_memories = _check_positive_int("max_memories", max_memories)
         self.num_indices = _check_positive_int("num_indices", num_indices)
         self.heads = _check_positive_int("heads", heads)
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
+        self.index = index
+        self._ivf: _IVFIndexes | None = None
+        if index == "ivf":
+            lists, probe = _check_positive_int("ivf_lists", ivf_lists), _check_positive_int("ivf_probe", ivf_probe)
+            train = 39 * lists if ivf_train_size is None else _check_positive_int("ivf_train_size", ivf_train_size)
+            if train < lists:
+                raise ValueError(f"ivf_train_size ({train}) must be >= ivf_lists ({lists})")
+            lists = min(lists, max_memories)  # k-means needs at least one training point per list
+            self._ivf = _IVFIndexes(num_indices, heads, dim, lists=lists, probe=min(probe, lists),
+                                    train_size=max(lists, min(train, max_memories)))
         # Allocated on the first add, on that data's device and dtype.
         self.pairs: Tensor | None = None  # (B, H, M, 2, D) key | value, side by side for one gather
         self.positions: Tensor | None = None  # (B, M) each pair's position in its stream (0 = first added)
@@ -134,6 +159,8 @@ class KNNMemory:
         self.total = self.total + num_new
         self.write_index = (self.write_index + num_new) % M
         self.count = torch.clamp(self.count + num_new, max=M)
+        if self._ivf is not None:
+            self._ivf.update(self, rows, slots)
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
         shape = (self.num_indices, self.heads, self.max_memories)
@@ -158,6 +185,8 @@ class KNNMemory:
         self.count[rows] = 0
         self.write_index[rows] = 0
         self.total[rows] = 0
+        if self._ivf is not None:
+            self._ivf.reset(rows.tolist())
 
     def _rows(self, batch_indices: int | Sequence[int] | Tensor | None) -> Tensor:
         B = self.num_indices
@@ -231,7 +260,10 @@ class KNNMemory:
         assert self.pairs is not None
         q = q.to(self.pairs.device)
         k = min(topk, held)
-        index = self._top_indices(q, k)  # (B, H, Q, k)
+        if self._ivf is not None and self._ivf.ready:
+            index = self._ivf.search(q, k).to(q.device)  # (B, H, Q, k), -1 where fewer were found
+        else:
+            index = self._top_indices(q, k)  # (B, H, Q, k)
         found = index >= 0
         flat = (torch.arange(B * H, device=q.device).view(B, H, 1, 1) * self.max_memories + index.clamp(min=0))
         key_values = self.pairs.view(-1, 2, D).index_select(0, flat.view(-1)).view(B, H, Q, k, 2, D)
@@ -334,6 +366,96 @@ class KNNMemory:
             self.positions = self.positions.to(self.pairs.device)
             for name in ("count", "write_index", "total"):
                 setattr(self, name, getattr(self, name).to(self.pairs.device))
+        if self._ivf is not None:  # the index is not saved: rebuild it from the held pairs
+            self._ivf.rebuild(self)
+
+
+class _IVFIndexes:
+    """One faiss ``IndexIVFFlat`` (inner product) per stream and head, with storage slots as ids."""
+
+    def __init__(self, rows: int, heads: int, dim: int, *, lists: int, probe: int, train_size: int) -> None:
+        try:
+            import faiss
+        except ImportError:
+            raise ImportError("index='ivf' needs faiss: pip install 'memorizing-transformers-pytorch[faiss]'") from None
+        self.faiss = faiss
+        self.lists, self.probe, self.train_size = lists, probe, train_size
+        self.indexes = []
+        for _ in range(rows * heads):
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+            index.nprobe = probe
+            self.indexes.append((index, quantizer))
+        self.rows, self.heads = rows, heads
+
+    @property
+    def ready(self) -> bool:
+        return all(index.is_trained for index, _ in self.indexes)
+
+    def _index(self, row: int, head: int):
+        return self.indexes[row * self.heads + head][0]
+
+    def update(self, memory: KNNMemory, rows: Tensor, slots: Tensor) -> None:
+        """Mirror new pairs (written at ``slots`` of ``rows``) into the indexes; train them when due."""
+        import numpy as np
+
+        assert memory.pairs is not None
+        rows_cpu, slots_cpu = rows.cpu().numpy(), slots.cpu().numpy().astype(np.int64)
+        for row in np.unique(rows_cpu):
+            row_slots = slots_cpu[rows_cpu == row]
+            for head in range(self.heads):
+                index = self._index(int(row), head)
+                if not index.is_trained:
+                    if int(memory.count[row]) >= self.train_size:
+                        self._train_and_fill(memory, int(row), head)
+                    continue
+                keys = memory.pairs[row, head, torch.as_tensor(row_slots, device=memory.pairs.device), 0]
+                index.remove_ids(row_slots)
+                index.add_with_ids(keys.float().cpu().numpy(), row_slots)
+
+    def _train_and_fill(self, memory: KNNMemory, row: int, head: int) -> None:
+        assert memory.pairs is not None
+        held = int(memory.count[row])
+        keys = memory.pairs[row, head, :held, 0].float().cpu().numpy()  # a full or never-wrapped ring: slots 0..held-1
+        index = self._index(row, head)
+        index.train(keys)
+        index.add_with_ids(keys, self._slots(held))
+
+    @staticmethod
+    def _slots(count: int):
+        import numpy as np
+
+        return np.arange(count, dtype=np.int64)
+
+    def reset(self, rows: list[int]) -> None:
+        for row in rows:
+            for head in range(self.heads):
+                self._index(row, head).reset()  # keeps the trained centroids
+
+    def rebuild(self, memory: KNNMemory) -> None:
+        for row in range(self.rows):
+            for head in range(self.heads):
+                self._index(row, head).reset()
+                held = int(memory.count[row])
+                if held == 0 or memory.pairs is None:
+                    continue
+                if not self._index(row, head).is_trained:
+                    if held >= self.train_size:
+                        self._train_and_fill(memory, row, head)
+                    continue
+                keys = memory.pairs[row, head, :held, 0].float().cpu().numpy()
+                self._index(row, head).add_with_ids(keys, self._slots(held))
+
+    def search(self, q: Tensor, k: int) -> Tensor:
+        """Slot indices ``(B, H, Q, k)`` for queries ``(B, H, Q, D)``; -1 where a list ran short."""
+        B, H, Q, _ = q.shape
+        out = torch.empty(B, H, Q, k, dtype=torch.long)
+        queries = q.float().cpu().numpy()
+        for row in range(B):
+            for head in range(H):
+                _, ids = self._index(row, head).search(queries[row, head], k)
+                out[row, head] = torch.from_numpy(ids)
+        return out
 
 
 class KNNMemoryList(list):

@@ -358,7 +358,8 @@ class MemorizingTransformer(nn.Module):
         c = self.config
         size = c.max_knn_memories if max_memories is None else max_memories
         return KNNMemoryList(
-            KNNMemory(dim=c.dim_head, max_memories=size, num_indices=batch_size, heads=c.kv_heads)
+            KNNMemory(dim=c.dim_head, max_memories=size, num_indices=batch_size, heads=c.kv_heads, index=c.knn_index,
+                      ivf_lists=c.knn_ivf_lists, ivf_probe=c.knn_ivf_probe)
             for _ in c.memorizing_layers
         )
 

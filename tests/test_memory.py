@@ -70,10 +70,12 @@ operation = st.one_of(
 
 
 @settings(max_examples=60, deadline=None)
-@given(max_memories=st.integers(1, 10), operations=st.lists(operation, max_size=25))
-def test_random_add_clear_search_matches_brute_force(max_memories, operations):
+@given(max_memories=st.integers(1, 10), operations=st.lists(operation, max_size=25), ivf=st.booleans())
+def test_random_add_clear_search_matches_brute_force(max_memories, operations, ivf):
+    """Exact search, and the faiss IVF index scanning all its lists (which is exact), against brute force."""
     rows, dim = 3, 4
-    memory = KNNMemory(dim=dim, max_memories=max_memories, num_indices=rows)
+    options = dict(index="ivf", ivf_lists=2, ivf_probe=2, ivf_train_size=2) if ivf else {}
+    memory = KNNMemory(dim=dim, max_memories=max_memories, num_indices=rows, **options)
     reference = BruteForceMemory(max_memories, rows)
     for kind, arg, seed in operations:
         generator = torch.Generator().manual_seed(seed)
@@ -254,3 +256,40 @@ def test_near_ties_that_bfloat16_cannot_separate_are_still_exact():
     kv, _ = memory.search(queries, 16)
     got = (kv[..., 0, :] * queries[:, :, None]).sum(-1)
     torch.testing.assert_close(got, _brute_force_top_scores(memory, queries, 16), rtol=1e-6, atol=1e-4)
+
+
+def test_ivf_index_forgets_evicted_pairs_and_finds_their_replacements():
+    memory = KNNMemory(dim=8, max_memories=64, num_indices=2, index="ivf", ivf_lists=4, ivf_probe=4, ivf_train_size=32)
+    first = torch.nn.functional.normalize(torch.randn(2, 64, 2, 8), dim=-1)
+    memory.add(first)
+    assert memory._ivf is not None and memory._ivf.ready
+    second = torch.nn.functional.normalize(torch.randn(2, 16, 2, 8), dim=-1)
+    memory.add(second)  # overwrites the 16 oldest
+    key_values, mask = memory.search(first[:, :16, 0], 1)  # evicted keys: their own pairs must not come back
+    for row in range(2):
+        for i in range(16):
+            assert not torch.equal(key_values[row, i, 0, 0], first[row, i, 0])
+    key_values, _ = memory.search(second[:, :, 0], 1)
+    torch.testing.assert_close(key_values[:, :, 0, 0], second[:, :, 0])
+    kept, _ = memory.search(first[:, 16:, 0], 1)
+    torch.testing.assert_close(kept[:, :, 0, 0], first[:, 16:, 0])
+
+
+def test_ivf_index_is_rebuilt_from_a_state_dict():
+    memory = KNNMemory(dim=8, max_memories=64, num_indices=1, index="ivf", ivf_lists=4, ivf_probe=4, ivf_train_size=32)
+    memory.add(torch.randn(1, 50, 2, 8))
+    copy = KNNMemory(dim=8, max_memories=64, num_indices=1, index="ivf", ivf_lists=4, ivf_probe=4, ivf_train_size=32)
+    copy.load_state_dict(memory.state_dict())
+    queries = torch.randn(1, 5, 8)
+    torch.testing.assert_close(copy.search(queries, 3)[0], memory.search(queries, 3)[0])
+
+
+def test_model_runs_with_the_ivf_index():
+    from conftest import tiny_model
+
+    model = tiny_model(knn_index="ivf", knn_ivf_lists=2, knn_ivf_probe=1, max_knn_memories=64)
+    knn = model.create_knn_memories(batch_size=2)
+    assert knn[0].index == "ivf"
+    for _ in range(6):
+        logits, _ = model(torch.randint(0, 32, (2, 16)), knn_memories=knn)
+    assert knn[0]._ivf.ready and torch.isfinite(logits).all()
