@@ -68,7 +68,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     memory.search(queries, args.topk)
                     times[name].append(1000 * (time.perf_counter() - t0))
-            found = ivf._ivf.search(queries.unsqueeze(1), args.topk)
+            found = ivf._ivf.search(queries.unsqueeze(1), args.topk, list(range(rows)))
             hits = sum(len(set(found[r, 0, q].tolist()) & set(truth[r, 0, q].tolist()))
                        for r in range(rows) for q in range(args.queries))
             recall = hits / (rows * args.queries * args.topk)

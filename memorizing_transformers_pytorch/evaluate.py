@@ -51,7 +51,9 @@ def bits_per_byte(
             ``None`` uses the model's configured size.
 
     Under ``torchrun`` each rank reads every ``world_size``-th document and the
-    sums are reduced across ranks, so every rank returns the same total.
+    sums are reduced across ranks, so every rank returns the same total (every rank
+    must call it). Where a document starts within a segment changes its loss a
+    little, so totals are comparable only at the same world size and batch size.
     """
     model.eval()
     documents = list(documents)[distributed.rank() :: distributed.world_size()]

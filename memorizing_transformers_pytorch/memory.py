@@ -54,9 +54,11 @@ class KNNMemory:
             ``[faiss]`` extra, CPU), for large memories on CPU. Its ids are the
             storage slots, and an overwritten slot is removed from it, so FIFO
             eviction stays exact in what can be found. Until each stream holds
-            ``ivf_train_size`` pairs (default ``39 * ivf_lists``), and whenever a
-            stream's index is not trained, search stays exact. The centroids are
-            trained once, on the first full training set, and kept across ``clear``.
+            ``ivf_train_size`` pairs (default ``39 * ivf_lists``) its search stays
+            exact: at first, and again after each ``clear`` until it refills. The
+            centroids are trained once per stream, on its first full training set,
+            and kept across ``clear``; they are not saved, so ``load_state_dict``
+            retrains them (a resumed run is not bit-exact with IVF).
         ivf_lists, ivf_probe: inverted lists per index and lists scanned per query
             (``ivf_probe == ivf_lists`` scans everything: exact).
 
@@ -260,10 +262,15 @@ class KNNMemory:
         assert self.pairs is not None
         q = q.to(self.pairs.device)
         k = min(topk, held)
-        if self._ivf is not None and self._ivf.ready:
-            index = self._ivf.search(q, k).to(q.device)  # (B, H, Q, k), -1 where fewer were found
+        # IVF for the streams whose index is trained and that hold enough pairs; exact search for the rest
+        use_ivf = self._ivf.usable(self.count) if self._ivf is not None else []
+        if self._ivf is not None and len(use_ivf) == B:
+            index = self._ivf.search(q, k, use_ivf).to(q.device)  # (B, H, Q, k), -1 where fewer were found
         else:
             index = self._top_indices(q, k)  # (B, H, Q, k)
+            if self._ivf is not None and use_ivf:
+                approximate = self._ivf.search(q, k, use_ivf).to(q.device)
+                index[use_ivf] = approximate[use_ivf]
         found = index >= 0
         flat = (torch.arange(B * H, device=q.device).view(B, H, 1, 1) * self.max_memories + index.clamp(min=0))
         key_values = self.pairs.view(-1, 2, D).index_select(0, flat.view(-1)).view(B, H, Q, k, 2, D)
@@ -360,7 +367,7 @@ class KNNMemory:
             if "positions" in state:
                 self.positions = state["positions"].clone().long()
             else:
-                slots = torch.arange(M).view(1, M)
+                slots = torch.arange(M, device=self.write_index.device).view(1, M)
                 oldest = (self.write_index - self.count).view(B, 1)
                 self.positions = (slots - oldest) % M + (self.total - self.count).view(B, 1)
             self.positions = self.positions.to(self.pairs.device)
@@ -391,6 +398,13 @@ class _IVFIndexes:
     @property
     def ready(self) -> bool:
         return all(index.is_trained for index, _ in self.indexes)
+
+    def usable(self, count: Tensor) -> list[int]:
+        """Streams searched with IVF: every head's index trained, and at least ``train_size`` pairs held
+        (a stream just cleared at a document start is searched exactly until it refills)."""
+        held = count.tolist()
+        return [row for row in range(self.rows) if held[row] >= self.train_size
+                and all(self._index(row, head).is_trained for head in range(self.heads))]
 
     def _index(self, row: int, head: int):
         return self.indexes[row * self.heads + head][0]
@@ -446,12 +460,12 @@ class _IVFIndexes:
                 keys = memory.pairs[row, head, :held, 0].float().cpu().numpy()
                 self._index(row, head).add_with_ids(keys, self._slots(held))
 
-    def search(self, q: Tensor, k: int) -> Tensor:
-        """Slot indices ``(B, H, Q, k)`` for queries ``(B, H, Q, D)``; -1 where a list ran short."""
+    def search(self, q: Tensor, k: int, rows: list[int]) -> Tensor:
+        """Slot indices ``(B, H, Q, k)`` for queries ``(B, H, Q, D)`` in ``rows`` (others -1); -1 where a list ran short."""
         B, H, Q, _ = q.shape
-        out = torch.empty(B, H, Q, k, dtype=torch.long)
+        out = torch.full((B, H, Q, k), -1, dtype=torch.long)
         queries = q.float().cpu().numpy()
-        for row in range(B):
+        for row in rows:
             for head in range(H):
                 _, ids = self._index(row, head).search(queries[row, head], k)
                 out[row, head] = torch.from_numpy(ids)

@@ -128,6 +128,9 @@ class _Statements:
 
     def binding(self) -> tuple[bytes, bytes]:
         t = self.task
+        if len(self.used) >= len(KEY_SYMBOLS) ** t.key_len // 2:
+            raise ValueError(f"recall task: a document needs more than {len(self.used)} distinct keys; "
+                             f"use a longer key_len or a shorter distance/length")
         while True:
             key = KEY_SYMBOLS[self.rng.integers(len(KEY_SYMBOLS), size=t.key_len)].tobytes()
             if key not in self.used:

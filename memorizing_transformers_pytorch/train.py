@@ -127,6 +127,8 @@ def train(
     main = rank == 0
     torch.manual_seed(config.seed)
     model = MemorizingTransformer(model_config).to(device)
+    if world > 1:  # same initial weights everywhere, different dropout masks per rank
+        torch.manual_seed(config.seed + rank)
     # DDP averages gradients across ranks; without a memory the memorizing layers' gates get no gradient
     ddp_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, find_unused_parameters=not config.knn_memory)

@@ -293,3 +293,21 @@ def test_model_runs_with_the_ivf_index():
     for _ in range(6):
         logits, _ = model(torch.randint(0, 32, (2, 16)), knn_memories=knn)
     assert knn[0]._ivf.ready and torch.isfinite(logits).all()
+
+
+def test_ivf_search_is_exact_for_a_stream_cleared_until_it_refills():
+    """After a document boundary a stream holds few pairs; IVF would miss most of them, so it is searched exactly."""
+    options = dict(index="ivf", ivf_lists=8, ivf_probe=1, ivf_train_size=64)
+    memory = KNNMemory(dim=8, max_memories=256, num_indices=2, **options)
+    exact = KNNMemory(dim=8, max_memories=256, num_indices=2)
+    pairs = torch.nn.functional.normalize(torch.randn(2, 256, 2, 8), dim=-1)
+    for m in (memory, exact):
+        m.add(pairs)
+        m.clear([1])
+        m.add(pairs[:, :20])
+    assert memory._ivf.usable(memory.count) == [0]
+    queries = torch.randn(2, 16, 8)
+    got, got_mask = memory.search(queries, 8)
+    want, want_mask = exact.search(queries, 8)
+    torch.testing.assert_close(got[1], want[1])
+    assert torch.equal(got_mask[1], want_mask[1])
