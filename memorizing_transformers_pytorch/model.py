@@ -251,8 +251,10 @@ class Attention(nn.Module):
             pairs, mask, ages = memory.search(queries, k, with_ages=True)
             offset = memory_offset if memory_offset is not None else torch.ones(B, n, dtype=torch.long, device=q.device)
             distance = ages.to(q.device).view(B, H, n, k) + offset[:, None, :, None].to(q.device)
-            per_head = self.distance_mlp(torch.log1p(distance.float()).unsqueeze(-1) / 8)  # (B, H, n, k, H)
-            bias = per_head.diagonal(dim1=1, dim2=-1).permute(0, 3, 1, 2).to(dtype)  # head h's own output
+            first, act, last = self.distance_mlp
+            hidden = act(first(torch.log1p(distance.float()).unsqueeze(-1) / 8))  # (B, H, n, k, 32)
+            # head h's own output of the last layer only
+            bias = (torch.einsum("bhnkj,hj->bhnk", hidden, last.weight) + last.bias.view(1, H, 1, 1)).to(dtype)
         else:
             pairs, mask = memory.search(queries, k)
         pairs = pairs.to(device=q.device, dtype=dtype).view(B, H, n, k, 2, Dh)

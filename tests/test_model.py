@@ -100,7 +100,7 @@ def test_mlp_gate_sees_the_true_distance_of_each_memory(xl):
     model = tiny_model(knn_gate="mlp", xl_max_memories=xl, num_retrieved_memories=seq_len * (segments - 1) - xl)
     seen = []
     attn = model.layers[1].attn
-    attn.distance_mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    attn.distance_mlp[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     knn, xl_memories = model.create_knn_memories(batch_size=2), None
     for _ in range(segments):
         seen.clear()
