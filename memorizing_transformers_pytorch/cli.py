@@ -126,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     model_config, train_config = _model_and_train_configs(args)
     summary = train(model_config, train_config, resume=args.resume)
-    print(f"trained to step {summary['step']} in {summary['elapsed_s']:.0f}s; run folder: {summary['run_dir']}")
+    if distributed.is_main():
+        print(f"trained to step {summary['step']} in {summary['elapsed_s']:.0f}s; run folder: {summary['run_dir']}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

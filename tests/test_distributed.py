@@ -111,3 +111,21 @@ def test_rank_zero_writes_one_checkpoint_with_every_ranks_memories(two_ranks, tm
     with pytest.raises(ValueError, match="same world size"):
         train(MODEL, train_config(corpus, out / "run", steps=8), resume=True, progress=False)
     assert sorted(p.name for p in (out / "run" / "checkpoints").iterdir()) == before
+
+
+def test_the_documented_torchrun_command_trains_and_checkpoints(two_ranks, tmp_path):
+    corpus, _, _ = two_ranks
+    run = tmp_path / "cli"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "memorizing_transformers_pytorch", "train", "--data", str(corpus), "--run-dir", str(run),
+               "--steps", "2", "--seq-len", "16", "--batch-size", "1", "--dim", "32", "--depth", "2", "--heads", "2",
+               "--dim-head", "16", "--memorizing-layers", "2", "--max-knn-memories", "64", "--xl-max-memories", "16",
+               "--checkpoint-every", "0", "--threads", "1"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("trained to step 2") == 1  # rank 0 reports and writes
+    from memorizing_transformers_pytorch.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(run)
+    assert checkpoint["state"]["world_size"] == 2 and checkpoint["memories"]["knn.0.count"].shape == (2,)
