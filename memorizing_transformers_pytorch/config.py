@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .memory import INDEXES
+
 __all__ = ["MemorizingTransformerConfig", "KNN_GATES", "read_json_object"]
 
 KNN_GATES = ("sigmoid", "joint", "mlp")
@@ -117,8 +119,8 @@ class MemorizingTransformerConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
         if self.knn_gate not in KNN_GATES:
             raise ValueError(f"knn_gate must be one of {KNN_GATES}, got {self.knn_gate!r}")
-        if self.knn_index not in ("exact", "ivf"):
-            raise ValueError(f"knn_index must be 'exact' or 'ivf', got {self.knn_index!r}")
+        if self.knn_index not in INDEXES:
+            raise ValueError(f"knn_index must be one of {INDEXES}, got {self.knn_index!r}")
         if not isinstance(self.knn_temperature_init, (int, float)) or self.knn_temperature_init <= 0:
             raise ValueError(f"knn_temperature_init must be a positive number, got {self.knn_temperature_init!r}")
         if self.num_retrieved_memories > self.max_knn_memories:

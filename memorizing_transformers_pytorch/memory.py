@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -385,19 +386,19 @@ class _IVFIndexes:
             import faiss
         except ImportError:
             raise ImportError("index='ivf' needs faiss: pip install 'memorizing-transformers-pytorch[faiss]'") from None
-        self.faiss = faiss
-        self.lists, self.probe, self.train_size = lists, probe, train_size
-        self.indexes = []
-        for _ in range(rows * heads):
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+        self.rows, self.heads, self.train_size = rows, heads, train_size
+        self.quantizers = [faiss.IndexFlatIP(dim) for _ in range(rows * heads)]  # the indexes do not own them
+        self.indexes = [faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+                        for quantizer in self.quantizers]
+        for index in self.indexes:
             index.nprobe = probe
-            self.indexes.append((index, quantizer))
-        self.rows, self.heads = rows, heads
 
     @property
     def ready(self) -> bool:
-        return all(index.is_trained for index, _ in self.indexes)
+        return all(index.is_trained for index in self.indexes)
+
+    def _index(self, row: int, head: int):
+        return self.indexes[row * self.heads + head]
 
     def usable(self, count: Tensor) -> list[int]:
         """Streams searched with IVF: every head's index trained, and at least ``train_size`` pairs held
@@ -406,40 +407,32 @@ class _IVFIndexes:
         return [row for row in range(self.rows) if held[row] >= self.train_size
                 and all(self._index(row, head).is_trained for head in range(self.heads))]
 
-    def _index(self, row: int, head: int):
-        return self.indexes[row * self.heads + head][0]
+    def _fill(self, memory: KNNMemory, row: int, head: int) -> None:
+        """Adds every pair the stream holds (training the index first once it holds a training set)."""
+        assert memory.pairs is not None
+        held = int(memory.count[row])
+        index = self._index(row, head)
+        if held == 0 or (not index.is_trained and held < self.train_size):
+            return
+        keys = memory.pairs[row, head, :held, 0].float().cpu().numpy()  # a full or never-wrapped ring: slots 0..held-1
+        if not index.is_trained:
+            index.train(keys)
+        index.add_with_ids(keys, np.arange(held, dtype=np.int64))
 
     def update(self, memory: KNNMemory, rows: Tensor, slots: Tensor) -> None:
         """Mirror new pairs (written at ``slots`` of ``rows``) into the indexes; train them when due."""
-        import numpy as np
-
         assert memory.pairs is not None
         rows_cpu, slots_cpu = rows.cpu().numpy(), slots.cpu().numpy().astype(np.int64)
-        for row in np.unique(rows_cpu):
+        for row in np.unique(rows_cpu).tolist():
             row_slots = slots_cpu[rows_cpu == row]
             for head in range(self.heads):
-                index = self._index(int(row), head)
+                index = self._index(row, head)
                 if not index.is_trained:
-                    if int(memory.count[row]) >= self.train_size:
-                        self._train_and_fill(memory, int(row), head)
+                    self._fill(memory, row, head)
                     continue
                 keys = memory.pairs[row, head, torch.as_tensor(row_slots, device=memory.pairs.device), 0]
                 index.remove_ids(row_slots)
                 index.add_with_ids(keys.float().cpu().numpy(), row_slots)
-
-    def _train_and_fill(self, memory: KNNMemory, row: int, head: int) -> None:
-        assert memory.pairs is not None
-        held = int(memory.count[row])
-        keys = memory.pairs[row, head, :held, 0].float().cpu().numpy()  # a full or never-wrapped ring: slots 0..held-1
-        index = self._index(row, head)
-        index.train(keys)
-        index.add_with_ids(keys, self._slots(held))
-
-    @staticmethod
-    def _slots(count: int):
-        import numpy as np
-
-        return np.arange(count, dtype=np.int64)
 
     def reset(self, rows: list[int]) -> None:
         for row in rows:
@@ -447,18 +440,11 @@ class _IVFIndexes:
                 self._index(row, head).reset()  # keeps the trained centroids
 
     def rebuild(self, memory: KNNMemory) -> None:
-        for row in range(self.rows):
-            for head in range(self.heads):
-                self._index(row, head).reset()
-                held = int(memory.count[row])
-                if held == 0 or memory.pairs is None:
-                    continue
-                if not self._index(row, head).is_trained:
-                    if held >= self.train_size:
-                        self._train_and_fill(memory, row, head)
-                    continue
-                keys = memory.pairs[row, head, :held, 0].float().cpu().numpy()
-                self._index(row, head).add_with_ids(keys, self._slots(held))
+        self.reset(list(range(self.rows)))
+        if memory.pairs is not None:
+            for row in range(self.rows):
+                for head in range(self.heads):
+                    self._fill(memory, row, head)
 
     def search(self, q: Tensor, k: int, rows: list[int]) -> Tensor:
         """Slot indices ``(B, H, Q, k)`` for queries ``(B, H, Q, D)`` in ``rows`` (others -1); -1 where a list ran short."""

@@ -142,8 +142,8 @@ def _document(task: RecallTask, statements: list[tuple[bytes, bytes]], queries: 
     """``queries``: (statement index of the query, statement index of its binding)."""
     is_query = np.zeros(len(statements), dtype=bool)
     is_query[[q for q, _ in queries]] = True
-    flip = task.value_first and ~is_query  # bindings read "VALUE KEY;", queries "KEY VALUE;"
-    text = b"".join((value + key if f else key + value) + b";" for (key, value), f in zip(statements, np.broadcast_to(flip, is_query.shape)))
+    flip = ~is_query if task.value_first else np.zeros_like(is_query)  # bindings "VALUE KEY;", queries "KEY VALUE;"
+    text = b"".join((value + key if f else key + value) + b";" for (key, value), f in zip(statements, flip))
     starts = np.arange(len(statements)) * task.width
     value_at = np.where(flip, starts, starts + task.key_len)
     asked = np.array([q for q, _ in queries], dtype=np.int64)

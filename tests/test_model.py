@@ -285,6 +285,7 @@ def test_config_round_trips_through_json(tmp_path):
         (dict(num_retrieved_memories=128), ValueError),
         (dict(heads=4, kv_heads=3), ValueError),
         (dict(knn_gate="mlp?"), ValueError),
+        (dict(knn_index="hnsw"), ValueError),
         (dict(dim=8.0), TypeError),
         (dict(xl_memory_layers=(1,)), ValueError),  # XL layers without an XL size
         (dict(clear_memories_on_sos_token_id=99), ValueError),
