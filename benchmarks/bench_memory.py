@@ -109,7 +109,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
 
     if impl == "ours":
-        memory = package.KNNMemory(dim=dim, max_memories=N, num_indices=rows)
+        memory = package.KNNMemory(dim=dim, max_memories=N, num_indices=rows, index=spec["index"])
         timed_adds = reps
         fill = N  # full: every timed add evicts the oldest pairs
     else:
@@ -162,7 +162,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     recall = recall_at_k(stream, kv, mask, queries, held=(position - N, position), topk=topk,
                          num_queries=spec["recall_queries"], device=device, dtype=dtype)
     return {
-        "impl": impl, "size": N, "device": device, "dtype": str(dtype).removeprefix("torch."),
+        "impl": impl, "index": spec["index"] if impl == "ours" else "hnsw", "size": N, "device": device, "dtype": str(dtype).removeprefix("torch."),
         "add": common.summarize(add_times), "search": common.summarize(search_times),
         "add_ms": common.summarize(add_times)["median_ms"],
         "search_ms": common.summarize(search_times)["median_ms"],
@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, help="timed reps per operation (default 5; --quick: 2)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="storage dtype of OUR memory (the reference is always float32)")
+    parser.add_argument("--index", default="exact,flat",
+                        help="our KNNMemory index kinds to run, comma-separated: exact (torch), flat (faiss's exact "
+                             "kernels, CPU); default exact,flat")
     parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--queries", type=int, default=4096)
     parser.add_argument("--dim", type=int, default=64)
@@ -250,6 +253,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref_max = parse_size(args.ref_max_size)
     impls = common.selected_impls(args)
     pythons = common.interpreters(impls)
+    indexes = [name.strip() for name in args.index.split(",") if name.strip()]
+    if not indexes or any(name not in ("exact", "flat") for name in indexes):
+        sys.exit(f"--index: expected a comma-separated list of exact, flat; got {args.index!r}")
+    cases = [(impl, index) for impl in impls for index in (indexes if impl == "ours" else ["hnsw"])]
 
     common.log(f"measuring {args.device} matmul throughput")
     peak = common.run_worker(SCRIPT, {"task": "matmul", "impl": "ours", "device": args.device}, sys.executable,
@@ -261,21 +268,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for index, size in enumerate(sizes):
         flops = 2 * args.rows * args.queries * size * args.dim
-        for impl in common.alternate(impls, index):
+        for impl, kind in common.alternate(cases, index):
             if impl == "reference" and size > ref_max:
                 common.log(f"[reference N={size:,}] skipped (> --ref-max-size {ref_max:,})")
-                rows.append({"impl": impl, "size": size, "skipped": f"size > --ref-max-size {ref_max}"})
+                rows.append({"impl": impl, "index": kind, "size": size, "skipped": f"size > --ref-max-size {ref_max}"})
                 continue
             spec = {
-                "impl": impl, "size": size, "reps": reps, "rows": args.rows, "dim": args.dim,
+                "impl": impl, "index": kind, "size": size, "reps": reps, "rows": args.rows, "dim": args.dim,
                 "queries": args.queries, "topk": args.topk, "add_n": args.add_n, "fill_chunk": args.fill_chunk,
                 "recall_queries": recall_queries, "device": args.device, "dtype": args.dtype, "seed": args.seed,
                 "ref_multiprocessing": args.ref_multiprocessing,
             }
-            common.log(f"[{impl} N={size:,}] running")
+            common.log(f"[{impl} {kind} N={size:,}] running")
             row = common.run_worker(SCRIPT, spec, pythons[impl], timeout=args.timeout,
                                     omp_wait_policy=args.omp_wait_policy)
             row.setdefault("impl", impl)
+            row.setdefault("index", kind)
             row.setdefault("size", size)
             row["search_bound_ms"] = flops / (rate * 1e12) * 1e3
             row["search_flops"] = flops
@@ -287,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "knn_memory",
         "environment": common.environment(args.device),
         "settings": {
-            "sizes": sizes, "reps": reps, "rows": args.rows, "queries": args.queries, "dim": args.dim,
+            "sizes": sizes, "indexes": indexes, "reps": reps, "rows": args.rows, "queries": args.queries, "dim": args.dim,
             "topk": args.topk, "add_n": args.add_n, "fill_chunk": args.fill_chunk, "dtype": args.dtype,
             "recall_queries": recall_queries, "ref_multiprocessing": args.ref_multiprocessing, "seed": args.seed,
             "omp_wait_policy": args.omp_wait_policy,
@@ -325,28 +333,30 @@ def report(payload: dict[str, Any]) -> str:
         })
     memory_header = "peak GPU MiB" if any(r.get("peak_gpu_mb") is not None for r in table) else "peak RSS MiB"
     lines.append(common.markdown_table(table, [
-        ("impl", "impl"), ("size", "N per row"), ("add_ms", "add ms"), ("search_ms", "search ms"),
+        ("impl", "impl"), ("index", "index"), ("size", "N per row"), ("add_ms", "add ms"), ("search_ms", "search ms"),
         ("search_bound_ms", "bound ms"), ("recall", "recall@k"), ("memory", memory_header),
         ("held_after_extra_add", "held after"), ("status", "status"),
     ]))
-    by_key = {(r["impl"], r["size"]): r for r in payload["results"] if "error" not in r and "skipped" not in r}
+    by_key = {(r.get("index", "exact") if r["impl"] == "ours" else "reference", r["size"]): r
+              for r in payload["results"] if "error" not in r and "skipped" not in r}
     sizes = settings["sizes"]
-    if any((("reference", s) in by_key and ("ours", s) in by_key) for s in sizes):
-        lines += ["", "Side by side (ratio = reference time / our time; > 1 means ours is faster):", ""]
-        side = []
-        for size in sizes:
-            ours, ref = by_key.get(("ours", size)), by_key.get(("reference", size))
+    side = []
+    for size in sizes:
+        for kind in settings.get("indexes", ["exact"]):
+            ours, ref = by_key.get((kind, size)), by_key.get(("reference", size))
             if not (ours and ref):
                 continue
             side.append({
-                "size": size,
+                "size": size, "index": kind,
                 "add_o": ours["add_ms"], "add_r": ref["add_ms"], "add_x": ref["add_ms"] / ours["add_ms"],
                 "s_o": ours["search_ms"], "s_r": ref["search_ms"], "s_x": ref["search_ms"] / ours["search_ms"],
                 "rec_o": ours["recall"], "rec_r": ref["recall"],
                 "rss_o": ours["peak_rss_mb"], "rss_r": ref["peak_rss_mb"],
             })
+    if side:
+        lines += ["", "Side by side (ratio = reference time / our time; > 1 means ours is faster):", ""]
         lines.append(common.markdown_table(side, [
-            ("size", "N"), ("add_o", "add ours"), ("add_r", "add ref"), ("add_x", "add ratio"),
+            ("size", "N"), ("index", "our index"), ("add_o", "add ours"), ("add_r", "add ref"), ("add_x", "add ratio"),
             ("s_o", "search ours"), ("s_r", "search ref"), ("s_x", "search ratio"),
             ("rec_o", "recall ours"), ("rec_r", "recall ref"), ("rss_o", "RSS ours"), ("rss_r", "RSS ref"),
         ]))

@@ -65,7 +65,8 @@ class MemorizingTransformerConfig:
             by a small per-head MLP of its log-distance from the query (see
             ``Attention``), so how far back a memory is, and how many valid
             memories there are, set how much memory is used.
-        knn_index: ``"exact"`` search, or ``"ivf"``: approximate faiss IVF search on
+        knn_index: ``"exact"`` search; ``"flat"``: the same exact search by faiss's CPU kernels
+            (2-3x faster on CPU; needs the ``[faiss]`` extra); or ``"ivf"``: approximate faiss IVF search on
             CPU for large memories (``KNNMemory``'s ``index``; needs the ``[faiss]`` extra).
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         knn_temperature_init: initial inverse temperature of the cosine-similarity
@@ -92,7 +93,7 @@ class MemorizingTransformerConfig:
     max_knn_memories: int = 16384
     num_retrieved_memories: int = 32
     knn_gate: Literal["sigmoid", "joint", "mlp"] = "sigmoid"
-    knn_index: Literal["exact", "ivf"] = "exact"
+    knn_index: Literal["exact", "flat", "ivf"] = "exact"
     knn_ivf_lists: int = 256
     knn_ivf_probe: int = 16
     knn_temperature_init: float = 10.0

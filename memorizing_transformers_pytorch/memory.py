@@ -23,7 +23,7 @@ from torch import Tensor
 
 __all__ = ["KNNMemory", "KNNMemoryList", "INDEXES"]
 
-INDEXES = ("exact", "ivf")
+INDEXES = ("exact", "flat", "ivf")
 
 # Score blocks are at most this many elements (float32: 32 MiB), which bounds
 # the extra memory a search needs whatever the memory size.
@@ -51,6 +51,9 @@ class KNNMemory:
         heads: number of key/value heads H stored side by side per stream. With
             ``heads == 1`` the head axis may be left out of every call.
         index: ``"exact"`` (default): blocked exact search on the memory's device.
+            ``"flat"``: the same exact search computed by faiss's blocked BLAS + heap
+            kernels (the ``[faiss]`` extra) when the memory is on the CPU, where it is
+            2-3x faster than the torch search; on other devices it is ``"exact"``.
             ``"ivf"``: an approximate faiss ``IndexIVFFlat`` per stream and head (the
             ``[faiss]`` extra, CPU), for large memories on CPU. Its ids are the
             storage slots, and an overwritten slot is removed from it, so FIFO
@@ -77,6 +80,8 @@ class KNNMemory:
             raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
         self.index = index
         self._ivf: _IVFIndexes | None = None
+        if index == "flat":
+            _import_faiss(index)
         if index == "ivf":
             lists, probe = _check_positive_int("ivf_lists", ivf_lists), _check_positive_int("ivf_probe", ivf_probe)
             train = 39 * lists if ivf_train_size is None else _check_positive_int("ivf_train_size", ivf_train_size)
@@ -267,6 +272,8 @@ class KNNMemory:
         use_ivf = self._ivf.usable(self.count) if self._ivf is not None else []
         if self._ivf is not None and len(use_ivf) == B:
             index = self._ivf.search(q, k, use_ivf).to(q.device)  # (B, H, Q, k), -1 where fewer were found
+        elif self.index == "flat" and self.pairs.device.type == "cpu":
+            index = self._faiss_top_indices(q, k)
         else:
             index = self._top_indices(q, k)  # (B, H, Q, k)
             if self._ivf is not None and use_ivf:
@@ -329,6 +336,24 @@ class KNNMemory:
         scores, index = torch.cat(best_scores, dim=2), torch.cat(best_slots, dim=2)
         return index.masked_fill(scores == float("-inf"), -1)
 
+    def _faiss_top_indices(self, q: Tensor, k: int) -> Tensor:
+        """``_top_indices`` computed by ``faiss.knn`` (blocked BLAS scores with a heap per query), on CPU."""
+        assert self.pairs is not None
+        faiss = _import_faiss(self.index)
+        faiss.omp_set_num_threads(torch.get_num_threads())  # as many threads as torch is allowed
+        B, H, Q, _ = q.shape
+        out = torch.full((B, H, Q, k), -1, dtype=torch.long)
+        queries = q.detach().float().contiguous().numpy()
+        for row, held in enumerate(self.count.tolist()):
+            if held == 0:
+                continue
+            keys = self.pairs[row, :, :held, 0].float().contiguous().numpy()  # slots 0..held-1 hold the pairs
+            found = min(k, held)
+            for head in range(H):
+                _, ids = faiss.knn(queries[row, head], keys[head], found, faiss.METRIC_INNER_PRODUCT)
+                out[row, head, :, :found] = torch.from_numpy(ids)
+        return out
+
     # --------------------------------------------------------------- helpers
     def _as_5d(self, memories: Tensor, name: str) -> Tensor:
         if not isinstance(memories, Tensor) or not memories.is_floating_point():
@@ -378,14 +403,19 @@ class KNNMemory:
             self._ivf.rebuild(self)
 
 
+def _import_faiss(index: str):
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError(f"index={index!r} needs faiss: pip install 'memorizing-transformers-pytorch[faiss]'") from None
+    return faiss
+
+
 class _IVFIndexes:
     """One faiss ``IndexIVFFlat`` (inner product) per stream and head, with storage slots as ids."""
 
     def __init__(self, rows: int, heads: int, dim: int, *, lists: int, probe: int, train_size: int) -> None:
-        try:
-            import faiss
-        except ImportError:
-            raise ImportError("index='ivf' needs faiss: pip install 'memorizing-transformers-pytorch[faiss]'") from None
+        faiss = _import_faiss("ivf")
         self.rows, self.heads, self.train_size = rows, heads, train_size
         self.quantizers = [faiss.IndexFlatIP(dim) for _ in range(rows * heads)]  # the indexes do not own them
         self.indexes = [faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)

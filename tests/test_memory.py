@@ -70,11 +70,13 @@ operation = st.one_of(
 
 
 @settings(max_examples=60, deadline=None)
-@given(max_memories=st.integers(1, 10), operations=st.lists(operation, max_size=25), ivf=st.booleans())
-def test_random_add_clear_search_matches_brute_force(max_memories, operations, ivf):
-    """Exact search, and the faiss IVF index scanning all its lists (which is exact), against brute force."""
+@given(max_memories=st.integers(1, 10), operations=st.lists(operation, max_size=25),
+       index=st.sampled_from(["exact", "flat", "ivf"]))
+def test_random_add_clear_search_matches_brute_force(max_memories, operations, index):
+    """Exact search (torch, and faiss's flat kernels), and the faiss IVF index scanning all its lists
+    (which is exact), against brute force."""
     rows, dim = 3, 4
-    options = dict(index="ivf", ivf_lists=2, ivf_probe=2, ivf_train_size=2) if ivf else {}
+    options = dict(index="ivf", ivf_lists=2, ivf_probe=2, ivf_train_size=2) if index == "ivf" else dict(index=index)
     memory = KNNMemory(dim=dim, max_memories=max_memories, num_indices=rows, **options)
     reference = BruteForceMemory(max_memories, rows)
     for kind, arg, seed in operations:
@@ -258,6 +260,26 @@ def test_near_ties_that_bfloat16_cannot_separate_are_still_exact():
     torch.testing.assert_close(got, _brute_force_top_scores(memory, queries, 16), rtol=1e-6, atol=1e-4)
 
 
+def test_flat_index_returns_what_exact_search_returns():
+    """faiss's exact kernels against the torch search, with several heads and rows holding different counts."""
+    flat = KNNMemory(dim=16, max_memories=300, num_indices=3, heads=2, index="flat")
+    exact = KNNMemory(dim=16, max_memories=300, num_indices=3, heads=2)
+    for step in range(4):
+        pairs = torch.randn(3, 2, 120, 2, 16)
+        mask = torch.rand(3, 120) < torch.tensor([[1.0], [0.5], [0.1]])
+        for memory in (flat, exact):
+            memory.add(pairs, mask=mask)
+        if step == 1:
+            for memory in (flat, exact):
+                memory.clear([2])
+        queries = torch.randn(3, 2, 40, 16)
+        (got, got_mask, got_ages), (want, want_mask, want_ages) = (
+            m.search(queries, 24, with_ages=True) for m in (flat, exact))
+        assert torch.equal(got_mask, want_mask)
+        torch.testing.assert_close(got, want)
+        assert torch.equal(got_ages, want_ages)
+
+
 def test_ivf_index_forgets_evicted_pairs_and_finds_their_replacements():
     memory = KNNMemory(dim=8, max_memories=64, num_indices=2, index="ivf", ivf_lists=4, ivf_probe=4, ivf_train_size=32)
     first = torch.nn.functional.normalize(torch.randn(2, 64, 2, 8), dim=-1)
@@ -293,6 +315,20 @@ def test_model_runs_with_the_ivf_index():
     for _ in range(6):
         logits, _ = model(torch.randint(0, 32, (2, 16)), knn_memories=knn)
     assert knn[0]._ivf.ready and torch.isfinite(logits).all()
+
+
+def test_model_gives_the_same_logits_with_the_flat_index():
+    from conftest import tiny_model
+
+    exact = tiny_model(max_knn_memories=64)
+    flat = tiny_model(knn_index="flat", max_knn_memories=64)
+    flat.load_state_dict(exact.state_dict())
+    memories = [model.create_knn_memories(batch_size=2) for model in (exact, flat)]
+    for _ in range(6):
+        x = torch.randint(0, 32, (2, 16))
+        want, _ = exact(x, knn_memories=memories[0])
+        got, _ = flat(x, knn_memories=memories[1])
+        torch.testing.assert_close(got, want)
 
 
 def test_ivf_search_is_exact_for_a_stream_cleared_until_it_refills():
