@@ -117,11 +117,22 @@ class RelativePositionBias(nn.Module):
         self.max_distance = max_distance
         self.embedding = nn.Embedding(num_buckets, heads)
 
-    def forward(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
-        """Returns ``(H, n, K)`` for absolute positions ``(n,)`` and ``(K,)``."""
-        distance = query_positions[:, None] - key_positions[None, :]
-        buckets = relative_position_bucket(distance, self.num_buckets, self.max_distance)
-        return self.embedding(buckets).permute(2, 0, 1)
+    def forward(self, num_queries: int, num_keys: int) -> Tensor:
+        """Returns ``(H, num_queries, num_keys)`` for keys at positions ``0 .. num_keys - 1`` and queries at
+        the last ``num_queries`` of them.
+
+        The bias depends only on the distance, so it is looked up once per distance and laid out with
+        ``unfold`` (row ``i`` is a window of the per-distance vector). Its backward sums each distance's
+        gradient along a diagonal, which is several times cheaper on CPU than an embedding backward over
+        every (query, key) pair.
+        """
+        first_query = num_keys - num_queries
+        device = self.embedding.weight.device
+        # distances from the largest (last query, first key) down to the smallest (first query, last key)
+        distances = torch.arange(num_keys - 1, first_query - num_keys, -1, device=device)
+        per_distance = self.embedding(relative_position_bucket(distances, self.num_buckets, self.max_distance)).t()
+        # window s covers distances num_keys - 1 - s downwards: it is the row of query num_queries - 1 - s
+        return per_distance.unfold(1, num_keys, 1).flip(1)
 
 
 class Attention(nn.Module):
@@ -595,7 +606,7 @@ class MemorizingTransformer(nn.Module):
         device = doc.device
         P = 0 if past is None else past.keys.shape[2]
         positions = torch.arange(P + n, device=device)
-        bias = self.rel_pos(positions[P + start :], positions)  # (H, m, P + n)
+        bias = self.rel_pos(n - start, P + n)  # (H, m, P + n)
         causal = positions[P + start :, None] >= positions[None, P:]  # (m, n)
         self_key = positions[P + start :, None] == positions[None, P:]
         query_doc = doc[:, start:]

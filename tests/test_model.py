@@ -158,6 +158,23 @@ def test_sdpa_local_attention_matches_a_manual_softmax():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("num_queries,num_keys", [(1, 1), (1, 9), (5, 5), (3, 40), (40, 200)])
+def test_relative_position_bias_is_the_bucket_embedding_of_each_distance(num_queries, num_keys):
+    from memorizing_transformers_pytorch.model import RelativePositionBias
+
+    rel_pos = RelativePositionBias(heads=3, num_buckets=8, max_distance=16)
+    torch.nn.init.normal_(rel_pos.embedding.weight)
+    queries = torch.arange(num_keys - num_queries, num_keys)
+    buckets = relative_position_bucket(queries[:, None] - torch.arange(num_keys)[None, :], 8, 16)
+    want = rel_pos.embedding(buckets).permute(2, 0, 1)
+    got = rel_pos(num_queries, num_keys)
+    assert torch.equal(got, want)
+    grad = torch.randn_like(want)
+    want_grad, = torch.autograd.grad(want, rel_pos.embedding.weight, grad)
+    got_grad, = torch.autograd.grad(got, rel_pos.embedding.weight, grad)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-3)  # summed in another order
+
+
 def test_relative_position_bucket_uses_true_distance_across_the_xl_boundary():
     """A key d tokens back gets the bucket of distance d, in every segment."""
     model = tiny_model(xl_max_memories=6, rel_pos_num_buckets=8, rel_pos_max_distance=16)
