@@ -237,12 +237,11 @@ class Attention(nn.Module):
             )  # (B, H, n, Dh)
             if retrieved is not None:
                 mem_keys, mem_values, mem_mask, _ = retrieved
-                # elementwise products, not a batched matmul of 1 x Dh by Dh x k (slow on CPU)
-                logits = (q_scaled.unsqueeze(-2) * mem_keys).sum(-1).masked_fill(~mem_mask, float("-inf"))
+                logits = torch.einsum("bhnd,bhnkd->bhnk", q_scaled, mem_keys).masked_fill(~mem_mask, float("-inf"))
                 has_memory = mem_mask.any(dim=-1, keepdim=True)  # (B, H, n, 1)
                 weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
                 weights = F.dropout(weights, p=dropout, training=self.training)
-                mem_out = (weights.unsqueeze(-1) * mem_values).sum(-2)
+                mem_out = torch.einsum("bhnk,bhnkd->bhnd", weights, mem_values)
                 gate = torch.sigmoid(self.gate_bias) * has_memory
                 out = out + gate * (mem_out - out)
         out = out.transpose(1, 2).reshape(B, n, H * Dh)
@@ -285,14 +284,14 @@ class Attention(nn.Module):
         keys = keys.repeat_interleave(G, dim=1)
         values = values.repeat_interleave(G, dim=1)
         local_logits = q_scaled @ keys.transpose(-1, -2) + attn_mask  # (B, H, n, P + n)
-        mem_logits = (q_scaled.unsqueeze(-2) * mem_keys).sum(-1)
+        mem_logits = torch.einsum("bhnd,bhnkd->bhnk", q_scaled, mem_keys)
         if mem_bias is not None:
             mem_logits = mem_logits + mem_bias
         mem_logits = mem_logits.masked_fill(~mem_mask, float("-inf"))
         weights = torch.softmax(torch.cat((mem_logits, local_logits), dim=-1), dim=-1)
         weights = F.dropout(weights, p=dropout, training=self.training)
         k = mem_keys.shape[-2]
-        return (weights[..., :k].unsqueeze(-1) * mem_values).sum(-2) + weights[..., k:] @ values
+        return torch.einsum("bhnk,bhnkd->bhnd", weights[..., :k], mem_values) + weights[..., k:] @ values
 
 
 class FeedForward(nn.Sequential):
