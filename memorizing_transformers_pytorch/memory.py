@@ -91,7 +91,9 @@ class KNNMemory:
             self._ivf = _IVFIndexes(num_indices, heads, dim, lists=lists, probe=min(probe, lists),
                                     train_size=max(lists, min(train, max_memories)))
         # Allocated on the first add, on that data's device and dtype.
-        self.pairs: Tensor | None = None  # (B, H, M, 2, D) key | value, side by side for one gather
+        # (B, H, 2, M, D): keys [:, :, 0] and values [:, :, 1], each (M, D) block contiguous, so a search
+        # reads the keys without a copy and one indexed gather still returns each key with its value
+        self.pairs: Tensor | None = None
         self.positions: Tensor | None = None  # (B, M) each pair's position in its stream (0 = first added)
         self.count = torch.zeros(num_indices, dtype=torch.long)  # (B,) pairs held
         self.write_index = torch.zeros(num_indices, dtype=torch.long)  # (B,) next slot
@@ -110,11 +112,11 @@ class KNNMemory:
     @property
     def keys(self) -> Tensor | None:
         """``(B, H, M, D)`` view of the stored keys (slots beyond ``count`` are stale)."""
-        return None if self.pairs is None else self.pairs[..., 0, :]
+        return None if self.pairs is None else self.pairs[:, :, 0]
 
     @property
     def values(self) -> Tensor | None:
-        return None if self.pairs is None else self.pairs[..., 1, :]
+        return None if self.pairs is None else self.pairs[:, :, 1]
 
     # ------------------------------------------------------------------ add
     def add(self, memories: Tensor, mask: Tensor | None = None) -> None:
@@ -159,9 +161,9 @@ class KNNMemory:
         slot = (self.write_index.unsqueeze(1) + rank) % M  # (B, N)
         rows, cols = keep.nonzero(as_tuple=True)
         slots = slot[rows, cols]
-        # advanced indices around a slice put the indexed axis first: (K, H, 2, D)
+        # advanced indices around slices put the indexed axis first: (K, H, 2, D)
         new = memories[rows, :, cols]
-        self.pairs[rows, :, slots] = new
+        self.pairs[rows, :, :, slots] = new
         assert self.positions is not None
         self.positions[rows, slots] = self.total[rows] + rank[rows, cols]
         self.total = self.total + num_new
@@ -171,8 +173,7 @@ class KNNMemory:
             self._ivf.update(self, rows, slots)
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (self.num_indices, self.heads, self.max_memories)
-        self.pairs = torch.zeros(*shape, 2, self.dim, device=device, dtype=dtype)
+        self.pairs = torch.zeros(self.num_indices, self.heads, 2, self.max_memories, self.dim, device=device, dtype=dtype)
         self.positions = torch.zeros(self.num_indices, self.max_memories, device=device, dtype=torch.long)
         self.count = self.count.to(device)
         self.write_index = self.write_index.to(device)
@@ -280,8 +281,8 @@ class KNNMemory:
                 approximate = self._ivf.search(q, k, use_ivf).to(q.device)
                 index[use_ivf] = approximate[use_ivf]
         found = index >= 0
-        flat = (torch.arange(B * H, device=q.device).view(B, H, 1, 1) * self.max_memories + index.clamp(min=0))
-        key_values = self.pairs.view(-1, 2, D).index_select(0, flat.view(-1)).view(B, H, Q, k, 2, D)
+        stream = torch.arange(B * H, device=q.device).view(B, H, 1, 1).expand_as(index)
+        key_values = self.pairs.view(B * H, 2, -1, D)[stream, :, index.clamp(min=0)]  # (B, H, Q, k, 2, D)
         if not bool(found.all()):
             key_values = key_values * found[..., None, None]
         if k < topk:  # fewer memories than asked for: pad with empty slots
@@ -304,7 +305,7 @@ class KNNMemory:
         running top-k merge, so no full score matrix is ever held.
         """
         assert self.pairs is not None
-        keys = self.pairs[..., 0, :]  # (B, H, M, D)
+        keys = self.pairs[:, :, 0]  # (B, H, M, D)
         q = q.float()
         B, H, Q, _ = q.shape
         held = int(self.count.max())
@@ -347,7 +348,7 @@ class KNNMemory:
         for row, held in enumerate(self.count.tolist()):
             if held == 0:
                 continue
-            keys = self.pairs[row, :, :held, 0].float().contiguous().numpy()  # slots 0..held-1 hold the pairs
+            keys = self.pairs[row, :, 0, :held].float().numpy()  # slots 0..held-1 hold the pairs
             found = min(k, held)
             for head in range(H):
                 _, ids = faiss.knn(queries[row, head], keys[head], found, faiss.METRIC_INNER_PRODUCT)
@@ -373,7 +374,8 @@ class KNNMemory:
         state = {"count": self.count, "write_index": self.write_index, "total": self.total}
         if self.pairs is not None:
             assert self.positions is not None
-            state["pairs"], state["positions"] = self.pairs, self.positions
+            # saved as (B, H, M, 2, D), the layout of earlier checkpoints
+            state["pairs"], state["positions"] = self.pairs.transpose(2, 3).contiguous(), self.positions
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -389,7 +391,7 @@ class KNNMemory:
         # checkpoints from before positions were stored: number the held pairs 0 .. count - 1 in age order
         self.total = state["total"].clone().long() if "total" in state else self.count.clone()
         if "pairs" in state:
-            self.pairs = state["pairs"].clone()
+            self.pairs = state["pairs"].transpose(2, 3).contiguous()
             if "positions" in state:
                 self.positions = state["positions"].clone().long()
             else:
@@ -444,7 +446,7 @@ class _IVFIndexes:
         index = self._index(row, head)
         if held == 0 or (not index.is_trained and held < self.train_size):
             return
-        keys = memory.pairs[row, head, :held, 0].float().cpu().numpy()  # a full or never-wrapped ring: slots 0..held-1
+        keys = memory.pairs[row, head, 0, :held].float().cpu().numpy()  # a full or never-wrapped ring: slots 0..held-1
         if not index.is_trained:
             index.train(keys)
         index.add_with_ids(keys, np.arange(held, dtype=np.int64))
@@ -460,7 +462,7 @@ class _IVFIndexes:
                 if not index.is_trained:
                     self._fill(memory, row, head)
                     continue
-                keys = memory.pairs[row, head, torch.as_tensor(row_slots, device=memory.pairs.device), 0]
+                keys = memory.pairs[row, head, 0, torch.as_tensor(row_slots, device=memory.pairs.device)]
                 index.remove_ids(row_slots)
                 index.add_with_ids(keys.float().cpu().numpy(), row_slots)
 
