@@ -270,17 +270,7 @@ class KNNMemory:
         assert self.pairs is not None
         q = q.to(self.pairs.device)
         k = min(topk, held)
-        # IVF for the streams whose index is trained and that hold enough pairs; exact search for the rest
-        use_ivf = self._ivf.usable(self.count) if self._ivf is not None else []
-        if self._ivf is not None and len(use_ivf) == B:
-            index = self._ivf.search(q, k, use_ivf).to(q.device)  # (B, H, Q, k), -1 where fewer were found
-        elif self.index == "flat" and self.pairs.device.type == "cpu":
-            index = self._faiss_top_indices(q, k)
-        else:
-            index = self._top_indices(q, k)  # (B, H, Q, k)
-            if self._ivf is not None and use_ivf:
-                approximate = self._ivf.search(q, k, use_ivf).to(q.device)
-                index[use_ivf] = approximate[use_ivf]
+        index = self._find(q, k)  # (B, H, Q, k)
         found = index >= 0
         stream = torch.arange(B * H, device=q.device).view(B, H, 1, 1).expand_as(index)
         key_values = self.pairs.view(B * H, 2, -1, D)[stream, :, index.clamp(min=0)]  # (B, H, Q, k, 2, D)
@@ -298,6 +288,21 @@ class KNNMemory:
         slot_positions = self.positions.gather(1, index.clamp(min=0).view(B, -1)).view(B, H, Q, -1)
         ages = (self.total.view(B, 1, 1, 1) - 1 - slot_positions).masked_fill(index < 0, 0)
         return key_values, mask, ages.view(*lead, topk).to(queries.device)
+
+    def _find(self, q: Tensor, k: int) -> Tensor:
+        """Top-k slot indices ``(B, H, Q, k)`` for queries ``(B, H, Q, D)`` with the memory's index; -1 where a
+        stream holds fewer than k pairs (or an IVF list ran short)."""
+        # IVF for the streams whose index is trained and that hold enough pairs; exact search for the rest
+        use_ivf = self._ivf.usable(self.count) if self._ivf is not None else []
+        if self._ivf is not None and len(use_ivf) == q.shape[0]:
+            return self._ivf.search(q, k, use_ivf).to(q.device)
+        if self.index == "flat" and q.device.type == "cpu":
+            return self._faiss_top_indices(q, k)
+        index = self._top_indices(q, k)
+        if self._ivf is not None and use_ivf:
+            approximate = self._ivf.search(q, k, use_ivf).to(q.device)
+            index[use_ivf] = approximate[use_ivf]
+        return index
 
     def _top_indices(self, q: Tensor, k: int) -> Tensor:
         """Exact top-k slot indices ``(B, H, Q, k)`` by ``q . key``, best first; -1 for empty slots.
