@@ -272,8 +272,12 @@ class KNNMemory:
         k = min(topk, held)
         index = self._find(q, k)  # (B, H, Q, k)
         found = index >= 0
-        stream = torch.arange(B * H, device=q.device).view(B, H, 1, 1).expand_as(index)
-        key_values = self.pairs.view(B * H, 2, -1, D)[stream, :, index.clamp(min=0)]  # (B, H, Q, k, 2, D)
+        # rows of pairs.view(-1, D): key of (stream s, slot i) at 2*s*M + i, its value M rows later; gathering
+        # the two interleaved gives (B, H, Q, k, 2, D) in one contiguous index_select
+        M = self.max_memories
+        key_rows = torch.arange(B * H, device=q.device).view(B, H, 1, 1) * (2 * M) + index.clamp(min=0)
+        rows = torch.stack((key_rows, key_rows + M), dim=-1).view(-1)
+        key_values = self.pairs.view(-1, D).index_select(0, rows).view(B, H, Q, k, 2, D)
         if not bool(found.all()):
             key_values = key_values * found[..., None, None]
         if k < topk:  # fewer memories than asked for: pad with empty slots
