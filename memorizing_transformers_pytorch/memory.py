@@ -54,7 +54,7 @@ class KNNMemory:
         index: ``"exact"`` (default): blocked exact search on the memory's device.
             ``"flat"``: the same exact search computed by faiss's blocked BLAS + heap
             kernels (the ``[faiss]`` extra) when the memory is on the CPU, where it is
-            2-3x faster than the torch search; on other devices it is ``"exact"``.
+            1.2-3.8x faster than the torch search here; on other devices it is ``"exact"``.
             ``"ivf"``: an approximate faiss ``IndexIVFFlat`` per stream and head (the
             ``[faiss]`` extra, CPU), for large memories on CPU. Its ids are the
             storage slots, and an overwritten slot is removed from it, so FIFO

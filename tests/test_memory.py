@@ -282,11 +282,16 @@ def test_flat_index_returns_what_exact_search_returns():
 
 def test_flat_search_leaves_faiss_settings_as_it_found_them():
     faiss = pytest.importorskip("faiss")
-    threads, block = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_query_bs
-    memory = KNNMemory(dim=8, max_memories=64, num_indices=1, index="flat")
-    memory.add(torch.randn(1, 64, 2, 8))
-    memory.search(torch.randn(1, 5, 8), 3)
-    assert (faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_query_bs) == (threads, block)
+    original = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(torch.get_num_threads() + 1)  # differs from what the search sets
+    try:
+        threads, block = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_query_bs
+        memory = KNNMemory(dim=8, max_memories=64, num_indices=1, index="flat")
+        memory.add(torch.randn(1, 64, 2, 8))
+        memory.search(torch.randn(1, 5, 8), 3)
+        assert (faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_query_bs) == (threads, block)
+    finally:
+        faiss.omp_set_num_threads(original)
 
 
 def test_ivf_index_forgets_evicted_pairs_and_finds_their_replacements():
