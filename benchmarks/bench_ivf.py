@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ivf.py                          # 16K, 65K, 262K memories per row
     python benchmarks/bench_ivf.py --sizes 16384 --probes 4,16,64
+    python benchmarks/bench_ivf.py --checkpoint runs/long/memory --sizes 16384,65536   # a trained model's keys
 
 Same shapes as ``bench_memory.py``: 2 rows, 4,096 queries per row, dim 64, top-32,
 clustered unit keys. Each memory is filled to capacity, then exact and IVF searches
@@ -9,6 +10,14 @@ alternate ``--reps`` times. Recall@k is the fraction of the exact top-k slots th
 search returns. Add: 512 new pairs per row into the full memory (FIFO eviction,
 which for IVF also removes the evicted ids from the index). Needs the ``[faiss]``
 extra. Writes ``benchmarks/results/ivf.json``.
+
+With ``--checkpoint``, the keys, values and queries are a trained model's instead:
+its first memorizing layer's (normalised) pairs and queries while it reads the
+standard library's test files, concatenated into one stream per row (no document
+resets, so the memory fills). The pairs are what the model wrote to its memory, in
+order; the queries are those of its last 4,096 / (query heads per kv head) tokens.
+This is the recall that matters for the model: a trained model's keys are neither
+uniform nor as tightly clustered as the synthetic ones.
 """
 
 from __future__ import annotations
@@ -19,10 +28,63 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def trained_pairs_and_queries(checkpoint: str, rows: int, count: int, queries: int) -> tuple[Any, Any]:
+    """``(rows, count, 2, Dh)`` pairs and ``(rows, queries, Dh)`` queries of a trained model's first
+    memorizing layer, read from the standard library's test files (see the module docstring)."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from memorizing_transformers_pytorch.checkpoint import load_model
+    from memorizing_transformers_pytorch.data import stdlib_documents
+
+    model = load_model(checkpoint).eval()
+    c = model.config
+    if not c.memorizing_layers:
+        raise SystemExit(f"{checkpoint}: the model has no memorizing layer")
+    seq_len = 512
+    G = c.heads // c.kv_heads
+    tail_segments = -(-queries // (G * seq_len))
+    total = count + seq_len * (tail_segments + 2) + c.xl_max_memories  # the memory lags the XL cache
+    total = -(-total // seq_len) * seq_len
+    text = np.concatenate(sorted(stdlib_documents("test"), key=len, reverse=True))
+    if len(text) < rows * (total + 1):
+        raise SystemExit(f"the test split holds {len(text):,} bytes; {rows} rows x {total:,} need more")
+    stream = torch.from_numpy(text[: rows * total].astype(np.int64)).view(rows, total)
+    memory = model.create_knn_memories(batch_size=rows, max_memories=count + seq_len * (tail_segments + 3))[0]
+    added, searched = [], []
+    add, search = memory.add, memory.search
+
+    def recording_add(pairs, mask=None):
+        added.append(pairs.detach().clone())
+        return add(pairs, mask)
+
+    def recording_search(q, k, **kwargs):
+        searched.append(q.detach().clone())
+        return search(q, k, **kwargs)
+
+    memory.add, memory.search = recording_add, recording_search
+    memories = [memory] + model.create_knn_memories(batch_size=rows)[1:]
+    xl = None
+    with torch.no_grad():
+        for start in tqdm(range(0, total, seq_len), desc=f"reading {rows} x {total:,} bytes", leave=False):
+            _, xl = model(stream[:, start : start + seq_len], knn_memories=memories, xl_memories=xl)
+    pairs = torch.cat(added, dim=-3)  # (rows, [heads,] N, 2, Dh)
+    q = torch.cat(searched[-tail_segments:], dim=-2)
+    if pairs.dim() == 5:  # several kv heads: use the first
+        pairs, q = pairs[:, 0], q[:, 0]
+    if pairs.shape[1] < count + 512:
+        raise SystemExit(f"only {pairs.shape[1]:,} pairs were written; need {count + 512:,}")
+    # the memory before the query segments, then the 512 pairs an add would bring
+    before = pairs.shape[1] - seq_len * tail_segments
+    return pairs[:, before - count - 512 : before].contiguous(), q[:, -queries:].contiguous()
 
 
 def main() -> None:
@@ -41,17 +103,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--spread", type=float, default=0.1,
                         help="per-dimension spread of the key clusters (larger = harder for IVF; 0.1 as bench_memory)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ivf.json"))
+    parser.add_argument("--checkpoint", default=None,
+                        help="use a trained model's keys and queries (its run folder or checkpoint) instead of "
+                             "synthetic clustered keys")
+    parser.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/ivf.json, or "
+                                                    "ivf-trained.json with --checkpoint)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results" / ("ivf-trained.json" if args.checkpoint else "ivf.json"))
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, dim = 2, 64
     stream = ClusteredStream(0, rows, dim, spread=args.spread)
-    queries = torch.from_numpy(stream.queries(args.queries))
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
-        pairs = torch.from_numpy(stream.pairs(0, size))
-        extra = torch.from_numpy(stream.pairs(size, 512))
+        if args.checkpoint:
+            both, queries = trained_pairs_and_queries(args.checkpoint, rows, size, args.queries)
+            pairs, extra = both[:, :size], both[:, size:]
+            dim = pairs.shape[-1]
+        else:
+            queries = torch.from_numpy(stream.queries(args.queries))
+            pairs = torch.from_numpy(stream.pairs(0, size))
+            extra = torch.from_numpy(stream.pairs(size, 512))
         exact = KNNMemory(dim=dim, max_memories=size, num_indices=rows)
         exact.add(pairs)
         truth = exact._top_indices(queries.unsqueeze(1), args.topk)
@@ -77,7 +150,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 memory.add(extra)
                 add_ms[name] = 1000 * (time.perf_counter() - t0)
-            row = {"memories": size, "lists": args.lists, "probe": probe, "spread": args.spread,
+            row = {"memories": size, "lists": args.lists, "probe": probe,
+                   "keys": f"trained ({args.checkpoint})" if args.checkpoint else f"clustered, spread {args.spread}",
                    "exact_ms": statistics.median(times["exact"]), "ivf_ms": statistics.median(times["ivf"]),
                    "recall_at_k": recall, "ivf_build_s": build, "add_exact_ms": add_ms["exact"],
                    "add_ivf_ms": add_ms["ivf"]}
