@@ -30,7 +30,7 @@ from .config import MemorizingTransformerConfig
 from .memory import KNNMemory
 from .model import MemorizingTransformer, XLCache
 
-__all__ = ["save_checkpoint", "load_model", "load_checkpoint", "latest_checkpoint", "memories_to_tensors",
+__all__ = ["save_checkpoint", "load_model", "load_checkpoint", "latest_checkpoint", "resolve_checkpoint", "memories_to_tensors",
            "memories_from_tensors"]
 
 
@@ -120,7 +120,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _resolve(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path) -> Path:
     """Accepts a checkpoint directory or a run directory (its latest checkpoint)."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
@@ -133,7 +133,7 @@ def _resolve(path: str | Path) -> Path:
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MemorizingTransformer:
     """Builds the model from ``config.json`` and loads its safetensors weights."""
-    path = _resolve(path)
+    path = resolve_checkpoint(path)
     config = MemorizingTransformerConfig.from_json(path / "config.json")
     model = MemorizingTransformer(config)
     model.load_state_dict(load_file(path / "model.safetensors", device="cpu"))
@@ -142,7 +142,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Memor
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Everything a training run needs to resume: the path, state, configs, trainer state, memories."""
-    path = _resolve(path)
+    path = resolve_checkpoint(path)
     result: dict[str, Any] = {"path": path, "state": json.loads((path / "state.json").read_text())}
     if (path / "train_config.json").is_file():
         result["train_config"] = json.loads((path / "train_config.json").read_text())

@@ -32,6 +32,13 @@ def _parse_layers(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (the dataclass options state their own default in the text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any], title: str) -> None:
     group = parser.add_argument_group(title)
     helps = _docstring_help(cls)
@@ -74,7 +81,7 @@ def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransf
 
 def _train_parser(sub: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=description, description=description,
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=_HelpFormatter)
     parser.add_argument("--model-config", metavar="JSON", help="model config JSON file; flags override it")
     parser.add_argument("--train-config", metavar="JSON", help="training config JSON file; flags override it")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -277,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo, **DEMO_TRAIN, max_docs=4, max_doc_bytes=32768, memory_sizes="0,1024,4096,16384")
 
     ev = sub.add_parser("eval", help="bits per byte with memory on/off and by memory size",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_HelpFormatter)
     ev.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (its latest checkpoint)")
     ev.add_argument("--baseline-checkpoint", default=None, help="a model trained without memorizing layers, to compare")
     ev.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
@@ -287,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     gen = sub.add_parser("generate", help="read a context into memory, then generate text, streamed",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_HelpFormatter)
     gen.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     gen.add_argument("--prompt", default=None, help="prompt text")
     gen.add_argument("--prompt-file", default=None, help="read the prompt from this file")
@@ -305,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     names = sub.add_parser("names", help="probability of recalling names last seen far back, memory on vs off",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=_HelpFormatter)
     names.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     names.add_argument("--min-distance", type=int, default=4096, help="bytes since the name's previous mention")
     names.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
@@ -315,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     names.set_defaults(func=cmd_names, memory_sizes="0,16384", max_docs=16, output=None)
 
     recall = sub.add_parser("recall", help="exact-match recall of key -> value bindings by distance (train with --data recall)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=_HelpFormatter)
     recall.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     recall.add_argument("--distances", default="88,176,352,704,1408,2816,5632", help="binding-to-query distances (bytes)")
     recall.add_argument("--memory-sizes", default="0,16384", help="kNN memory sizes to evaluate (0 = memory off)")

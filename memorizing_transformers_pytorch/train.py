@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint, memories_from_tensors, memories_to_tensors, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, memories_from_tensors, memories_to_tensors, save_checkpoint
 from .config import MemorizingTransformerConfig
 from .data import DocumentStream, load_documents
 from .model import MemorizingTransformer
@@ -44,7 +44,8 @@ class TrainConfig:
     """How to train (the model's own hyperparameters live in ``MemorizingTransformerConfig``)."""
 
     data: str = field(default="stdlib", metadata=_help(
-        "documents: 'stdlib' (this Python's standard library), a folder or glob of text files, or enwik8:PATH"))
+        "documents: 'stdlib' (this Python's standard library), a folder or glob of text files, enwik8:PATH, "
+        "or the synthetic 'recall[:SPEC]' / 'copy[:SPEC]' tasks (recall.py)"))
     run_dir: str = field(default="runs/demo", metadata=_help("where metrics and checkpoints are written"))
     seq_len: int = field(default=512, metadata=_help("tokens per segment"))
     batch_size: int = field(default=2, metadata=_help("document streams read in parallel"))
@@ -64,6 +65,9 @@ class TrainConfig:
         "train with the kNN memory; --no-knn-memory trains the same architecture with memory off (a fair baseline)"))
     max_minutes: float = field(default=0.0, metadata=_help(
         "stop (and checkpoint) after this much training time even before --steps (0 = no limit)"))
+    init_from: str = field(default="", metadata=_help(
+        "start from the weights of this run folder or checkpoint (same model config); the optimizer, schedule "
+        "and data start fresh. Ignored when resuming"))
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "steps", "grad_accum", "log_every"):
@@ -141,6 +145,12 @@ def train(
     knn_memories = model.create_knn_memories(batch_size=config.batch_size) if config.knn_memory else None
     xl_memories = None
     step = 0
+
+    if config.init_from and not resume:
+        source = resolve_checkpoint(config.init_from)
+        if MemorizingTransformerConfig.from_json(source / "config.json") != model_config:
+            raise ValueError(f"--init-from: the model config differs from the one in {source}")
+        model.load_state_dict(_load_weights(source, device))
 
     if resume:
         checkpoint_dir = latest_checkpoint(run_dir)

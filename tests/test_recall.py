@@ -11,6 +11,7 @@ from memorizing_transformers_pytorch.data import load_documents
 from memorizing_transformers_pytorch.recall import (
     KEY_SYMBOLS,
     SYMBOLS,
+    CopyTask,
     RecallTask,
     evaluate_recall,
     recall_document,
@@ -73,6 +74,24 @@ def test_recall_source_splits_are_deterministic_and_different():
 def test_bad_recall_specs_are_rejected(spec, message):
     with pytest.raises(ValueError, match=message):
         RecallTask.parse(spec)
+
+
+def test_copy_documents_repeat_each_string_within_the_offset_range():
+    task = CopyTask(span=8, gap=6, length=100, documents=3)
+    docs = load_documents("copy:span=8,gap=6,length=100,documents=3", "train")
+    assert len(docs) == 3 and all(len(d) == 100 for d in docs)
+    block = 2 * task.span + task.gap
+    for doc in docs:
+        for start in range(0, len(doc) - block + 1, block):
+            window = doc[start : start + block].tobytes()
+            found = [(a, b) for a in range(task.gap + 1) for b in range(a + task.span, a + task.span + task.gap + 1)
+                     if b + task.span <= block and window[a : a + task.span] == window[b : b + task.span]]
+            assert found, window
+    assert not np.array_equal(docs[0], load_documents("copy:span=8,gap=6,length=100,documents=3", "test")[0])
+    with pytest.raises(ValueError, match="unknown key"):
+        CopyTask.parse("copy:spam=3")
+    with pytest.raises(ValueError, match="gap"):
+        CopyTask.parse("copy:gap=-1")
 
 
 def test_evaluate_recall_reports_every_distance():

@@ -187,3 +187,22 @@ def test_training_with_memory_off_keeps_no_memories(tmp_path, corpus):
 
     memories = load_file(latest_checkpoint(tmp_path / "run") / "memories.safetensors")
     assert not any(name.startswith("knn.") for name in memories)
+
+
+def test_init_from_starts_with_the_weights_of_another_run_and_refuses_a_different_model(tmp_path, corpus):
+    first = train(MODEL, config(tmp_path, corpus, run_dir=str(tmp_path / "first"), steps=3), progress=False)
+    trained = {k: v.clone() for k, v in first["model"].state_dict().items()}
+    second = train(MODEL, config(tmp_path, corpus, run_dir=str(tmp_path / "second"), steps=1, lr=1e-12,
+                                 warmup_steps=0, init_from=str(tmp_path / "first")), progress=False)
+    for name, value in second["model"].state_dict().items():  # one step at lr ~0 moves nothing measurable
+        torch.testing.assert_close(value, trained[name], atol=1e-6, rtol=0)
+    fresh = train(MODEL, config(tmp_path, corpus, run_dir=str(tmp_path / "fresh"), steps=1, lr=1e-12,
+                                warmup_steps=0), progress=False)
+    assert not torch.equal(fresh["model"].to_logits.weight, trained["to_logits.weight"])
+    other = MemorizingTransformerConfig(**{**MODEL.to_dict(), "dim": 48})
+    with pytest.raises(ValueError, match="init-from"):
+        train(other, config(tmp_path, corpus, run_dir=str(tmp_path / "third"), init_from=str(tmp_path / "first")),
+              progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(MODEL, config(tmp_path, corpus, run_dir=str(tmp_path / "fourth"), init_from=str(tmp_path / "none")),
+              progress=False)
