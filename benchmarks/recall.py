@@ -11,11 +11,12 @@ model, and ablations (gate, memorizing layer, neighbours k, training memory size
     python benchmarks/recall.py --variants all       # + ablations
     python benchmarks/recall.py --variants memory,mlp_gate --steps 1000
 
-Every variant first trains ``--warmup-steps`` on copy documents (``recall.CopyTask``:
-random strings repeated 48-80 bytes later), then ``--steps`` on the recall task from
-those weights. Small models learn to copy by content there within a few thousand
-steps, abruptly; on the recall task alone they did not start in 12,000 steps (see
-docs/recall.md). Both phases are the same for every variant, so the budget is equal.
+Every variant first learns to copy (``recall.copy_warmup``: ``--warmup-steps`` of
+random strings copied 48-80 bytes later, loss on the copied bytes only), then trains
+``--steps`` on the recall task from those weights. Small models learn to copy there
+within a few thousand steps, abruptly; on the recall task alone they did not start in
+12,000 steps (see docs/recall.md). Both phases are the same for every variant, so the
+budget is equal.
 
 Each variant trains in its own process (``--jobs`` at a time, one thread each) and
 is skipped when its run folder already holds a finished checkpoint, and resumed
@@ -39,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 SEQ_LEN = 128
 XL = 128
 DATA = "recall:query_rate=0.5"
-WARMUP_DATA = "copy"  # recall.CopyTask: random strings repeated 48-80 bytes later
 BASE = dict(num_tokens=256, dim=128, depth=2, heads=4, dim_head=32, memorizing_layers=(2,), max_knn_memories=4096,
             num_retrieved_memories=32, xl_max_memories=XL, pad_id=0, clear_memories_on_sos_token_id=2, knn_gate="joint")
 # name -> (model overrides, evaluation memory size, description)
@@ -58,27 +58,29 @@ MAIN = ("memory", "xl_only", "plain")
 
 
 def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int) -> None:
-    """Trains one variant (run in a child process): ``warmup_steps`` on copy documents, then ``steps`` on
-    the recall task, starting from the warm-up's weights."""
+    """Trains one variant (run in a child process): ``warmup_steps`` of ``recall.copy_warmup``, then ``steps``
+    on the recall task from those weights."""
     import torch
 
-    from memorizing_transformers_pytorch import MemorizingTransformerConfig
-    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
+    from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig
+    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint, save_checkpoint
+    from memorizing_transformers_pytorch.recall import copy_warmup
     from memorizing_transformers_pytorch.train import TrainConfig, train
 
     torch.set_num_threads(1)
     overrides, _, _ = VARIANTS[name]
     model_config = MemorizingTransformerConfig(**{**BASE, **overrides})
-    common = dict(seq_len=SEQ_LEN, batch_size=8, lr=2e-3, warmup_steps=100, checkpoint_every=500, log_every=50,
-                  seed=seed)
     warmup_dir = out / f"{name}.warmup"
-    if warmup_steps and not finished(warmup_dir, warmup_steps):
-        # constant learning rate: the copy circuit forms abruptly after a few thousand steps
-        config = TrainConfig(data=WARMUP_DATA, run_dir=str(warmup_dir), steps=warmup_steps, min_lr_ratio=1.0,
-                             **common)
-        train(model_config, config, resume=latest_checkpoint(warmup_dir) is not None, progress=False)
-    config = TrainConfig(data=DATA, run_dir=str(out / name), steps=steps,
-                         init_from=str(warmup_dir) if warmup_steps else "", **common)
+    if warmup_steps and latest_checkpoint(warmup_dir) is None:
+        torch.manual_seed(seed)
+        model = MemorizingTransformer(model_config)
+        started = time.perf_counter()
+        losses = copy_warmup(model, warmup_steps, batch_size=8, seq_len=SEQ_LEN, seed=seed, progress=False)
+        seconds = time.perf_counter() - started
+        save_checkpoint(warmup_dir, warmup_steps, model, state={"copy_bits": losses, "seconds": seconds})
+    config = TrainConfig(data=DATA, run_dir=str(out / name), seq_len=SEQ_LEN, batch_size=8, steps=steps, lr=2e-3,
+                         warmup_steps=100, checkpoint_every=500, log_every=50, seed=seed,
+                         init_from=str(warmup_dir) if warmup_steps else "")
     train(model_config, config, resume=latest_checkpoint(out / name) is not None, progress=False)
 
 
@@ -103,11 +105,14 @@ def evaluate_one(name: str, out: Path, distances: list[int], documents: int) -> 
     metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     result.update(description=description, config=model.config.to_dict(), final_train_loss=metrics[-1]["loss"],
                   train_seconds=metrics[-1]["elapsed_s"], steps=metrics[-1]["step"])
-    warmup = out / f"{name}.warmup" / "metrics.jsonl"
-    if warmup.exists():
-        lines = [json.loads(line) for line in warmup.read_text().splitlines()]
-        result.update(warmup_steps=lines[-1]["step"], warmup_seconds=lines[-1]["elapsed_s"],
-                      warmup_final_train_loss=lines[-1]["loss"])
+    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
+
+    warmup = latest_checkpoint(out / f"{name}.warmup")
+    if warmup is not None:
+        state = json.loads((warmup / "state.json").read_text())
+        bits = state["copy_bits"]
+        result.update(warmup_steps=state["step"], warmup_seconds=state["seconds"],
+                      warmup_copy_bits_last_100=sum(bits[-100:]) / len(bits[-100:]))
     return result
 
 
@@ -163,7 +168,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000,
                         help="recall-task training steps per variant (batch 8 x 128 bytes)")
     parser.add_argument("--warmup-steps", type=int, default=6000,
-                        help="copy-document steps before the recall task, per variant (0 = none)")
+                        help="steps of recall.copy_warmup before the recall task, per variant (0 = none)")
     parser.add_argument("--distances", default="88,176,352,704,1408,2816,5632", help="binding-to-query distances")
     parser.add_argument("--eval-docs", type=int, default=64, help="documents per distance (8 queries each)")
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one thread each)")
@@ -202,7 +207,7 @@ def main() -> None:
             running.append((name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                    env={"OMP_NUM_THREADS": "1", **__import__("os").environ}),
                             time.perf_counter()))
-            print(f"[recall] training {name} ({args.warmup_steps} copy + {args.steps} recall steps; log: "
+            print(f"[recall] training {name} ({args.warmup_steps} copy warm-up + {args.steps} recall steps; log: "
                   f"{out / (name + '.log')}, metrics: {out / name}/metrics.jsonl)", flush=True)
         time.sleep(5)
         for entry in list(running):
@@ -227,7 +232,7 @@ def main() -> None:
         evaluation = evaluation_ablations(out, distances, args.eval_docs)
     results_path.write_text(json.dumps({"variants": results, "evaluation_ablations": evaluation, "seq_len": SEQ_LEN,
                                         "xl": XL, "context": context, "steps": args.steps, "data": DATA,
-                                        "warmup_steps": args.warmup_steps, "warmup_data": WARMUP_DATA},
+                                        "warmup_steps": args.warmup_steps},
                                        indent=2) + "\n")
 
     from memorizing_transformers_pytorch.recall import plot_recall

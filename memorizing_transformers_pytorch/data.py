@@ -112,7 +112,7 @@ def enwik8_documents(path: str | Path, split: str) -> list[np.ndarray]:
 
 
 def load_documents(source: str, split: str) -> list[np.ndarray]:
-    """``"stdlib"``, ``"enwik8:PATH"``, ``"recall[:SPEC]"`` or ``"copy[:SPEC]"`` (see ``recall.py``), or a folder /
+    """``"stdlib"``, ``"enwik8:PATH"``, ``"recall[:SPEC]"`` (see ``recall.py``), or a folder /
     glob of text files."""
     if source == "stdlib":
         documents = stdlib_documents(split)
@@ -120,10 +120,6 @@ def load_documents(source: str, split: str) -> list[np.ndarray]:
         from .recall import RecallTask, recall_documents
 
         documents = recall_documents(RecallTask.parse(source), split)
-    elif source == "copy" or source.startswith("copy:"):
-        from .recall import CopyTask, copy_documents
-
-        documents = copy_documents(CopyTask.parse(source), split)
     elif source.startswith("enwik8:"):
         documents = enwik8_documents(source.removeprefix("enwik8:"), split)
     else:

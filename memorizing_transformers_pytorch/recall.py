@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import PAD_ID, SOS_ID
@@ -44,7 +45,7 @@ from .model import MemorizingTransformer
 
 __all__ = [
     "RecallTask", "RecallDocument", "recall_document", "recall_documents", "evaluate_recall", "plot_recall",
-    "wired_lookup_model", "CopyTask", "copy_documents",
+    "wired_lookup_model", "copy_batch", "copy_warmup",
 ]
 
 KEY_SYMBOLS = np.arange(128, 256, dtype=np.uint8)
@@ -177,57 +178,61 @@ def training_document(task: RecallTask, rng: np.random.Generator) -> RecallDocum
     return _document(task, statements, queries)
 
 
-@dataclass(frozen=True)
-class CopyTask:
-    """Warm-up documents that teach a small model to copy by content ("induction").
-
-    Each ``2 * span + gap`` bytes hold a random string of ``span`` bytes, then (split
-    at random around it) ``gap`` random bytes, and the same string again: the copy
-    starts ``span`` to ``span + gap`` bytes after the original. Bytes come from the
-    key and value alphabets of ``RecallTask``. With the spans and the offset range
-    this narrow, a 2-layer model learns to copy within a few thousand steps of 8 x 128
-    bytes (on the recall task itself it did not start in 12,000); the learned circuit
-    is the one a key lookup needs.
-    """
-
-    span: int = 48
-    gap: int = 32
-    length: int = 2048
-    documents: int = 4000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("span", "length", "documents"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"copy task: {name} must be >= 1, got {getattr(self, name)}")
-        if self.gap < 0:
-            raise ValueError(f"copy task: gap must be >= 0, got {self.gap}")
-
-    @classmethod
-    def parse(cls, spec: str) -> CopyTask:
-        """From ``"copy"`` or ``"copy:span=48,gap=32,length=2048,documents=4000,seed=0"``."""
-        return cls(**_parse_fields(spec, "copy", cls, floats=()))
-
-
-def copy_documents(task: CopyTask, split: str) -> list[np.ndarray]:
-    """``task.documents`` copy documents of ``task.length`` bytes for ``split``."""
-    from .data import _check_split
-
-    _check_split(split)
-    rng = np.random.default_rng([task.seed, 7, ("train", "valid", "test").index(split)])
+def copy_batch(batch_size: int, seq_len: int, span: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """Rows of random bytes, each holding a random string of ``span`` bytes and, ``span`` to ``seq_len - span``
+    bytes later, its copy: ``(B, seq_len)`` tokens and a ``(B, seq_len)`` mask of the copied bytes after the
+    first (the ones predictable by copying). Bytes come from the recall task's key and value alphabets."""
+    if not 1 <= span <= seq_len // 2:
+        raise ValueError(f"copy warm-up: span must be in 1..seq_len // 2 = {seq_len // 2}, got {span}")
     alphabet = np.concatenate((SYMBOLS, KEY_SYMBOLS))
-    block = 2 * task.span + task.gap
-    documents = []
-    for _ in range(task.documents):
-        tokens = alphabet[rng.integers(len(alphabet), size=-(-task.length // block) * block)]
-        for start in range(0, len(tokens), block):
-            before = int(rng.integers(0, task.gap + 1))  # random bytes before the string
-            between = int(rng.integers(0, task.gap - before + 1))  # and between it and its copy
-            original = start + before
-            copy = original + task.span + between
-            tokens[copy : copy + task.span] = tokens[original : original + task.span]
-        documents.append(tokens[: task.length].copy())
-    return documents
+    tokens = alphabet[rng.integers(len(alphabet), size=(batch_size, seq_len))]
+    mask = np.zeros((batch_size, seq_len), dtype=bool)
+    room = seq_len - 2 * span
+    for row in range(batch_size):
+        before = int(rng.integers(0, room + 1))
+        copy = before + span + int(rng.integers(0, room - before + 1))
+        tokens[row, copy : copy + span] = tokens[row, before : before + span]
+        mask[row, copy + 1 : copy + span] = True
+    return torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(mask)
+
+
+def copy_warmup(model: MemorizingTransformer, steps: int, *, batch_size: int = 8, seq_len: int = 128, span: int = 48,
+                lr: float = 2e-3, seed: int = 0, progress: bool = True) -> list[float]:
+    """Teaches ``model`` (in place) to copy by content, before it trains on the recall task.
+
+    Each step is one segment per row from ``copy_batch``, read alone (no XL cache, no
+    kNN memory), with the loss on the copied bytes only. The copy sits a random 48 to
+    80 bytes after its original (``seq_len`` 128, ``span`` 48), so the model must find it
+    by content: a head that moves each token's predecessor forward, and a head in the
+    next layer that matches it (an "induction" circuit, the one a key lookup needs). A
+    2-layer, width-128 model learns it abruptly after about 4,000 steps of 8 rows here.
+    On the recall task alone, such models did not start to learn in 12,000 steps, and
+    with the loss on every byte (random ones included), nor did they on copy documents
+    in 3,000. Returns the loss (bits per copied byte) of each step.
+    """
+    rng = np.random.default_rng([seed, 11])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 100))
+    device = next(model.parameters()).device
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), disable=not progress, desc="copy warm-up", unit="step")
+    for _ in bar:
+        tokens, mask = copy_batch(batch_size, seq_len + 1, span, rng)
+        tokens, mask = tokens.to(device), mask.to(device)
+        logits, _ = model(tokens[:, :-1])
+        labels = tokens[:, 1:].masked_fill(~mask[:, 1:], -100)
+        loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item() / math.log(2))
+        if len(losses) % 50 == 0:
+            bar.set_postfix(bits=f"{sum(losses[-50:]) / 50:.3f}")
+    model.eval()
+    return losses
 
 
 def _parse_fields(spec: str, prefix: str, cls: type, *, floats: tuple[str, ...]) -> dict[str, Any]:

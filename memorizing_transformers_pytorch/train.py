@@ -45,7 +45,7 @@ class TrainConfig:
 
     data: str = field(default="stdlib", metadata=_help(
         "documents: 'stdlib' (this Python's standard library), a folder or glob of text files, enwik8:PATH, "
-        "or the synthetic 'recall[:SPEC]' / 'copy[:SPEC]' tasks (recall.py)"))
+        "or the synthetic 'recall[:SPEC]' task (recall.py)"))
     run_dir: str = field(default="runs/demo", metadata=_help("where metrics and checkpoints are written"))
     seq_len: int = field(default=512, metadata=_help("tokens per segment"))
     batch_size: int = field(default=2, metadata=_help("document streams read in parallel"))

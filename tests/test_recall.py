@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_model
 
 from memorizing_transformers_pytorch.cli import main
@@ -11,8 +12,9 @@ from memorizing_transformers_pytorch.data import load_documents
 from memorizing_transformers_pytorch.recall import (
     KEY_SYMBOLS,
     SYMBOLS,
-    CopyTask,
     RecallTask,
+    copy_batch,
+    copy_warmup,
     evaluate_recall,
     recall_document,
     training_document,
@@ -76,22 +78,28 @@ def test_bad_recall_specs_are_rejected(spec, message):
         RecallTask.parse(spec)
 
 
-def test_copy_documents_repeat_each_string_within_the_offset_range():
-    task = CopyTask(span=8, gap=6, length=100, documents=3)
-    docs = load_documents("copy:span=8,gap=6,length=100,documents=3", "train")
-    assert len(docs) == 3 and all(len(d) == 100 for d in docs)
-    block = 2 * task.span + task.gap
-    for doc in docs:
-        for start in range(0, len(doc) - block + 1, block):
-            window = doc[start : start + block].tobytes()
-            found = [(a, b) for a in range(task.gap + 1) for b in range(a + task.span, a + task.span + task.gap + 1)
-                     if b + task.span <= block and window[a : a + task.span] == window[b : b + task.span]]
-            assert found, window
-    assert not np.array_equal(docs[0], load_documents("copy:span=8,gap=6,length=100,documents=3", "test")[0])
-    with pytest.raises(ValueError, match="unknown key"):
-        CopyTask.parse("copy:spam=3")
-    with pytest.raises(ValueError, match="gap"):
-        CopyTask.parse("copy:gap=-1")
+def test_copy_batches_hold_a_string_and_its_copy_and_mask_the_copied_bytes():
+    tokens, mask = copy_batch(16, 64, 12, np.random.default_rng(0))
+    assert tokens.shape == mask.shape == (16, 64)
+    for row in range(16):
+        copied = mask[row].nonzero().flatten().tolist()
+        assert len(copied) == 11 and copied == list(range(copied[0], copied[0] + 11))
+        first = copied[0] - 1  # the copy's first byte is not predictable, so it is not masked
+        offsets = [o for o in range(12, 64 - 12 + 1) if first - o >= 0
+                   and torch.equal(tokens[row, first - o : first - o + 12], tokens[row, first : first + 12])]
+        assert offsets, row
+    assert set(tokens.flatten().tolist()) <= set(SYMBOLS.tolist()) | set(KEY_SYMBOLS.tolist())
+    with pytest.raises(ValueError, match="span"):
+        copy_batch(2, 64, 40, np.random.default_rng(0))
+
+
+def test_copy_warmup_trains_in_place_on_the_copied_bytes():
+    model = tiny_model(num_tokens=256)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = copy_warmup(model, 3, batch_size=2, seq_len=32, span=8, progress=False)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training
 
 
 def test_evaluate_recall_reports_every_distance():
