@@ -65,6 +65,9 @@ class TrainConfig:
         "train with the kNN memory; --no-knn-memory trains the same architecture with memory off (a fair baseline)"))
     max_minutes: float = field(default=0.0, metadata=_help(
         "stop (and checkpoint) after this much training time even before --steps (0 = no limit)"))
+    copy_warmup_steps: int = field(default=0, metadata=_help(
+        "first teach the model to copy by content for this many steps (recall.copy_warmup: 8 rows of 128 random "
+        "bytes holding a string and its copy, loss on the copied bytes); not when resuming or with --init-from"))
     init_from: str = field(default="", metadata=_help(
         "start from the weights of this run folder or checkpoint (same model config); the optimizer, schedule "
         "and data start fresh. Ignored when resuming"))
@@ -73,7 +76,7 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "steps", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every"):
+        for name in ("warmup_steps", "checkpoint_every", "copy_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -151,6 +154,10 @@ def train(
         if MemorizingTransformerConfig.from_json(source / "config.json") != model_config:
             raise ValueError(f"--init-from: the model config differs from the one in {source}")
         model.load_state_dict(_load_weights(source, device))
+    elif config.copy_warmup_steps and not resume:
+        from .recall import copy_warmup
+
+        copy_warmup(model, config.copy_warmup_steps, seed=config.seed, progress=progress and main)
 
     if resume:
         checkpoint_dir = latest_checkpoint(run_dir)

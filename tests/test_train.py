@@ -206,3 +206,17 @@ def test_init_from_starts_with_the_weights_of_another_run_and_refuses_a_differen
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(MODEL, config(tmp_path, corpus, run_dir=str(tmp_path / "fourth"), init_from=str(tmp_path / "none")),
               progress=False)
+
+
+def test_copy_warmup_runs_before_training_and_not_on_resume(tmp_path, corpus, monkeypatch):
+    import memorizing_transformers_pytorch.recall as recall
+
+    calls = []
+    real = recall.copy_warmup
+    monkeypatch.setattr(recall, "copy_warmup", lambda model, steps, **kw: calls.append(steps) or real(model, 2, **kw))
+    train(MODEL, config(tmp_path, corpus, steps=3, copy_warmup_steps=5), progress=False)
+    assert calls == [5]
+    train(MODEL, config(tmp_path, corpus, steps=4, copy_warmup_steps=5), resume=True, progress=False)
+    assert calls == [5]
+    with pytest.raises(ValueError, match="copy_warmup_steps"):
+        TrainConfig(copy_warmup_steps=-1)
