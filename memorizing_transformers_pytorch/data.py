@@ -112,8 +112,7 @@ def enwik8_documents(path: str | Path, split: str) -> list[np.ndarray]:
 
 
 def load_documents(source: str, split: str) -> list[np.ndarray]:
-    """``"stdlib"``, ``"enwik8:PATH"``, ``"recall[:SPEC]"`` (see ``recall.py``), or a folder /
-    glob of text files."""
+    """``"stdlib"``, ``"enwik8:PATH"``, ``"recall[:SPEC]"`` (see ``recall.py``), or a folder / glob of text files."""
     if source == "stdlib":
         documents = stdlib_documents(split)
     elif source == "recall" or source.startswith("recall:"):

@@ -96,7 +96,19 @@ class RecallTask:
     @classmethod
     def parse(cls, spec: str) -> RecallTask:
         """From ``"recall"`` or ``"recall:length=2048,documents=4000,bindings=8,seed=0"`` (the field names)."""
-        return cls(**_parse_fields(spec, "recall", cls, floats=("query_rate",)))
+        body = spec.removeprefix("recall").removeprefix(":")
+        values: dict[str, Any] = {}
+        fields = cls.__dataclass_fields__
+        for part in filter(None, body.split(",")):
+            name, _, text = part.partition("=")
+            name = name.strip().replace("-", "_")
+            if name not in fields:
+                raise ValueError(f"recall spec {spec!r}: unknown key {name!r} (known: {', '.join(fields)})")
+            try:
+                values[name] = float(text) if name == "query_rate" else int(text)
+            except ValueError:
+                raise ValueError(f"recall spec {spec!r}: {part!r} is not NAME=NUMBER") from None
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -206,9 +218,9 @@ def copy_warmup(model: MemorizingTransformer, steps: int, *, batch_size: int = 8
     by content: a head that moves each token's predecessor forward, and a head in the
     next layer that matches it (an "induction" circuit, the one a key lookup needs). A
     2-layer, width-128 model learns it abruptly after about 4,000 steps of 8 rows here.
-    On the recall task alone, such models did not start to learn in 12,000 steps, and
-    with the loss on every byte (random ones included), nor did they on copy documents
-    in 3,000. Returns the loss (bits per copied byte) of each step.
+    On the recall task alone, such models did not start to learn in 12,000 steps; with
+    the loss on every byte (random ones included), copying did not start in 3,000.
+    Returns the loss (bits per copied byte) of each step.
     """
     rng = np.random.default_rng([seed, 11])
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -233,22 +245,6 @@ def copy_warmup(model: MemorizingTransformer, steps: int, *, batch_size: int = 8
             bar.set_postfix(bits=f"{sum(losses[-50:]) / 50:.3f}")
     model.eval()
     return losses
-
-
-def _parse_fields(spec: str, prefix: str, cls: type, *, floats: tuple[str, ...]) -> dict[str, Any]:
-    body = spec.removeprefix(prefix).removeprefix(":")
-    values: dict[str, Any] = {}
-    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
-    for part in filter(None, body.split(",")):
-        name, _, text = part.partition("=")
-        name = name.strip().replace("-", "_")
-        if name not in fields:
-            raise ValueError(f"{prefix} spec {spec!r}: unknown key {name!r} (known: {', '.join(fields)})")
-        try:
-            values[name] = float(text) if name in floats else int(text)
-        except ValueError:
-            raise ValueError(f"{prefix} spec {spec!r}: {part!r} is not NAME=NUMBER") from None
-    return values
 
 
 def recall_documents(task: RecallTask, split: str) -> list[np.ndarray]:

@@ -21,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, memories_from_tensors, memories_to_tensors, save_checkpoint
+from .checkpoint import (latest_checkpoint, load_checkpoint, memories_from_tensors, memories_to_tensors,
+                         resolve_checkpoint, save_checkpoint)
 from .config import MemorizingTransformerConfig
 from .data import DocumentStream, load_documents
 from .model import MemorizingTransformer
