@@ -82,7 +82,8 @@ def trained_pairs_and_queries(checkpoint: str, rows: int, count: int, queries: i
         pairs, q = pairs[:, 0], q[:, 0]
     if pairs.shape[1] < count + 512:
         raise SystemExit(f"only {pairs.shape[1]:,} pairs were written; need {count + 512:,}")
-    # the memory before the query segments, then the 512 pairs an add would bring
+    # the memory: the count pairs written before the last 512 ahead of the query segments; those 512 are what
+    # the benchmark adds afterwards (the searches see a memory that ends 512 pairs before the queries)
     before = pairs.shape[1] - seq_len * tail_segments
     return pairs[:, before - count - 512 : before].contiguous(), q[:, -queries:].contiguous()
 
