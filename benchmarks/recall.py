@@ -57,19 +57,21 @@ VARIANTS = {
 MAIN = ("memory", "xl_only", "plain")
 
 
-def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int) -> None:
+def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, data: str) -> None:
     """Trains one variant (run in a child process): ``warmup_steps`` of ``recall.copy_warmup``, then ``steps``
     on the recall task from those weights."""
     import torch
 
     from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig
     from memorizing_transformers_pytorch.checkpoint import latest_checkpoint, save_checkpoint
-    from memorizing_transformers_pytorch.recall import copy_warmup
+    from memorizing_transformers_pytorch.recall import RecallTask, copy_warmup
     from memorizing_transformers_pytorch.train import TrainConfig, train
 
     torch.set_num_threads(1)
     overrides, _, _ = VARIANTS[name]
-    model_config = MemorizingTransformerConfig(**{**BASE, **overrides})
+    # the training memory holds a whole training document, unless the variant sets its size
+    memory = max(BASE["max_knn_memories"], RecallTask.parse(data).length)
+    model_config = MemorizingTransformerConfig(**{**BASE, "max_knn_memories": memory, **overrides})
     warmup_dir = out / f"{name}.warmup"
     if warmup_steps and latest_checkpoint(warmup_dir) is None:
         torch.manual_seed(seed)
@@ -78,7 +80,7 @@ def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int) ->
         losses = copy_warmup(model, warmup_steps, batch_size=8, seq_len=SEQ_LEN, seed=seed, progress=False)
         seconds = time.perf_counter() - started
         save_checkpoint(warmup_dir, warmup_steps, model, state={"copy_bits": losses, "seconds": seconds})
-    config = TrainConfig(data=DATA, run_dir=str(out / name), seq_len=SEQ_LEN, batch_size=8, steps=steps, lr=2e-3,
+    config = TrainConfig(data=data, run_dir=str(out / name), seq_len=SEQ_LEN, batch_size=8, steps=steps, lr=2e-3,
                          warmup_steps=100, checkpoint_every=500, log_every=50, seed=seed,
                          init_from=str(warmup_dir) if warmup_steps else "")
     train(model_config, config, resume=latest_checkpoint(out / name) is not None, progress=False)
@@ -91,7 +93,7 @@ def finished(run_dir: Path, steps: int) -> bool:
     return latest is not None and json.loads((latest / "state.json").read_text())["step"] >= steps
 
 
-def evaluate_one(name: str, out: Path, distances: list[int], documents: int) -> dict:
+def evaluate_one(name: str, out: Path, distances: list[int], documents: int, data: str) -> dict:
     import torch
 
     from memorizing_transformers_pytorch.checkpoint import load_model
@@ -100,7 +102,7 @@ def evaluate_one(name: str, out: Path, distances: list[int], documents: int) -> 
     torch.set_num_threads(2)
     model = load_model(out / name)
     _, memory_size, description = VARIANTS[name]
-    result = evaluate_recall(model, RecallTask.parse(DATA), distances, documents=documents, memory_size=memory_size,
+    result = evaluate_recall(model, RecallTask.parse(data), distances, documents=documents, memory_size=memory_size,
                              seq_len=SEQ_LEN, batch_size=16)
     metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     result.update(description=description, config=model.config.to_dict(), final_train_loss=metrics[-1]["loss"],
@@ -116,7 +118,7 @@ def evaluate_one(name: str, out: Path, distances: list[int], documents: int) -> 
     return result
 
 
-def evaluation_ablations(out: Path, distances: list[int], documents: int) -> dict:
+def evaluation_ablations(out: Path, distances: list[int], documents: int, data: str) -> dict:
     """The trained ``memory`` variant evaluated with other memory sizes and numbers of neighbours (same weights)."""
     import torch
 
@@ -126,7 +128,7 @@ def evaluation_ablations(out: Path, distances: list[int], documents: int) -> dic
 
     torch.set_num_threads(2)
     trained = load_model(out / "memory")
-    task = RecallTask.parse(DATA)
+    task = RecallTask.parse(data)
     results = {}
     for size in (0, 512, 2048):
         results[f"memory size {size}"] = evaluate_recall(trained, task, distances, documents=documents,
@@ -169,7 +171,10 @@ def main() -> None:
                         help="recall-task training steps per variant (batch 8 x 128 bytes)")
     parser.add_argument("--warmup-steps", type=int, default=6000,
                         help="steps of recall.copy_warmup before the recall task, per variant (0 = none)")
-    parser.add_argument("--distances", default="88,176,352,704,1408,2816,5632", help="binding-to-query distances")
+    parser.add_argument("--distances", default="88,176,352,704,1408,2048,2816,5632", help="binding-to-query distances")
+    parser.add_argument("--data", default=DATA,
+                        help="recall task for training (and the value format at evaluation); e.g. "
+                             "recall:query_rate=0.5,length=8192 for training queries up to 8 KiB back")
     parser.add_argument("--eval-docs", type=int, default=64, help="documents per distance (8 queries each)")
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one thread each)")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     if args.train_one:
-        train_one(args.train_one, out, args.steps, args.warmup_steps, args.seed)
+        train_one(args.train_one, out, args.steps, args.warmup_steps, args.seed, args.data)
         return
     if args.wired:
         out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +208,7 @@ def main() -> None:
             name = todo.pop(0)
             log = open(out / f"{name}.log", "w")
             command = [sys.executable, __file__, "--train-one", name, "--steps", str(args.steps), "--out", str(out),
-                       "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed)]
+                       "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--data", args.data]
             running.append((name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                    env={"OMP_NUM_THREADS": "1", **__import__("os").environ}),
                             time.perf_counter()))
@@ -223,15 +228,15 @@ def main() -> None:
     results = json.loads(results_path.read_text())["variants"] if results_path.exists() else {}
     for name in names:
         print(f"[recall] evaluating {name}", flush=True)
-        results[name] = evaluate_one(name, out, distances, args.eval_docs)
+        results[name] = evaluate_one(name, out, distances, args.eval_docs, args.data)
     context = SEQ_LEN + XL
     saved = json.loads(results_path.read_text()) if results_path.exists() else {}
     evaluation = saved.get("evaluation_ablations", {})
     if args.eval_ablations and "memory" in results:
         print("[recall] evaluation ablations of the memory variant", flush=True)
-        evaluation = evaluation_ablations(out, distances, args.eval_docs)
+        evaluation = evaluation_ablations(out, distances, args.eval_docs, args.data)
     results_path.write_text(json.dumps({"variants": results, "evaluation_ablations": evaluation, "seq_len": SEQ_LEN,
-                                        "xl": XL, "context": context, "steps": args.steps, "data": DATA,
+                                        "xl": XL, "context": context, "steps": args.steps, "data": args.data,
                                         "warmup_steps": args.warmup_steps},
                                        indent=2) + "\n")
 

@@ -221,14 +221,28 @@ def cmd_names(args: argparse.Namespace) -> None:
     documents = select_documents(load_documents(args.eval_data or train_config.get("data", "stdlib"), args.split),
                                  max_docs=args.max_docs or None, max_doc_bytes=args.max_doc_bytes or None)
     sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
-    result = name_recall(model, documents, memory_sizes=sizes, min_distance=args.min_distance,
+    result = name_recall(model, documents, memory_sizes=sizes, min_distance=args.min_distance, prefix=args.prefix,
                          seq_len=args.seq_len or train_config.get("seq_len", 512), device=args.device)
-    print("| memory size | mean log2 p(name) | mean p(name) | p > 0.5 | better than off |")
-    print("|---|---|---|---|---|")
+    print("| memory size | mean log2 p(rest of name) | bits per byte | p > 0.5 | greedy writes it | better than off |")
+    print("|---|---|---|---|---|---|")
     for size, row in result["by_memory_size"].items():
-        print(f"| {size} | {row['mean_log2_prob']:.2f} | {row['mean_prob']:.3f} | {row['exact_recall_at_0.5']:.3f} "
-              f"| {row.get('fraction_better_than_off', float('nan')):.3f} |")
-    print(f"({result['cases']} uses of names last seen >= {args.min_distance} bytes back)")
+        size_text = "off" if size == "0" else size
+        print(f"| {size_text} | {row['mean_log2_prob']:.2f} | {row['bits_per_byte']:.3f} | {row['exact_recall_at_0.5']:.3f} "
+              f"| {row['greedy_writes_name']:.3f} | {row.get('fraction_better_than_off', float('nan')):.3f} |")
+    print(f"({result['cases']} uses of names last seen >= {args.min_distance} bytes back, given their first "
+          f"{result['prefix_bytes']} bytes)")
+    cases, on_size = result["cases_detail"], max(sizes)
+    if args.show and cases and on_size > 0 and 0 in sizes:
+        # evenly spread over all cases (in document order), not the best ones
+        picked = [cases[round(i * (len(cases) - 1) / max(1, args.show - 1))] for i in range(min(args.show, len(cases)))]
+        print(f"\nargmax at each byte after the first {args.prefix} (given the true bytes before it), "
+              f"{len(picked)} of {len(cases)} cases, evenly spread:")
+        print(f"| name | memory {on_size} | memory off |")
+        print("|---|---|---|")
+        for case in picked:
+            shown = [case["name"][: args.prefix] + case["predicted"][key] for key in (str(on_size), "0")]
+            cells = [text.encode("unicode_escape").decode("ascii").replace("|", "\\|") for text in shown]
+            print(f"| `{case['name']}` | `{cells[0]}` | `{cells[1]}` |")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
@@ -315,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=_HelpFormatter)
     names.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     names.add_argument("--min-distance", type=int, default=4096, help="bytes since the name's previous mention")
+    names.add_argument("--prefix", type=int, default=2, help="bytes of each name given before it is scored")
+    names.add_argument("--show", type=int, default=10,
+                       help="print the model's argmax for this many cases, memory on (the largest size) and off")
     names.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
     names.add_argument("--device", default="cpu", help="torch device")
     names.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -179,24 +179,29 @@ def save(result: dict[str, Any], output_dir: str | Path) -> tuple[Path, Path]:
 
 @torch.no_grad()
 def token_log_probs(model: MemorizingTransformer, tokens: np.ndarray, *, memory_size: int | None, seq_len: int = 512,
-                    device: str | torch.device = "cpu") -> np.ndarray:
-    """``log p(tokens[t] | tokens[:t])`` for ``t >= 1``, reading one stream segment by segment."""
+                    device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``log p(tokens[t] | tokens[:t])`` for ``t >= 1``, reading one stream segment by segment, and the argmax
+    there (what greedy decoding would write after ``tokens[:t]``)."""
     model.eval()
     use_memory = memory_size != 0 and len(model.config.memorizing_layers) > 0
     knn = model.create_knn_memories(batch_size=1, max_memories=memory_size) if use_memory else None
     xl = None
     stream = torch.as_tensor(tokens, dtype=torch.long, device=device).unsqueeze(0)
-    out = []
+    logps, argmaxes = [], []
     for start in range(0, stream.shape[1] - 1, seq_len):
         x = stream[:, start : start + seq_len]
         target = stream[:, start + 1 : start + seq_len + 1]
         logits, xl = model(x, knn_memories=knn, xl_memories=xl)
         logp = torch.log_softmax(logits[:, : target.shape[1]].float(), dim=-1)
-        out.append(logp.gather(-1, target.unsqueeze(-1))[0, :, 0].cpu())
-    return torch.cat(out).numpy()
+        logps.append(logp.gather(-1, target.unsqueeze(-1))[0, :, 0].cpu())
+        argmaxes.append(logp.argmax(-1)[0].cpu())
+    return torch.cat(logps).numpy(), torch.cat(argmaxes).numpy()
 
 
-def find_long_range_names(text: bytes, *, min_distance: int, min_length: int = 6) -> list[tuple[str, int]]:
+MIN_NAME_LENGTH = 6
+
+
+def find_long_range_names(text: bytes, *, min_distance: int, min_length: int = MIN_NAME_LENGTH) -> list[tuple[str, int]]:
     """``(name, offset)`` of uses of names defined by ``def``/``class`` whose previous mention is
     at least ``min_distance`` bytes back (so it is outside the local and XL window)."""
     import re
@@ -217,37 +222,53 @@ def name_recall(model: MemorizingTransformer, documents: Sequence[np.ndarray], *
                 progress: bool = True) -> dict[str, Any]:
     """How well the model recalls a name last seen ``>= min_distance`` bytes back.
 
-    For each such use, the score is the log-probability of the name's bytes after its
-    first ``prefix`` bytes, teacher-forced, at each memory size (0 = memory off).
+    For each such use, given the text before it and the name's first ``prefix`` bytes, teacher-forced, at each
+    memory size (0 = memory off):
+
+    - ``log_prob``: the log-probability of the rest of the name;
+    - ``predicted``: the argmax at each byte of the rest (given the true bytes before it);
+    - ``greedy``: whether that is the rest of the name, i.e. whether greedy decoding from there writes it.
+
+    The summary per memory size gives their means, the bits per byte over all names' rest bytes, and, against
+    memory off, the fraction of cases where the name became more likely. ``cases`` lists every case.
     """
     from .data import SOS_ID
 
-    per_size: dict[str, list[float]] = {str(size): [] for size in memory_sizes}
-    cases_seen = []
-    for document in tqdm(documents, disable=not progress, desc="documents", leave=False):
+    if not 0 <= prefix < MIN_NAME_LENGTH:
+        raise ValueError(f"names: prefix must be in 0..{MIN_NAME_LENGTH - 1} (names have >= {MIN_NAME_LENGTH} bytes), got {prefix}")
+    records: list[dict[str, Any]] = []
+    for index, document in enumerate(tqdm(documents, disable=not progress, desc="documents", leave=False)):
         cases = find_long_range_names(document.tobytes(), min_distance=min_distance)
         if not cases:
             continue
         stream = np.concatenate(([SOS_ID], document)).astype(np.int64)
+        rows = [{"document": index, "name": name, "offset": offset, "log_prob": {}, "predicted": {}, "greedy": {}}
+                for name, offset in cases]
         for size in memory_sizes:
-            logp = token_log_probs(model, stream, memory_size=size, seq_len=seq_len, device=device)
-            for name, offset in cases:
+            logp, argmax = token_log_probs(model, stream, memory_size=size, seq_len=seq_len, device=device)
+            for row in rows:
                 # byte i of the document is stream position i + 1, predicted by logp[i]
-                span = range(offset + prefix, offset + len(name))
-                per_size[str(size)].append(float(sum(logp[i] for i in span)))
-        cases_seen.extend(name for name, _ in cases)
-    summary: dict[str, Any] = {"cases": len(cases_seen), "min_distance": min_distance, "prefix_bytes": prefix,
+                span = slice(row["offset"] + prefix, row["offset"] + len(row["name"]))
+                row["log_prob"][str(size)] = float(logp[span].sum())
+                predicted = bytes(argmax[span].astype(np.uint8).tolist()).decode("latin-1")
+                row["predicted"][str(size)] = predicted
+                row["greedy"][str(size)] = predicted == row["name"][prefix:]
+        records.extend(rows)
+    summary: dict[str, Any] = {"cases": len(records), "min_distance": min_distance, "prefix_bytes": prefix,
                                "by_memory_size": {}}
-    for size, values in per_size.items():
-        arr = np.array(values)
+    rest_bytes = sum(len(r["name"]) - prefix for r in records)
+    for size in map(str, memory_sizes):
+        logp = np.array([r["log_prob"][size] for r in records])
+        greedy = np.array([r["greedy"][size] for r in records])
         summary["by_memory_size"][size] = {
-            "mean_log2_prob": float(arr.mean() / math.log(2)) if len(arr) else float("nan"),
-            "mean_prob": float(np.exp(arr).mean()) if len(arr) else float("nan"),
-            "exact_recall_at_0.5": float((np.exp(arr) > 0.5).mean()) if len(arr) else float("nan"),
+            "mean_log2_prob": float(logp.mean() / math.log(2)) if records else float("nan"),
+            "bits_per_byte": float(-logp.sum() / math.log(2) / rest_bytes) if rest_bytes else float("nan"),
+            "mean_prob": float(np.exp(logp).mean()) if records else float("nan"),
+            "exact_recall_at_0.5": float((np.exp(logp) > 0.5).mean()) if records else float("nan"),
+            "greedy_writes_name": float(greedy.mean()) if records else float("nan"),
         }
-    if "0" in per_size and len(per_size) > 1 and per_size["0"]:
-        off = np.array(per_size["0"])
-        for size, values in per_size.items():
-            if size != "0":
-                summary["by_memory_size"][size]["fraction_better_than_off"] = float((np.array(values) > off).mean())
+        if "0" in summary["by_memory_size"] and size != "0" and records:
+            off = np.array([r["log_prob"]["0"] for r in records])
+            summary["by_memory_size"][size]["fraction_better_than_off"] = float((logp > off).mean())
+    summary["cases_detail"] = records
     return summary

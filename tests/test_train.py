@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,6 +167,8 @@ def test_cli_names_reports_memory_on_and_off(tmp_path, corpus, capsys):
     result = json.loads((tmp_path / "names.json").read_text())
     assert result["cases"] > 0 and set(result["by_memory_size"]) == {"0", "64"}
     assert 0 <= result["by_memory_size"]["64"]["fraction_better_than_off"] <= 1
+    out = capsys.readouterr().out
+    assert "| name | memory 64 | memory off |" in out and "| `helper_function` | `he" in out
 
 
 def test_cli_reads_configs_from_json_and_reports_bad_files(tmp_path, corpus, capsys):
@@ -220,3 +223,33 @@ def test_copy_warmup_runs_before_training_and_not_on_resume(tmp_path, corpus, mo
     assert calls == [5]
     with pytest.raises(ValueError, match="copy_warmup_steps"):
         TrainConfig(copy_warmup_steps=-1)
+
+
+def test_name_recall_scores_the_rest_of_each_name(monkeypatch):
+    """Log-probability and the greedy flag cover exactly the name's bytes after the prefix, per memory size."""
+    from memorizing_transformers_pytorch import evaluate
+
+    text = b"def helper_function():\n    pass\n" + b"# filler\n" * 20 + b"helper_function()\n"
+    offset = text.rindex(b"helper_function")
+    rest = range(offset + 2, offset + len("helper_function"))  # document byte i is predicted by logp[i]
+
+    def fake_log_probs(model, stream, *, memory_size, **kwargs):
+        logp = np.full(len(stream) - 1, -5.0)
+        logp[list(rest)] = -0.01 if memory_size else -1.0
+        argmax = stream[1:].copy()  # right everywhere...
+        if not memory_size:
+            argmax[rest[-1]] = ord("X")  # ...but memory off misses the name's last byte
+        return logp, argmax
+
+    monkeypatch.setattr(evaluate, "token_log_probs", fake_log_probs)
+    document = np.frombuffer(text, dtype=np.uint8)
+    result = evaluate.name_recall(None, [document], memory_sizes=[0, 64], min_distance=100, progress=False)
+    assert result["cases"] == 1 and result["cases_detail"][0]["offset"] == offset
+    on, off = result["by_memory_size"]["64"], result["by_memory_size"]["0"]
+    assert on["greedy_writes_name"] == 1.0 and off["greedy_writes_name"] == 0.0
+    assert result["cases_detail"][0]["predicted"] == {"64": "lper_function", "0": "lper_functioX"}
+    assert math.isclose(on["mean_log2_prob"], -0.01 * len(rest) / math.log(2))
+    assert math.isclose(off["bits_per_byte"], 1.0 / math.log(2))
+    assert on["fraction_better_than_off"] == 1.0
+    with pytest.raises(ValueError, match="prefix"):
+        evaluate.name_recall(None, [document], memory_sizes=[0], min_distance=100, prefix=6, progress=False)
