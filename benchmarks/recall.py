@@ -50,14 +50,16 @@ VARIANTS = {
     "sigmoid_gate": ({"knn_gate": "sigmoid"}, 16384, "per-head sigmoid gate"),
     "mlp_gate": ({"knn_gate": "mlp"}, 16384, "MLP gate over log-distance"),
     "depth_3": ({"depth": 3}, 16384, "3 layers, memorizing layer 2"),
+    "layer_1": ({"memorizing_layers": (1,)}, 16384, "kNN memory in layer 1 of 2"),
     "k8": ({"num_retrieved_memories": 8}, 16384, "8 retrieved memories"),
+    "k32": ({"num_retrieved_memories": 32}, 16384, "32 retrieved memories"),
     "k128": ({"num_retrieved_memories": 128}, 16384, "128 retrieved memories"),
     "train_mem_512": ({"max_knn_memories": 512}, 16384, "trained with a 512-pair memory, evaluated with 16K"),
 }
 MAIN = ("memory", "xl_only", "plain")
 
 
-def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, data: str) -> None:
+def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, data: str, base: dict) -> None:
     """Trains one variant (run in a child process): ``warmup_steps`` of ``recall.copy_warmup``, then ``steps``
     on the recall task from those weights."""
     import torch
@@ -70,8 +72,8 @@ def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, da
     torch.set_num_threads(1)
     overrides, _, _ = VARIANTS[name]
     # the training memory holds a whole training document, unless the variant sets its size
-    memory = max(BASE["max_knn_memories"], RecallTask.parse(data).length)
-    model_config = MemorizingTransformerConfig(**{**BASE, "max_knn_memories": memory, **overrides})
+    memory = max(base["max_knn_memories"], RecallTask.parse(data).length)
+    model_config = MemorizingTransformerConfig(**{**base, "max_knn_memories": memory, **overrides})
     warmup_dir = out / f"{name}.warmup"
     if warmup_steps and latest_checkpoint(warmup_dir) is None:
         torch.manual_seed(seed)
@@ -176,6 +178,9 @@ def main() -> None:
                         help="recall task for training (and the value format at evaluation); e.g. "
                              "recall:query_rate=0.5,length=8192 for training queries up to 8 KiB back")
     parser.add_argument("--eval-docs", type=int, default=64, help="documents per distance (8 queries each)")
+    parser.add_argument("--set", default="",
+                        help="model-config fields for every variant (a variant's own settings win), e.g. "
+                             "num_retrieved_memories=8")
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one thread each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recall"))
@@ -186,8 +191,9 @@ def main() -> None:
     parser.add_argument("--train-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
+    base = {**BASE, **parse_overrides(args.set, parser)}
     if args.train_one:
-        train_one(args.train_one, out, args.steps, args.warmup_steps, args.seed, args.data)
+        train_one(args.train_one, out, args.steps, args.warmup_steps, args.seed, args.data, base)
         return
     if args.wired:
         out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +214,8 @@ def main() -> None:
             name = todo.pop(0)
             log = open(out / f"{name}.log", "w")
             command = [sys.executable, __file__, "--train-one", name, "--steps", str(args.steps), "--out", str(out),
-                       "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--data", args.data]
+                       "--warmup-steps", str(args.warmup_steps), "--seed", str(args.seed), "--data", args.data,
+                       "--set", args.set]
             running.append((name, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                    env={"OMP_NUM_THREADS": "1", **__import__("os").environ}),
                             time.perf_counter()))
@@ -237,7 +244,7 @@ def main() -> None:
         evaluation = evaluation_ablations(out, distances, args.eval_docs, args.data)
     results_path.write_text(json.dumps({"variants": results, "evaluation_ablations": evaluation, "seq_len": SEQ_LEN,
                                         "xl": XL, "context": context, "steps": args.steps, "data": args.data,
-                                        "warmup_steps": args.warmup_steps},
+                                        "warmup_steps": args.warmup_steps, "base_model": base},
                                        indent=2) + "\n")
 
     from memorizing_transformers_pytorch.recall import plot_recall
@@ -254,6 +261,17 @@ def main() -> None:
     if evaluation:
         print("\nmemory variant, other evaluation settings:")
         print_table({"memory (16K, k=32)": results["memory"], **evaluation}, distances, context)
+
+
+def parse_overrides(text: str, parser: argparse.ArgumentParser) -> dict:
+    """``"num_retrieved_memories=8,knn_gate=mlp"`` -> a dict of model-config fields (ints where they parse)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in BASE or not value:
+            parser.error(f"--set: expected FIELD=VALUE with FIELD one of {', '.join(BASE)}, got {item!r}")
+        overrides[name] = int(value) if value.lstrip("-").isdigit() else value
+    return overrides
 
 
 def print_table(results: dict, distances: list[int], context: int) -> None:
