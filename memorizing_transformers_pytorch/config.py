@@ -13,6 +13,8 @@ from .memory import INDEXES
 __all__ = ["MemorizingTransformerConfig", "KNN_GATES", "read_json_object"]
 
 KNN_GATES = ("sigmoid", "joint", "mlp")
+# settings of the memory search: they change no weight, so a model may be evaluated or trained further with others
+SEARCH_FIELDS = ("max_knn_memories", "num_retrieved_memories", "knn_index", "knn_ivf_lists", "knn_ivf_probe")
 
 
 def _int(name: str, value: Any, *, minimum: int) -> None:
@@ -145,6 +147,10 @@ class MemorizingTransformerConfig:
                 _int(name, value, minimum=0)
                 if value >= self.num_tokens:
                     raise ValueError(f"{name} must be a token id below num_tokens={self.num_tokens}, got {value}")
+
+    def same_model(self, other: MemorizingTransformerConfig) -> bool:
+        """Whether ``other`` describes the same model, up to the memory search's settings (``SEARCH_FIELDS``)."""
+        return dataclasses.replace(self, **{name: getattr(other, name) for name in SEARCH_FIELDS}) == other
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

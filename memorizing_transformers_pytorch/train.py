@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import (latest_checkpoint, load_checkpoint, memories_from_tensors, memories_to_tensors,
                          resolve_checkpoint, save_checkpoint)
-from .config import MemorizingTransformerConfig
+from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .data import DocumentStream, load_documents
 from .model import MemorizingTransformer
 
@@ -70,8 +70,8 @@ class TrainConfig:
         "first teach the model to copy by content for this many steps (recall.copy_warmup: 8 rows of 128 random "
         "bytes holding a string and its copy, loss on the copied bytes); not when resuming or with --init-from"))
     init_from: str = field(default="", metadata=_help(
-        "start from the weights of this run folder or checkpoint (same model config); the optimizer, schedule "
-        "and data start fresh. Ignored when resuming"))
+        "start from the weights of this run folder or checkpoint (same model config, except that the memory "
+        "size, k and index may differ); the optimizer, schedule and data start fresh. Ignored when resuming"))
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "steps", "grad_accum", "log_every"):
@@ -152,8 +152,9 @@ def train(
 
     if config.init_from and not resume:
         source = resolve_checkpoint(config.init_from)
-        if MemorizingTransformerConfig.from_json(source / "config.json") != model_config:
-            raise ValueError(f"--init-from: the model config differs from the one in {source}")
+        if not MemorizingTransformerConfig.from_json(source / "config.json").same_model(model_config):
+            raise ValueError(f"--init-from: the model config differs from the one in {source} (beyond the memory "
+                             f"search's settings: {', '.join(SEARCH_FIELDS)})")
         model.load_state_dict(_load_weights(source, device))
     elif config.copy_warmup_steps and not resume:
         from .recall import copy_warmup

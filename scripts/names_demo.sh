@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
 RUN=${RUN:-runs/names/memory}
-STEPS=${STEPS:-8000}
+STEPS=${STEPS:-5000}
 MT=".venv/bin/memorizing-transformers"
 bash scripts/setup.sh
 if [ ! -e "$RUN/checkpoints/step-$STEPS" ]; then

@@ -202,6 +202,10 @@ def test_init_from_starts_with_the_weights_of_another_run_and_refuses_a_differen
     fresh = train(MODEL, config(tmp_path, corpus, run_dir=str(tmp_path / "fresh"), steps=1, lr=1e-12,
                                 warmup_steps=0), progress=False)
     assert not torch.equal(fresh["model"].to_logits.weight, trained["to_logits.weight"])
+    searched_otherwise = MemorizingTransformerConfig(**{**MODEL.to_dict(), "max_knn_memories": 2 * MODEL.max_knn_memories,
+                                                        "num_retrieved_memories": 2})
+    train(searched_otherwise, config(tmp_path, corpus, run_dir=str(tmp_path / "k2"), steps=1,
+                                     init_from=str(tmp_path / "first")), progress=False)  # same weights: allowed
     other = MemorizingTransformerConfig(**{**MODEL.to_dict(), "dim": 48})
     with pytest.raises(ValueError, match="init-from"):
         train(other, config(tmp_path, corpus, run_dir=str(tmp_path / "third"), init_from=str(tmp_path / "first")),
