@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     recall = sub.add_parser("recall", help="exact-match recall of key -> value bindings by distance (train with --data recall)",
                             formatter_class=_HelpFormatter)
     recall.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
-    recall.add_argument("--distances", default="88,176,352,704,1408,2816,5632", help="binding-to-query distances (bytes)")
+    recall.add_argument("--distances", default="88,176,352,704,1408,2048,2816,5632", help="binding-to-query distances (bytes)")
     recall.add_argument("--memory-sizes", default="0,16384", help="kNN memory sizes to evaluate (0 = memory off)")
     recall.add_argument("--documents", type=int, default=64, help="documents per distance (8 queries each)")
     recall.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")

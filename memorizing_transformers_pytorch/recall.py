@@ -278,7 +278,8 @@ def evaluate_recall(
         documents: documents per distance (each has ``task.bindings`` queries).
 
     Returns:
-        ``{"by_distance": {"D": {"accuracy", "bits_per_value_byte", "queries"}}, ...}``.
+        ``{"by_distance": {"D": {"accuracy", "bits_per_value_byte", "byte_accuracy", "queries"}}, ...}``;
+        ``byte_accuracy`` is the argmax accuracy at each byte of the value, given the true bytes before it.
     """
     model.eval()
     use_memory = memory_size != 0 and len(model.config.memorizing_layers) > 0
@@ -288,6 +289,7 @@ def evaluate_recall(
         docs = [recall_document(task, distance, rng) for _ in range(documents)]
         measured = np.concatenate([d.distances for d in docs])
         correct, bits, queries = 0, 0.0, 0
+        byte_hits = np.zeros(task.value_len)
         for first in range(0, documents, batch_size):
             chunk = docs[first : first + batch_size]
             length = 1 + len(chunk[0].tokens)
@@ -312,11 +314,13 @@ def evaluate_recall(
                 for value_start in doc.value_starts:
                     span = slice(int(value_start), int(value_start) + task.value_len)
                     correct += bool(hit[row, span].all())
+                    byte_hits += hit[row, span].numpy()
                     bits += float(-log_prob[row, span].sum()) / math.log(2)
                     queries += 1
         results[str(distance)] = {
             "accuracy": correct / queries,
             "bits_per_value_byte": bits / (queries * task.value_len),
+            "byte_accuracy": (byte_hits / queries).tolist(),
             "queries": queries,
             "mean_distance": float(measured.mean()),
             "min_distance": int(measured.min()),

@@ -109,6 +109,7 @@ def test_evaluate_recall_reports_every_distance():
     for distance in ("56", "120"):
         row = result["by_distance"][distance]
         assert row["queries"] == 3 * 8 and 0 <= row["accuracy"] <= 1 and row["bits_per_value_byte"] > 0
+        assert len(row["byte_accuracy"]) == 8 and min(row["byte_accuracy"]) >= row["accuracy"]  # all bytes right
     assert result["memory_size"] == 256 and result["chance_accuracy"] == 93.0**-8
 
 
@@ -137,4 +138,5 @@ def test_a_wired_lookup_recalls_from_memory_far_beyond_the_context():
                            progress=False)
     assert near["by_distance"]["32"]["accuracy"] >= 0.9  # the circuit works inside the context
     assert with_memory["by_distance"][str(far)]["accuracy"] >= 0.9
+    assert with_memory["by_distance"][str(far)]["byte_accuracy"] == [with_memory["by_distance"][str(far)]["accuracy"]]
     assert without["by_distance"][str(far)]["accuracy"] <= 0.2
