@@ -234,7 +234,8 @@ def cmd_names(args: argparse.Namespace) -> None:
     cases, on_size = result["cases_detail"], max(sizes)
     if args.show and cases and on_size > 0 and 0 in sizes:
         # evenly spread over all cases (in document order), not the best ones
-        picked = [cases[round(i * (len(cases) - 1) / max(1, args.show - 1))] for i in range(min(args.show, len(cases)))]
+        count = min(args.show, len(cases))
+        picked = [cases[round(i * (len(cases) - 1) / max(1, count - 1))] for i in range(count)]
         print(f"\nargmax at each byte after the first {args.prefix} (given the true bytes before it), "
               f"{len(picked)} of {len(cases)} cases, evenly spread:")
         print(f"| name | memory {on_size} | memory off |")
