@@ -191,15 +191,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     out = model.generate(
-        tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn,
+        tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn, use_knn_memory=knn is not None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=SOS_ID,
         generator=generator, on_token=show,
     )
     elapsed = time.perf_counter() - started
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
-    held = [int(m.count[0]) for m in (out.knn_memories or [])]
-    print(f"[{len(stream)} tokens read, {out.tokens.shape[1]} generated in {elapsed:.1f}s; kNN memory holds {held}]",
-          file=sys.stderr)
+    held = f"kNN memory holds {[int(m.count[0]) for m in out.knn_memories]}" if out.knn_memories else "kNN memory off"
+    print(f"[{len(stream)} tokens read, {out.tokens.shape[1]} generated in {elapsed:.1f}s; {held}]", file=sys.stderr)
 
 
 def _read_bytes(path: str, what: str) -> bytes:

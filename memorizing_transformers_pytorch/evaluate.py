@@ -203,13 +203,14 @@ MIN_NAME_LENGTH = 6
 
 def find_long_range_names(text: bytes, *, min_distance: int, min_length: int = MIN_NAME_LENGTH) -> list[tuple[str, int]]:
     """``(name, offset)`` of uses of names defined by ``def``/``class`` whose previous mention is
-    at least ``min_distance`` bytes back (so it is outside the local and XL window)."""
+    at least ``min_distance`` bytes back (so it is outside the local and XL window). Every whole-word
+    occurrence counts as a mention, attribute accesses such as ``self.name`` included."""
     import re
 
     names = {m.group(1) for m in re.finditer(rb"(?:def|class)\s+([A-Za-z_]\w+)", text) if len(m.group(1)) >= min_length}
     cases = []
     for name in names:
-        offsets = [m.start() for m in re.finditer(rb"(?<![\w.])" + re.escape(name) + rb"(?!\w)", text)]
+        offsets = [m.start() for m in re.finditer(rb"(?<!\w)" + re.escape(name) + rb"(?!\w)", text)]
         first_definition = text.find(b"def " + name) if b"def " + name in text else text.find(b"class " + name)
         for previous, offset in zip(offsets, offsets[1:]):
             if offset - previous >= min_distance and previous >= first_definition >= 0:

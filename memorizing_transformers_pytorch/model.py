@@ -483,6 +483,7 @@ class MemorizingTransformer(nn.Module):
         knn_memories: Sequence[KNNMemory] | None = None,
         xl_memories: Sequence[XLCache] | None = None,
         pending: PendingSegment | None = None,
+        use_knn_memory: bool = True,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -505,6 +506,8 @@ class MemorizingTransformer(nn.Module):
             seq_len: the segment length the model was trained with.
             knn_memories, xl_memories, pending: state to continue from (a previous
                 ``GenerationOutput``'s); fresh kNN memories are made when None.
+            use_knn_memory: False turns the kNN memory off (memorizing layers attend
+                locally and to their XL cache only, as ``forward`` with ``knn_memories=None``).
             temperature: 0 picks the argmax (greedy).
             top_k, top_p: keep the k most likely tokens / the smallest set with
                 probability >= top_p before sampling.
@@ -530,8 +533,10 @@ class MemorizingTransformer(nn.Module):
         if pending is not None and pending.tokens.shape[1] >= seq_len:
             raise ValueError(f"the pending segment holds {pending.tokens.shape[1]} tokens, seq_len is {seq_len}")
         self._check_inputs(prompt, knn_memories, xl_memories, None)
+        if not use_knn_memory and knn_memories is not None:
+            raise ValueError("use_knn_memory=False, but knn_memories were given")
         B = prompt.shape[0]
-        if knn_memories is None and c.memorizing_layers:
+        if knn_memories is None and c.memorizing_layers and use_knn_memory:
             knn_memories = self.create_knn_memories(batch_size=B)
         was_training = self.training
         self.eval()

@@ -44,6 +44,26 @@ def test_greedy_generation_matches_teacher_forcing(overrides):
         assert out.knn_memories[0].count.tolist()[0] == 16  # the memory overflowed
 
 
+def test_generation_with_the_memory_off_matches_a_forward_pass_without_memory():
+    seq_len = 5
+    model = tiny_model(max_knn_memories=16, xl_max_memories=6, pad_id=PAD)
+    prompt = torch.randint(3, 32, (2, 12))
+    out = model.generate(prompt, max_new_tokens=9, seq_len=seq_len, temperature=0.0, return_logits=True,
+                         use_knn_memory=False)
+    assert out.knn_memories is None
+    sequence = torch.cat((prompt, out.tokens), dim=1)
+    xl, reference = None, []
+    for start in range(0, sequence.shape[1], seq_len):
+        logits, xl = model(sequence[:, start : start + seq_len], knn_memories=None, xl_memories=xl)
+        reference.append(logits)
+    predicted = torch.cat(reference, dim=1)[:, prompt.shape[1] - 1 : -1]
+    torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-4)
+    with_memory = model.generate(prompt, max_new_tokens=9, seq_len=seq_len, temperature=0.0, return_logits=True)
+    assert not torch.allclose(with_memory.logits, out.logits)  # the memory was read in the other run
+    with pytest.raises(ValueError, match="use_knn_memory"):
+        model.generate(prompt, max_new_tokens=1, use_knn_memory=False, knn_memories=with_memory.knn_memories)
+
+
 def test_generation_continues_from_returned_state():
     seq_len = 4
     model = tiny_model(xl_max_memories=4, pad_id=PAD)

@@ -140,6 +140,9 @@ def test_cli_generate_streams_text(tmp_path, corpus, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("def ")
     assert "20 generated" in captured.err and "kNN memory holds [64]" in captured.err
+    main(["generate", "--checkpoint", run, "--prompt", "def ", "--context-file", str(context),
+          "--max-new-tokens", "5", "--temperature", "0", "--memory-size", "0"])
+    assert "kNN memory off" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", "--checkpoint", run, "--prompt-file", str(tmp_path / "nope.txt")])
     assert "nope.txt" in capsys.readouterr().err
@@ -151,6 +154,8 @@ def test_long_range_name_cases_are_beyond_the_window():
     text = b"def compute_total(x):\n    pass\n" + b"# filler\n" * 500 + b"y = compute_total(3)\n" + b"z = compute_total(4)\n"
     cases = find_long_range_names(text, min_distance=4000)
     assert cases == [("compute_total", text.index(b"y = compute_total") + 4)]  # the second use is too close
+    nearby_attribute = text.replace(b"# filler\n" * 250, b"# filler\n" * 249 + b"o.compute_total\n", 1)
+    assert find_long_range_names(nearby_attribute, min_distance=4000) == []  # an attribute access is a mention
 
 
 def test_cli_names_reports_memory_on_and_off(tmp_path, corpus, capsys):
