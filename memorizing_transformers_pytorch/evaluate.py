@@ -231,7 +231,7 @@ def name_recall(model: MemorizingTransformer, documents: Sequence[np.ndarray], *
     - ``greedy``: whether that is the rest of the name, i.e. whether greedy decoding from there writes it.
 
     The summary per memory size gives their means, the bits per byte over all names' rest bytes, and, against
-    memory off, the fraction of cases where the name became more likely. ``cases`` lists every case.
+    memory off, the fraction of cases where the name became more likely. ``cases_detail`` lists every case.
     """
     from .data import SOS_ID
 
