@@ -201,6 +201,13 @@ def token_log_probs(model: MemorizingTransformer, tokens: np.ndarray, *, memory_
 MIN_NAME_LENGTH = 6
 
 
+def name_mentions(text: bytes, name: bytes) -> list[int]:
+    """Offsets of every whole-word occurrence of ``name`` in ``text`` (``self.name`` included)."""
+    import re
+
+    return [m.start() for m in re.finditer(rb"(?<!\w)" + re.escape(name) + rb"(?!\w)", text)]
+
+
 def find_long_range_names(text: bytes, *, min_distance: int, min_length: int = MIN_NAME_LENGTH) -> list[tuple[str, int]]:
     """``(name, offset)`` of uses of names defined by ``def``/``class`` whose previous mention is
     at least ``min_distance`` bytes back (so it is outside the local and XL window). Every whole-word
@@ -210,7 +217,7 @@ def find_long_range_names(text: bytes, *, min_distance: int, min_length: int = M
     names = {m.group(1) for m in re.finditer(rb"(?:def|class)\s+([A-Za-z_]\w+)", text) if len(m.group(1)) >= min_length}
     cases = []
     for name in names:
-        offsets = [m.start() for m in re.finditer(rb"(?<!\w)" + re.escape(name) + rb"(?!\w)", text)]
+        offsets = name_mentions(text, name)
         first_definition = text.find(b"def " + name) if b"def " + name in text else text.find(b"class " + name)
         for previous, offset in zip(offsets, offsets[1:]):
             if offset - previous >= min_distance and previous >= first_definition >= 0:
@@ -268,7 +275,7 @@ def name_recall(model: MemorizingTransformer, documents: Sequence[np.ndarray], *
             "exact_recall_at_0.5": float((np.exp(logp) > 0.5).mean()) if records else float("nan"),
             "greedy_writes_name": float(greedy.mean()) if records else float("nan"),
         }
-        if "0" in summary["by_memory_size"] and size != "0" and records:
+        if 0 in memory_sizes and size != "0" and records:
             off = np.array([r["log_prob"]["0"] for r in records])
             summary["by_memory_size"][size]["fraction_better_than_off"] = float((logp > off).mean())
     summary["cases_detail"] = records

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Generation with memory on real code (not in CI; about 75 minutes on 2 CPU cores, most of it training).
+# Generation with memory on real code (not in CI; 60-90 minutes on 2 CPU cores, most of it training).
 #  1. Train a small memorizing model on the standard library: the copy warm-up, then STEPS steps (skipped when
 #     RUN already holds a finished run).
 #  2. Read a held-out stdlib file into memory up to a later use of a name defined far earlier (the first use of a
@@ -22,15 +22,14 @@ if [ ! -e "$FINAL" ]; then
 fi
 
 read -r NAME PREFIX < <(.venv/bin/python - "$RUN" <<'EOF'
-import re
 import sys
 from pathlib import Path
 from memorizing_transformers_pytorch.data import load_documents
-from memorizing_transformers_pytorch.evaluate import find_long_range_names, select_documents
+from memorizing_transformers_pytorch.evaluate import find_long_range_names, name_mentions, select_documents
 
 text = select_documents(load_documents("stdlib", "test"), max_docs=1, max_doc_bytes=None)[0].tobytes()
 name, offset = next(case for case in find_long_range_names(text, min_distance=4096) if len(case[0]) >= 10)
-previous = [m.start() for m in re.finditer(rb"(?<!\w)" + re.escape(name.encode()) + rb"(?!\w)", text[:offset])][-1]
+previous = name_mentions(text[:offset], name.encode())[-1]
 Path(sys.argv[1], "context.py").write_bytes(text[:offset])
 print(f"[names demo] {len(text[:offset]):,} bytes read; `{name}` was last seen {offset - previous:,} bytes back",
       file=sys.stderr)

@@ -260,5 +260,7 @@ def test_name_recall_scores_the_rest_of_each_name(monkeypatch):
     assert math.isclose(on["mean_log2_prob"], -0.01 * len(rest) / math.log(2))
     assert math.isclose(off["bits_per_byte"], 1.0 / math.log(2))
     assert on["fraction_better_than_off"] == 1.0
+    reordered = evaluate.name_recall(None, [document], memory_sizes=[64, 0], min_distance=100, progress=False)
+    assert reordered["by_memory_size"]["64"]["fraction_better_than_off"] == 1.0  # memory off listed last
     with pytest.raises(ValueError, match="prefix"):
         evaluate.name_recall(None, [document], memory_sizes=[0], min_distance=100, prefix=6, progress=False)
