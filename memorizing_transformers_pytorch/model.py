@@ -117,6 +117,16 @@ class RelativePositionBias(nn.Module):
         self.max_distance = max_distance
         self.embedding = nn.Embedding(num_buckets, heads)
 
+    @torch.no_grad()
+    def focus_on_previous_tokens(self, count: int, strength: float = 10.0) -> None:
+        """Head ``h < count``: bias ``strength`` at distance ``h + 1``, 0 at every other distance.
+
+        Distances below ``num_buckets // 2`` have a bucket each, so the bias picks exactly that token.
+        """
+        for head in range(count):
+            self.embedding.weight[:, head] = 0.0
+            self.embedding.weight[head + 1, head] = strength
+
     def forward(self, num_queries: int, num_keys: int) -> Tensor:
         """Returns ``(H, num_queries, num_keys)`` for keys at positions ``0 .. num_keys - 1`` and queries at
         the last ``num_queries`` of them.
@@ -353,6 +363,7 @@ class MemorizingTransformer(nn.Module):
         self.token_emb = nn.Embedding(c.num_tokens, c.dim)
         self.rel_pos = RelativePositionBias(heads=c.heads, num_buckets=c.rel_pos_num_buckets,
                                             max_distance=c.rel_pos_max_distance)
+        self.rel_pos.focus_on_previous_tokens(c.previous_token_heads)
         self.layers = nn.ModuleList(
             Block(c, memorizing=layer in c.memorizing_layers) for layer in range(1, c.depth + 1)
         )

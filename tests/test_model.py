@@ -175,6 +175,23 @@ def test_relative_position_bias_is_the_bucket_embedding_of_each_distance(num_que
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-3)  # summed in another order
 
 
+def test_previous_token_heads_attend_to_the_token_h_plus_1_back():
+    """Head h starts looking h + 1 tokens back (the rest of the bias at 0), in every layer and across the XL
+    boundary; the other heads keep their random start, and every bias stays learnable."""
+    model = tiny_model(heads=4, kv_heads=1, previous_token_heads=2, xl_max_memories=8)
+    table = model.rel_pos.embedding.weight
+    assert table[1, 0] == table[2, 1] == 10.0 and table[:, :2].abs().sum() == 20.0
+    assert table[:, 2:].std() > 0.1 and table.requires_grad
+    x = tokens(1, 6)
+    _, xl = model(x, xl_memories=None)
+    mask = model._attention_mask(model._document_layout(x), xl[0])  # segment 2: P XL keys, then 6 in the segment
+    P = xl[0].keys.shape[2]
+    weights = mask[0, :2].softmax(-1)  # position-only attention, heads 0 and 1
+    for i in range(6):
+        assert weights[0, i].argmax() == P + i - 1 and weights[1, i].argmax() == P + i - 2
+        assert weights[0, i].max() > 0.99 and weights[1, i].max() > 0.99
+
+
 def test_relative_position_bucket_uses_true_distance_across_the_xl_boundary():
     """A key d tokens back gets the bucket of distance d, in every segment."""
     model = tiny_model(xl_max_memories=6, rel_pos_num_buckets=8, rel_pos_max_distance=16)
@@ -307,6 +324,9 @@ def test_config_round_trips_through_json(tmp_path):
         (dict(xl_memory_layers=(1,)), ValueError),  # XL layers without an XL size
         (dict(clear_memories_on_sos_token_id=99), ValueError),
         (dict(not_an_option=1), TypeError),
+        (dict(previous_token_heads=-1), ValueError),
+        (dict(heads=2, kv_heads=1, previous_token_heads=3), ValueError),  # more than the heads
+        (dict(rel_pos_num_buckets=4, previous_token_heads=2), ValueError),  # distance 2 has no bucket of its own
     ],
 )
 def test_invalid_config_is_rejected(config, error):
