@@ -16,6 +16,7 @@ checkpoint, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import MemorizingTransformerConfig
+from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .memory import KNNMemory
 from .model import MemorizingTransformer, XLCache
 
@@ -131,10 +132,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> MemorizingTransformer:
-    """Builds the model from ``config.json`` and loads its safetensors weights."""
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", **search: Any) -> MemorizingTransformer:
+    """Builds the model from ``config.json`` and loads its safetensors weights.
+
+    ``search``: other memory-search settings (``SEARCH_FIELDS``, e.g. ``num_retrieved_memories=2``); they
+    change no weight.
+    """
     path = resolve_checkpoint(path)
     config = MemorizingTransformerConfig.from_json(path / "config.json")
+    unknown = sorted(set(search) - set(SEARCH_FIELDS))
+    if unknown:
+        raise ValueError(f"load_model: {unknown} are not search settings ({', '.join(SEARCH_FIELDS)})")
+    if search:
+        config = dataclasses.replace(config, **search)
     model = MemorizingTransformer(config)
     model.load_state_dict(load_file(path / "model.safetensors", device="cpu"))
     return model.to(device)

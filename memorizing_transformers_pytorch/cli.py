@@ -256,17 +256,26 @@ def cmd_recall(args: argparse.Namespace) -> None:
     train_config = checkpoint.get("train_config", {})
     data = train_config.get("data", "recall")
     task = RecallTask.parse(data if data.startswith("recall") else "recall")
-    model = load_model(checkpoint["path"], device=args.device)
     distances = [int(d) for d in args.distances.split(",") if d.strip()]
     sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
+    ks = [int(k) for k in args.k.split(",") if k.strip()] if args.k else [None]
     if not distances or any(d < task.bindings * task.width for d in distances):
         raise ValueError(f"distances must be >= {task.bindings * task.width} (bindings x statement bytes), got {distances}")
+    if any(k is not None and k < 1 for k in ks):
+        raise ValueError(f"--k: neighbour counts must be >= 1, got {args.k}")
     seq_len = args.seq_len or train_config.get("seq_len", 512)
     curves = {}
-    for size in sizes:
-        label = "memory off" if size == 0 else f"memory {size}"
-        curves[label] = evaluate_recall(model, task, distances, documents=args.documents, memory_size=size,
-                                        seq_len=seq_len, device=args.device)
+    for k in ks:
+        model = load_model(checkpoint["path"], device=args.device,
+                           **({} if k is None else {"num_retrieved_memories": k}))
+        for size in sizes:
+            if size and k is not None and k > size:
+                raise ValueError(f"--k {k} exceeds memory size {size}")
+            label = "memory off" if size == 0 else f"memory {size}" + ("" if k is None else f", k = {k}")
+            if label in curves:
+                continue
+            curves[label] = evaluate_recall(model, task, distances, documents=args.documents, memory_size=size,
+                                            seq_len=seq_len, device=args.device, seed=args.seed)
     print("| memory | " + " | ".join(str(d) for d in distances) + " |")
     print("|---|" + "---|" * len(distances))
     for label, result in curves.items():
@@ -344,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--distances", default="88,176,352,704,1408,2048,2816,5632", help="binding-to-query distances (bytes)")
     recall.add_argument("--memory-sizes", default="0,16384", help="kNN memory sizes to evaluate (0 = memory off)")
     recall.add_argument("--documents", type=int, default=64, help="documents per distance (8 queries each)")
+    recall.add_argument("--k", default=None,
+                        help="neighbours retrieved per query, comma list (default: the model's); e.g. 1,2,4,32")
+    recall.add_argument("--seed", type=int, default=1234,
+                        help="seed of the evaluation documents (1234: the reported ones; pick settings on another)")
     recall.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
     recall.add_argument("--output", default=None, help="folder for recall.json and recall.png (default: the checkpoint)")
     recall.add_argument("--device", default="cpu", help="torch device")

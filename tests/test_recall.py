@@ -125,6 +125,25 @@ def test_recall_command_trains_and_evaluates(tmp_path, capsys):
     assert set(saved) == {"memory off", "memory 128"} and (run / "checkpoints" / "step-0000002" / "recall.png").exists()
     with pytest.raises(SystemExit):
         main(["recall", "--checkpoint", str(run), "--distances", "10"])
+    # other numbers of neighbours, on other documents: the same weights, one curve per (size, k)
+    main(["recall", "--checkpoint", str(run), "--distances", "88", "--memory-sizes", "0,128", "--k", "1,4",
+          "--documents", "2", "--seed", "7", "--output", str(tmp_path / "k")])
+    saved = json.loads((tmp_path / "k" / "recall.json").read_text())
+    assert set(saved) == {"memory off", "memory 128, k = 1", "memory 128, k = 4"}
+    with pytest.raises(SystemExit):
+        main(["recall", "--checkpoint", str(run), "--distances", "88", "--memory-sizes", "128", "--k", "0"])
+
+
+def test_load_model_takes_other_search_settings_only(tmp_path):
+    from memorizing_transformers_pytorch.checkpoint import load_model, save_checkpoint
+
+    model = tiny_model(num_tokens=256)
+    save_checkpoint(tmp_path, 1, model, state={})
+    other = load_model(tmp_path, num_retrieved_memories=2, max_knn_memories=32)
+    assert other.config.num_retrieved_memories == 2 and other.config.max_knn_memories == 32
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    with pytest.raises(ValueError, match="not search settings"):
+        load_model(tmp_path, dim=64)
 
 
 def test_a_wired_lookup_recalls_from_memory_far_beyond_the_context():
