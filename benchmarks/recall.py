@@ -122,10 +122,10 @@ def evaluate_one(name: str, out: Path, distances: list[int], documents: int, dat
 
 
 def evaluation_ablations(out: Path, distances: list[int], documents: int, data: str) -> dict:
-    """The trained ``memory`` variant evaluated with other memory sizes and numbers of neighbours (same weights)."""
+    """The trained ``memory`` variant evaluated with other memory sizes and numbers of neighbours k (same
+    weights)."""
     import torch
 
-    from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig
     from memorizing_transformers_pytorch.checkpoint import load_model
     from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
 
@@ -136,13 +136,13 @@ def evaluation_ablations(out: Path, distances: list[int], documents: int, data: 
     for size in (0, 512, 2048):
         results[f"memory size {size}"] = evaluate_recall(trained, task, distances, documents=documents,
                                                          memory_size=size, seq_len=SEQ_LEN, batch_size=16)
-    for k in (8, 128):
-        config = MemorizingTransformerConfig(**{**trained.config.to_dict(), "num_retrieved_memories": k,
-                                                "max_knn_memories": 16384})
-        model = MemorizingTransformer(config)
-        model.load_state_dict(trained.state_dict())
-        results[f"k = {k} (trained with 32)"] = evaluate_recall(model, task, distances, documents=documents,
-                                                                 seq_len=SEQ_LEN, batch_size=16)
+    trained_k = trained.config.num_retrieved_memories
+    for k in (1, 2, 8, 128):
+        if k == trained_k:
+            continue
+        model = load_model(out / "memory", num_retrieved_memories=k, max_knn_memories=16384)
+        results[f"k = {k} (trained with {trained_k})"] = evaluate_recall(model, task, distances, documents=documents,
+                                                                         seq_len=SEQ_LEN, batch_size=16)
     return results
 
 
@@ -256,12 +256,12 @@ def main() -> None:
     if len(ablations) > 1:
         plot_recall(ablations, str(out / "recall_ablations.png"), context=context, title="Recall ablations")
     if evaluation:
-        plot_recall({"memory 16K, k=32": results["memory"], **evaluation}, str(out / "recall_eval_ablations.png"),
+        plot_recall({"memory 16K, as trained": results["memory"], **evaluation}, str(out / "recall_eval_ablations.png"),
                     context=context, title="Same weights, other memory sizes and k")
     print_table(results, distances, context)
     if evaluation:
         print("\nmemory variant, other evaluation settings:")
-        print_table({"memory (16K, k=32)": results["memory"], **evaluation}, distances, context)
+        print_table({"memory (16K, as trained)": results["memory"], **evaluation}, distances, context)
 
 
 def parse_overrides(text: str, parser: argparse.ArgumentParser) -> dict:

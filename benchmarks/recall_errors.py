@@ -8,7 +8,8 @@ given), the model's argmax is either right or wrong. A wrong byte is counted as
 - ``context-1``: a byte that followed another occurrence of the same previous byte
   in the document (the lookup matched only one byte of context, and found another
   place); likewise ``context-2`` for the same two previous bytes;
-- neither of these (a byte may count as both ``repeat`` and ``context-1``).
+- ``end``: the statement's end, ``;``, a byte too early;
+- none of these (a byte may count as both ``repeat`` and ``context-1``).
 
     python benchmarks/recall_errors.py runs/recall/memory
     python benchmarks/recall_errors.py runs/recall/memory --data recall:value_len=4 --distances 88,2048
@@ -59,7 +60,7 @@ def classify(model, task: RecallTask, distance: int, documents: int, memory_size
         logits, xl = model(stream[:, start : start + seq_len], knn_memories=knn, xl_memories=xl)
         argmax.append(logits.argmax(-1))
     predicted = torch.cat(argmax, dim=1).numpy()  # predicted[row, i] is the guess for document byte i
-    kinds = ("bytes", "wrong", "repeat", "context-1", "context-2")
+    kinds = ("bytes", "wrong", "repeat", "context-1", "context-2", "end")
     counts = {kind: [0] * task.value_len for kind in kinds}
     for row, doc in enumerate(docs):
         t = doc.tokens
@@ -72,6 +73,7 @@ def classify(model, task: RecallTask, distance: int, documents: int, memory_size
                 counts["wrong"][i] += 1
                 source = at - int(back)  # the same byte in the binding
                 counts["repeat"][i] += bool(i and guess == t[source - 1])
+                counts["end"][i] += guess == ord(";")
                 for n in (1, 2):
                     counts[f"context-{n}"][i] += guess in followers(t, at, n, skip=source)
     return counts
@@ -94,11 +96,11 @@ def main() -> None:
         counts = classify(model, task, distance, args.documents, args.memory_size, args.seq_len)
         results[str(distance)] = counts
         print(f"\ndistance {distance}: wrong bytes, and how many of them are each kind")
-        print("| value byte | accuracy | wrong | repeat | context-1 | context-2 |\n|---|---|---|---|---|---|")
+        print("| value byte | accuracy | wrong | repeat | context-1 | context-2 | end |\n|---|---|---|---|---|---|---|")
         for i in range(task.value_len):
             accuracy = 1 - counts["wrong"][i] / counts["bytes"][i]
             print(f"| {i} | {accuracy:.3f} | {counts['wrong'][i]} | {counts['repeat'][i]} | "
-                  f"{counts['context-1'][i]} | {counts['context-2'][i]} |")
+                  f"{counts['context-1'][i]} | {counts['context-2'][i]} | {counts['end'][i]} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"run_dir": args.run_dir, "data": args.data, "by_distance": results},
                                               indent=2) + "\n")
