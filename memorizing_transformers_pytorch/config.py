@@ -83,8 +83,10 @@ class MemorizingTransformerConfig:
         previous_token_heads: how many heads start as "previous token" heads: head ``h`` (from 0) starts
             with its relative position bias at +10 for the token ``h + 1`` back and 0 elsewhere, so it
             attends almost only there (the bias stays learnable, and is shared by all layers). 0 (the
-            default) starts every bias at random, as in the seed. A lookup by content matches the tokens
-            before a position; this gives a small model those tokens sharply from the first step.
+            default) starts every bias at random, as in the seed. Meant to hand a small model the tokens
+            before each position, which a lookup by content matches. Measured once (docs/recall.md): with 3
+            such heads a width-128 model did *not* learn the copy warm-up in 6,000 steps (7.2 bits per
+            copied byte, against 0.1 from a random start), so it is off by default.
     """
 
     num_tokens: int

@@ -1,0 +1,107 @@
+"""How much does a trained recall model's lookup head attend to its kNN memory?
+
+At each query's first value byte (the lookup proper), takes the memorizing layer's
+head with the largest learned temperature (the lookup head) and reports:
+
+- the share of its softmax weight that goes to the retrieved memories (joint gate);
+- the median margin of the best memory logit over the best local logit;
+- the argmax accuracy at that byte.
+
+``--memory-bias far`` adds to every retrieved memory's logit the relative position
+bias of the farthest bucket, as if memories were local keys far back (they get none
+in the model). This is an evaluation-time probe of an untrained change, not a model
+option.
+
+    python benchmarks/recall_attention.py runs/recall/memory --data recall:value_len=4 --k 1
+    python benchmarks/recall_attention.py runs/recall/memory --data recall:value_len=4 --k 1 --memory-bias far
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from memorizing_transformers_pytorch import model as model_module  # noqa: E402
+from memorizing_transformers_pytorch.checkpoint import load_model  # noqa: E402
+from memorizing_transformers_pytorch.data import PAD_ID, SOS_ID  # noqa: E402
+from memorizing_transformers_pytorch.recall import RecallTask, recall_document  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--data", default="recall", help="the recall task, as in training")
+    parser.add_argument("--distance", type=int, default=2048)
+    parser.add_argument("--documents", type=int, default=16)
+    parser.add_argument("--k", type=int, default=None, help="neighbours (default: the model's)")
+    parser.add_argument("--memory-bias", choices=("none", "far"), default="none")
+    parser.add_argument("--seq-len", type=int, default=128)
+    args = parser.parse_args()
+
+    search = {"max_knn_memories": 16384} | ({} if args.k is None else {"num_retrieved_memories": args.k})
+    model = load_model(args.run_dir, **search).eval()
+    if model.config.knn_gate != "joint" or len(model.config.memorizing_layers) != 1:
+        raise SystemExit("this probe reads models with one memorizing layer and the joint gate")
+    attention = model.layers[model.config.memorizing_layers[0] - 1].attn
+    head = int(attention.log_scale.detach().flatten().argmax())
+    far_bias = model.rel_pos.embedding.weight[-1].detach()
+
+    captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    joint = model_module.Attention._joint_attention
+
+    def recording(self, q_scaled, keys, values, attn_mask, mem_keys, mem_values, mem_mask, mem_bias, dropout):
+        if args.memory_bias == "far":
+            mem_bias = far_bias.view(1, -1, 1, 1).expand(mem_mask.shape).to(q_scaled.dtype)
+        group = q_scaled.shape[1] // self.kv_heads
+        local = q_scaled @ keys.repeat_interleave(group, dim=1).transpose(-1, -2) + attn_mask
+        memory = torch.einsum("bhnd,bhnkd->bhnk", q_scaled, mem_keys)
+        memory = (memory + (0 if mem_bias is None else mem_bias)).masked_fill(~mem_mask, float("-inf"))
+        captured.append((local[:, head], memory[:, head]))
+        return joint(self, q_scaled, keys, values, attn_mask, mem_keys, mem_values, mem_mask, mem_bias, dropout)
+
+    model_module.Attention._joint_attention = recording
+    task = RecallTask.parse(args.data)
+    rng = np.random.default_rng([1234, args.distance])  # evaluate_recall's documents
+    docs = [recall_document(task, args.distance, rng) for _ in range(args.documents)]
+    length = 1 + len(docs[0].tokens)
+    padded = math.ceil(length / args.seq_len) * args.seq_len + 1
+    stream = torch.full((len(docs), padded), PAD_ID, dtype=torch.long)
+    stream[:, 0] = SOS_ID
+    for row, doc in enumerate(docs):
+        stream[row, 1:length] = torch.from_numpy(doc.tokens.astype(np.int64))
+    knn = model.create_knn_memories(batch_size=len(docs))
+    xl, argmax = None, []
+    with torch.no_grad():
+        for start in range(0, padded - 1, args.seq_len):
+            logits, xl = model(stream[:, start : start + args.seq_len], knn_memories=knn, xl_memories=xl)
+            argmax.append(logits.argmax(-1))
+    predicted = torch.cat(argmax, dim=1).numpy()
+    shares, margins, right = [], [], []
+    for row, doc in enumerate(docs):
+        for value_start in doc.value_starts:
+            segment, i = divmod(int(value_start), args.seq_len)  # byte v is predicted at input position v
+            local, memory = captured[segment][0][row, i], captured[segment][1][row, i]
+            weights = torch.cat((local, memory)).softmax(-1)
+            shares.append(float(weights[len(local):].sum()))
+            margins.append(float(memory.max() - local.max()))
+            right.append(bool(predicted[row, value_start] == doc.tokens[value_start]))
+    shares, margins, right = np.array(shares), np.array(margins), np.array(right)
+    print(f"lookup head {head} (temperature {attention.log_scale.detach().flatten()[head].exp():.1f}), distance "
+          f"{args.distance}, k = {model.config.num_retrieved_memories}, memory bias {args.memory_bias}, "
+          f"{len(right)} queries:")
+    print(f"  value byte 0 right: {right.mean():.3f}")
+    print(f"  share of attention on memory: {shares.mean():.3f} (right {shares[right].mean():.3f}, "
+          f"wrong {shares[~right].mean() if (~right).any() else float('nan'):.3f})")
+    print(f"  best memory logit - best local logit, median: {np.median(margins):.2f}")
+
+
+if __name__ == "__main__":
+    main()
