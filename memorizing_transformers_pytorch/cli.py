@@ -261,7 +261,7 @@ def cmd_recall(args: argparse.Namespace) -> None:
     ks = [int(k) for k in args.k.split(",") if k.strip()] if args.k else [None]
     if not distances or any(d < task.bindings * task.width for d in distances):
         raise ValueError(f"distances must be >= {task.bindings * task.width} (bindings x statement bytes), got {distances}")
-    if any(k is not None and k < 1 for k in ks):
+    if not ks or any(k is not None and k < 1 for k in ks):
         raise ValueError(f"--k: neighbour counts must be >= 1, got {args.k}")
     seq_len = args.seq_len or train_config.get("seq_len", 512)
     curves = {}

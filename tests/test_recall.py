@@ -132,6 +132,8 @@ def test_recall_command_trains_and_evaluates(tmp_path, capsys):
     assert set(saved) == {"memory off", "memory 128, k = 1", "memory 128, k = 4"}
     with pytest.raises(SystemExit):
         main(["recall", "--checkpoint", str(run), "--distances", "88", "--memory-sizes", "128", "--k", "0"])
+    with pytest.raises(SystemExit):
+        main(["recall", "--checkpoint", str(run), "--distances", "88", "--memory-sizes", "128", "--k", ","])
 
 
 def test_load_model_takes_other_search_settings_only(tmp_path):
