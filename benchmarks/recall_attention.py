@@ -19,7 +19,6 @@ option.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -31,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from memorizing_transformers_pytorch import model as model_module  # noqa: E402
 from memorizing_transformers_pytorch.checkpoint import load_model  # noqa: E402
-from memorizing_transformers_pytorch.data import PAD_ID, SOS_ID  # noqa: E402
-from memorizing_transformers_pytorch.recall import RecallTask, recall_document  # noqa: E402
+from memorizing_transformers_pytorch.recall import RecallTask, document_stream, recall_document  # noqa: E402
 
 
 def main() -> None:
@@ -71,12 +69,8 @@ def main() -> None:
     task = RecallTask.parse(args.data)
     rng = np.random.default_rng([1234, args.distance])  # evaluate_recall's documents
     docs = [recall_document(task, args.distance, rng) for _ in range(args.documents)]
-    length = 1 + len(docs[0].tokens)
-    padded = math.ceil(length / args.seq_len) * args.seq_len + 1
-    stream = torch.full((len(docs), padded), PAD_ID, dtype=torch.long)
-    stream[:, 0] = SOS_ID
-    for row, doc in enumerate(docs):
-        stream[row, 1:length] = torch.from_numpy(doc.tokens.astype(np.int64))
+    stream = document_stream(docs, args.seq_len)
+    padded = stream.shape[1]
     knn = model.create_knn_memories(batch_size=len(docs))
     xl, argmax = None, []
     with torch.no_grad():

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -32,8 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from memorizing_transformers_pytorch.checkpoint import load_model  # noqa: E402
-from memorizing_transformers_pytorch.data import PAD_ID, SOS_ID  # noqa: E402
-from memorizing_transformers_pytorch.recall import RecallTask, recall_document  # noqa: E402
+from memorizing_transformers_pytorch.recall import RecallTask, document_stream, recall_document  # noqa: E402
 
 
 def followers(tokens: np.ndarray, end: int, context: int, skip: int) -> set[int]:
@@ -47,12 +45,8 @@ def followers(tokens: np.ndarray, end: int, context: int, skip: int) -> set[int]
 def classify(model, task: RecallTask, distance: int, documents: int, memory_size: int, seq_len: int) -> dict:
     rng = np.random.default_rng([1234, distance])  # the documents of evaluate_recall's default seed
     docs = [recall_document(task, distance, rng) for _ in range(documents)]
-    length = 1 + len(docs[0].tokens)
-    padded = math.ceil(length / seq_len) * seq_len + 1
-    stream = torch.full((len(docs), padded), PAD_ID, dtype=torch.long)
-    stream[:, 0] = SOS_ID
-    for row, doc in enumerate(docs):
-        stream[row, 1:length] = torch.from_numpy(doc.tokens.astype(np.int64))
+    stream = document_stream(docs, seq_len)
+    padded = stream.shape[1]
     use_memory = memory_size > 0 and len(model.config.memorizing_layers) > 0
     knn = model.create_knn_memories(batch_size=len(docs), max_memories=memory_size) if use_memory else None
     xl, argmax = None, []

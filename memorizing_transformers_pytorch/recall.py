@@ -44,7 +44,8 @@ from .data import PAD_ID, SOS_ID
 from .model import MemorizingTransformer
 
 __all__ = [
-    "RecallTask", "RecallDocument", "recall_document", "recall_documents", "evaluate_recall", "plot_recall",
+    "RecallTask", "RecallDocument", "recall_document", "recall_documents", "document_stream", "evaluate_recall",
+    "plot_recall",
     "wired_lookup_model", "copy_batch", "copy_warmup",
 ]
 
@@ -256,6 +257,19 @@ def recall_documents(task: RecallTask, split: str) -> list[np.ndarray]:
     return [training_document(task, rng).tokens for _ in range(task.documents)]
 
 
+def document_stream(docs: Sequence[RecallDocument], seq_len: int) -> Tensor:
+    """``(len(docs), S)`` token rows: the start-of-document marker, then each document (all of one length),
+    padded to whole segments of ``seq_len`` plus one byte (the label of the last input). Document byte ``i``
+    is stream position ``i + 1``, predicted at input position ``i``."""
+    length = 1 + len(docs[0].tokens)
+    padded = math.ceil(length / seq_len) * seq_len + 1
+    stream = torch.full((len(docs), padded), PAD_ID, dtype=torch.long)
+    stream[:, 0] = SOS_ID
+    for row, doc in enumerate(docs):
+        stream[row, 1:length] = torch.from_numpy(doc.tokens.astype(np.int64))
+    return stream
+
+
 @torch.no_grad()
 def evaluate_recall(
     model: MemorizingTransformer,
@@ -292,13 +306,8 @@ def evaluate_recall(
         byte_hits = np.zeros(task.value_len)
         for first in range(0, documents, batch_size):
             chunk = docs[first : first + batch_size]
-            length = 1 + len(chunk[0].tokens)
-            padded = math.ceil(length / seq_len) * seq_len + 1  # + 1: the label of the last input
-            stream = torch.full((len(chunk), padded), PAD_ID, dtype=torch.long)
-            stream[:, 0] = SOS_ID
-            for row, doc in enumerate(chunk):
-                stream[row, 1:length] = torch.from_numpy(doc.tokens.astype(np.int64))
-            stream = stream.to(device)
+            stream = document_stream(chunk, seq_len).to(device)
+            padded = stream.shape[1]
             knn = model.create_knn_memories(batch_size=len(chunk), max_memories=memory_size) if use_memory else None
             xl = None
             log_probs, hits = [], []
