@@ -263,14 +263,14 @@ def cmd_recall(args: argparse.Namespace) -> None:
         raise ValueError(f"distances must be >= {task.bindings * task.width} (bindings x statement bytes), got {distances}")
     if not ks or any(k is not None and k < 1 for k in ks):
         raise ValueError(f"--k: neighbour counts must be >= 1, got {args.k}")
+    if any(k is not None and 0 < size < k for k in ks for size in sizes):
+        raise ValueError(f"--k {args.k}: a neighbour count exceeds a memory size in {sizes}")
     seq_len = args.seq_len or train_config.get("seq_len", 512)
     curves = {}
     for k in ks:
         model = load_model(checkpoint["path"], device=args.device,
                            **({} if k is None else {"num_retrieved_memories": k}))
         for size in sizes:
-            if size and k is not None and k > size:
-                raise ValueError(f"--k {k} exceeds memory size {size}")
             label = "memory off" if size == 0 else f"memory {size}" + ("" if k is None else f", k = {k}")
             if label in curves:
                 continue

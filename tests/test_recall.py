@@ -134,6 +134,8 @@ def test_recall_command_trains_and_evaluates(tmp_path, capsys):
         main(["recall", "--checkpoint", str(run), "--distances", "88", "--memory-sizes", "128", "--k", "0"])
     with pytest.raises(SystemExit):
         main(["recall", "--checkpoint", str(run), "--distances", "88", "--memory-sizes", "128", "--k", ","])
+    with pytest.raises(SystemExit):  # a k above a memory size
+        main(["recall", "--checkpoint", str(run), "--distances", "88", "--memory-sizes", "0,8", "--k", "4,16"])
 
 
 def test_load_model_takes_other_search_settings_only(tmp_path):
