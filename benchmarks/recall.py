@@ -55,6 +55,7 @@ VARIANTS = {
     "k32": ({"num_retrieved_memories": 32}, 16384, "32 retrieved memories"),
     "k128": ({"num_retrieved_memories": 128}, 16384, "128 retrieved memories"),
     "prev_tokens": ({"previous_token_heads": 3}, 16384, "3 heads start as previous-token heads (1, 2, 3 back)"),
+    "memory_bias": ({"memory_rel_pos_bias": True}, 16384, "memories get the farthest bucket's position bias"),
     "train_mem_512": ({"max_knn_memories": 512}, 16384, "trained with a 512-pair memory, evaluated with 16K"),
 }
 MAIN = ("memory", "xl_only", "plain")

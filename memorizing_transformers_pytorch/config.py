@@ -87,6 +87,11 @@ class MemorizingTransformerConfig:
             before each position, which a lookup by content matches. Measured once (docs/recall.md): with 3
             such heads a width-128 model did *not* learn the copy warm-up in 6,000 steps (7.2 bits per
             copied byte, against 0.1 from a random start), so it is off by default.
+        memory_rel_pos_bias: with the ``joint`` or ``mlp`` gate, add to every retrieved memory's logit the
+            relative position bias of the farthest bucket: the bucket T5's bucketing gives any key
+            ``rel_pos_max_distance`` or more tokens back, which a memory is whenever
+            ``xl_max_memories + 1 >= rel_pos_max_distance``. Off (the seed's behaviour), memories get no
+            position bias while local keys do, so a local key's bias can outweigh a better-matching memory.
     """
 
     num_tokens: int
@@ -114,6 +119,7 @@ class MemorizingTransformerConfig:
     rel_pos_num_buckets: int = 32
     rel_pos_max_distance: int = 128
     previous_token_heads: int = 0
+    memory_rel_pos_bias: bool = False
 
     def __post_init__(self) -> None:
         _int("num_tokens", self.num_tokens, minimum=1)
@@ -126,6 +132,11 @@ class MemorizingTransformerConfig:
         if self.previous_token_heads > min(self.heads, self.rel_pos_num_buckets // 2 - 1):
             raise ValueError(f"previous_token_heads must be at most heads ({self.heads}) and below half of "
                              f"rel_pos_num_buckets ({self.rel_pos_num_buckets}), got {self.previous_token_heads}")
+        if not isinstance(self.memory_rel_pos_bias, bool):
+            raise ValueError(f"memory_rel_pos_bias must be true or false, got {self.memory_rel_pos_bias!r}")
+        if self.memory_rel_pos_bias and self.knn_gate == "sigmoid":
+            raise ValueError("memory_rel_pos_bias needs knn_gate 'joint' or 'mlp': with the sigmoid gate memories "
+                             "have their own softmax, where one bias per head cancels out")
         if self.heads % self.kv_heads:
             raise ValueError(f"kv_heads must divide heads, got heads={self.heads}, kv_heads={self.kv_heads}")
         for name in ("attn_dropout", "ff_dropout"):

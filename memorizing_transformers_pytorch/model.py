@@ -200,6 +200,7 @@ class Attention(nn.Module):
         memory: KNNMemory | None = None,
         memory_ok: Tensor | None = None,
         memory_offset: Tensor | None = None,
+        memory_bias: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """
         Args:
@@ -212,6 +213,7 @@ class Attention(nn.Module):
             memory_ok: ``(B, n)`` bool, queries allowed to read the memory.
             memory_offset: ``(B, n)`` long, tokens between each query and the newest
                 pair in the memory, plus one (used by the ``mlp`` gate).
+            memory_bias: ``(H,)`` added to every retrieved logit (``memory_rel_pos_bias``), or None.
 
         Returns:
             out ``(B, n, dim)``, and the segment's keys and values ``(B, kv_heads, n, Dh)``
@@ -237,6 +239,10 @@ class Attention(nn.Module):
         retrieved = None
         if self.memorizing and memory is not None:
             retrieved = self._retrieve(q, memory, memory_ok, memory_offset, v.dtype)
+            if memory_bias is not None:
+                mem_keys, mem_values, mem_mask, bias = retrieved
+                per_head = memory_bias.to(v.dtype).view(1, H, 1, 1)
+                retrieved = mem_keys, mem_values, mem_mask, per_head if bias is None else bias + per_head
         dropout = self.dropout if self.training else 0.0
         if retrieved is not None and self.knn_gate in ("joint", "mlp"):
             out = self._joint_attention(q_scaled, keys, values, attn_mask, *retrieved, dropout)
@@ -288,7 +294,7 @@ class Attention(nn.Module):
         mem_keys: Tensor, mem_values: Tensor, mem_mask: Tensor, mem_bias: Tensor | None, dropout: float,
     ) -> Tensor:
         """One softmax over retrieved and local logits (the reference implementation's choice),
-        with the ``mlp`` gate's distance bias added to the retrieved logits."""
+        with the ``mlp`` gate's distance bias and ``memory_rel_pos_bias`` added to the retrieved logits."""
         B, H, n, Dh = q_scaled.shape
         G = H // self.kv_heads
         keys = keys.repeat_interleave(G, dim=1)
@@ -465,8 +471,9 @@ class MemorizingTransformer(nn.Module):
                 in_cache = xl.valid.sum(dim=1, keepdim=True) if xl is not None else 0
                 steps = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device)
                 memory_offset = in_cache + steps.expand(x.shape[0], -1)
+            memory_bias = self.rel_pos.embedding.weight[-1] if number in memories and c.memory_rel_pos_bias else None
             h, k, v = block(h, attn_mask=masks[P], past=past, memory=memories.get(number), memory_ok=memory_ok,
-                            memory_offset=memory_offset)
+                            memory_offset=memory_offset, memory_bias=memory_bias)
             if pending is not None:
                 earlier_k, earlier_v = pending.layer(number)
                 k, v = torch.cat((earlier_k, k.detach()), dim=2), torch.cat((earlier_v, v.detach()), dim=2)

@@ -65,6 +65,9 @@ class RecallTask:
         value_first: 1 writes bindings as ``VALUE KEY;`` ("Z31 is the code of K7") and
             queries as ``KEY VALUE;``, so the lookup matches a query's key with the
             binding's key itself rather than with the token before a value.
+        min_distance: training queries are at least this many bytes after their binding
+            (rounded up to whole statements); 0 = any distance. E.g. 300 with a 256-byte
+            context: every training query must be answered from the kNN memory.
         documents: training documents per split.
         seed: the train / valid / test splits draw from ``[seed, split]``.
     """
@@ -75,6 +78,7 @@ class RecallTask:
     length: int = 2048
     query_rate: float = 0.4
     value_first: int = 0
+    min_distance: int = 0
     documents: int = 4000
     seed: int = 0
 
@@ -84,6 +88,9 @@ class RecallTask:
                 raise ValueError(f"recall task: {name} must be >= 1, got {getattr(self, name)}")
         if self.length < 2 * self.width:
             raise ValueError(f"recall task: length must hold two statements ({2 * self.width} bytes), got {self.length}")
+        if not 0 <= self.min_distance <= self.length // 2:
+            raise ValueError(f"recall task: min_distance must be in 0..length // 2 = {self.length // 2}, "
+                             f"got {self.min_distance}")
         if not 0 <= self.query_rate < 1:
             raise ValueError(f"recall task: query_rate must be in [0, 1), got {self.query_rate}")
         if self.key_len < 2:
@@ -172,15 +179,20 @@ def training_document(task: RecallTask, rng: np.random.Generator) -> RecallDocum
 
     A query's distance back (in statements) is drawn log-uniformly, so that about
     as many queries fall inside the local window (where the model can first learn
-    to look keys up) as in each doubling of the distance beyond it.
+    to look keys up) as in each doubling of the distance beyond it. Bindings are
+    queried once, nearest-first at each drawn distance, so most queries end up
+    short: with 4-byte values about 11% of them lie beyond a 256-byte context.
+    ``min_distance`` moves all of them out (the ones that no binding is old
+    enough for become fresh bindings).
     """
     draw = _Statements(task, rng)
     statements: list[tuple[bytes, bytes]] = []
     unqueried: list[int] = []  # ascending statement indices of bindings not queried yet
     queries = []
+    nearest = -(-task.min_distance // task.width)  # statements back, at least
     for index in range(task.length // task.width):
-        if unqueried and rng.random() < task.query_rate:
-            target = index - int(np.exp(rng.uniform(0.0, np.log(index))))
+        if unqueried and unqueried[0] <= index - nearest and rng.random() < task.query_rate:
+            target = index - int(np.exp(rng.uniform(np.log(max(1, nearest)), np.log(index))))
             at = max(0, bisect.bisect_right(unqueried, target) - 1)  # at least that far back, if any
             bound = unqueried.pop(at)
             statements.append(statements[bound])

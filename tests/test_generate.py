@@ -25,6 +25,7 @@ def teacher_forced_logits(model, sequence, seq_len, max_knn_memories=None):
         dict(xl_max_memories=6),  # XL + kNN, memory overflows (max 16)
         dict(xl_max_memories=6, kv_heads=2, knn_gate="joint"),
         dict(xl_max_memories=6, knn_gate="mlp"),  # distances to memories, token by token
+        dict(xl_max_memories=6, knn_gate="joint", memory_rel_pos_bias=True),
         dict(memorizing_layers=(), xl_max_memories=4),  # XL only
     ],
 )

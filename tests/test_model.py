@@ -139,6 +139,46 @@ def test_gate_forced_to_zero_matches_plain_attention():
     torch.testing.assert_close(gated_off, memory_off)
 
 
+@pytest.mark.parametrize("gate", ["joint", "mlp"])
+def test_memory_rel_pos_bias_adds_the_farthest_buckets_bias_to_each_memory(gate):
+    """Reference: the MLP gate whose last layer outputs a constant per head adds exactly that constant to each
+    retrieved logit, so it must match ``memory_rel_pos_bias`` with the farthest bucket set to the same values."""
+    torch.manual_seed(0)
+    biased = tiny_model(knn_gate=gate, memory_rel_pos_bias=True)
+    reference = tiny_model(knn_gate="mlp")
+    with torch.no_grad():
+        biased.rel_pos.embedding.weight[-1] = torch.tensor([3.0, -2.0, 0.5, 6.0])
+        reference.load_state_dict(biased.state_dict(), strict=False)
+        last = reference.layers[1].attn.distance_mlp[2]
+        last.weight.zero_()
+        last.bias.copy_(biased.rel_pos.embedding.weight[-1])
+        if gate == "mlp":
+            last.weight.copy_(biased.layers[1].attn.distance_mlp[2].weight)
+            last.bias.add_(biased.layers[1].attn.distance_mlp[2].bias)
+    first, x = tokens(2, 8), tokens(2, 8)
+    outputs = []
+    for model in (biased, reference):
+        knn = model.create_knn_memories(batch_size=2)
+        model(first, knn_memories=knn)
+        outputs.append(model(x, knn_memories=knn)[0])
+    torch.testing.assert_close(outputs[0], outputs[1])
+    unbiased = tiny_model(knn_gate=gate)
+    unbiased.load_state_dict(biased.state_dict())
+    knn = unbiased.create_knn_memories(batch_size=2)
+    unbiased(first, knn_memories=knn)
+    assert not torch.allclose(unbiased(x, knn_memories=knn)[0], outputs[0])
+
+
+def test_memory_rel_pos_bias_trains_the_farthest_bucket_through_the_memory():
+    model = tiny_model(knn_gate="joint", memory_rel_pos_bias=True, xl_max_memories=0, rel_pos_max_distance=64)
+    knn = model.create_knn_memories(batch_size=2)
+    model(tokens(2, 8), knn_memories=knn)
+    loss, _ = model(tokens(2, 8), knn_memories=knn, labels=tokens(2, 8))
+    loss.backward()
+    # 8 tokens reach no farther than bucket 7 locally: the last bucket's gradient comes only from the memories
+    assert model.rel_pos.embedding.weight.grad[-1].abs().sum() > 0
+
+
 def test_sdpa_local_attention_matches_a_manual_softmax():
     model = tiny_model(xl_max_memories=4, heads=4, kv_heads=2)
     x = tokens(2, 5)
@@ -327,6 +367,8 @@ def test_config_round_trips_through_json(tmp_path):
         (dict(previous_token_heads=-1), ValueError),
         (dict(heads=2, kv_heads=1, previous_token_heads=3), ValueError),  # more than the heads
         (dict(rel_pos_num_buckets=4, previous_token_heads=2), ValueError),  # distance 2 has no bucket of its own
+        (dict(knn_gate="sigmoid", memory_rel_pos_bias=True), ValueError),  # cancels out in its own softmax
+        (dict(knn_gate="joint", memory_rel_pos_bias="yes"), ValueError),
     ],
 )
 def test_invalid_config_is_rejected(config, error):

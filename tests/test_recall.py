@@ -59,6 +59,20 @@ def test_training_documents_repeat_bindings_faithfully():
                               doc.tokens[start - task.key_len : start + task.value_len])
 
 
+@pytest.mark.parametrize("min_distance", [0, 300])
+def test_training_queries_respect_min_distance_and_stay_faithful(min_distance):
+    task = RecallTask(length=2048, value_len=4, query_rate=0.5, min_distance=min_distance)
+    rng = np.random.default_rng(2)
+    docs = [training_document(task, rng) for _ in range(5)]
+    distances = np.concatenate([d.distances for d in docs])
+    assert len(distances) > 100
+    assert distances.min() >= min_distance and (min_distance == 0 or distances.min() < min_distance + task.width)
+    for doc in docs:
+        for start, d in zip(doc.value_starts, doc.distances):
+            assert np.array_equal(doc.tokens[start - d - task.key_len : start - d + task.value_len],
+                                  doc.tokens[start - task.key_len : start + task.value_len])
+
+
 def test_recall_source_splits_are_deterministic_and_different():
     train = load_documents("recall:documents=5,length=300", "train")
     assert len(train) == 5 and all(len(d) == 300 // RecallTask().width * RecallTask().width for d in train)
@@ -72,6 +86,7 @@ def test_recall_source_splits_are_deterministic_and_different():
     ("recall:length=abc", "NAME=NUMBER"),
     ("recall:length=5", "two statements"),
     ("recall:query_rate=1.5", "query_rate"),
+    ("recall:length=600,min_distance=400", "min_distance"),
 ])
 def test_bad_recall_specs_are_rejected(spec, message):
     with pytest.raises(ValueError, match=message):
