@@ -88,9 +88,9 @@ class MemorizingTransformerConfig:
             such heads a width-128 model did *not* learn the copy warm-up in 6,000 steps (7.2 bits per
             copied byte, against 0.1 from a random start), so it is off by default.
         memory_rel_pos_bias: with the ``joint`` or ``mlp`` gate, add to every retrieved memory's logit the
-            relative position bias of the farthest bucket: the bucket T5's bucketing gives any key
-            ``rel_pos_max_distance`` or more tokens back, which a memory is whenever
-            ``xl_max_memories + 1 >= rel_pos_max_distance``. Off (the seed's behaviour), memories get no
+            relative position bias of the farthest bucket, the one T5's bucketing gives any key
+            ``rel_pos_max_distance`` or more tokens back (every memory is that far back when
+            ``xl_max_memories + 1 >= rel_pos_max_distance``). Off (the seed's behaviour), memories get no
             position bias while local keys do, so a local key's bias can outweigh a better-matching memory.
     """
 
