@@ -181,7 +181,7 @@ def training_document(task: RecallTask, rng: np.random.Generator) -> RecallDocum
     as many queries fall inside the local window (where the model can first learn
     to look keys up) as in each doubling of the distance beyond it. Bindings are
     queried once, nearest-first at each drawn distance, so most queries end up
-    short: with 4-byte values about 11% of them lie beyond a 256-byte context.
+    short: with ``query_rate=0.5`` and 4-byte values, 11% of them lie beyond a 256-byte context.
     ``min_distance`` moves all of them out (the ones that no binding is old
     enough for become fresh bindings).
     """
