@@ -364,7 +364,7 @@ def plot_recall(curves: dict[str, dict[str, Any]], path: str, *, context: int | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for label, result in curves.items():
         distances = [int(d) for d in result["by_distance"]]
         accuracy = [v["accuracy"] for v in result["by_distance"].values()]
@@ -377,7 +377,7 @@ def plot_recall(curves: dict[str, dict[str, Any]], path: str, *, context: int | 
     ax.set_ylabel("exact-match recall of the value")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never over a line
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
