@@ -7,10 +7,9 @@ head with the largest learned temperature (the lookup head) and reports:
 - the median margin of the best memory logit over the best local logit;
 - the argmax accuracy at that byte.
 
-``--memory-bias far`` adds to every retrieved memory's logit the relative position
-bias of the farthest bucket, as if memories were local keys far back (they get none
-in the model). This is an evaluation-time probe of an untrained change, not a model
-option.
+``--memory-bias far`` turns on the model option ``memory_rel_pos_bias`` at evaluation
+(every retrieved memory's logit gets the relative position bias of the farthest bucket),
+for a model trained without it: what the untrained change does to the lookup.
 
     python benchmarks/recall_attention.py runs/recall/memory --data recall:value_len=4 --k 1
     python benchmarks/recall_attention.py runs/recall/memory --data recall:value_len=4 --k 1 --memory-bias far
@@ -19,6 +18,7 @@ option.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -48,16 +48,15 @@ def main() -> None:
     model = load_model(args.run_dir, **search).eval()
     if model.config.knn_gate != "joint" or len(model.config.memorizing_layers) != 1:
         raise SystemExit("this probe reads models with one memorizing layer and the joint gate")
+    if args.memory_bias == "far":
+        model.config = dataclasses.replace(model.config, memory_rel_pos_bias=True)
     attention = model.layers[model.config.memorizing_layers[0] - 1].attn
     head = int(attention.log_scale.detach().flatten().argmax())
-    far_bias = model.rel_pos.embedding.weight[-1].detach()
 
     captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     joint = model_module.Attention._joint_attention
 
     def recording(self, q_scaled, keys, values, attn_mask, mem_keys, mem_values, mem_mask, mem_bias, dropout):
-        if args.memory_bias == "far":
-            mem_bias = far_bias.view(1, -1, 1, 1).expand(mem_mask.shape).to(q_scaled.dtype)
         group = q_scaled.shape[1] // self.kv_heads
         local = q_scaled @ keys.repeat_interleave(group, dim=1).transpose(-1, -2) + attn_mask
         memory = torch.einsum("bhnd,bhnkd->bhnk", q_scaled, mem_keys)

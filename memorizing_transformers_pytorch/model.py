@@ -238,11 +238,7 @@ class Attention(nn.Module):
         q_scaled, keys, values = q_scaled.to(v.dtype), keys.to(v.dtype), values.to(v.dtype)
         retrieved = None
         if self.memorizing and memory is not None:
-            retrieved = self._retrieve(q, memory, memory_ok, memory_offset, v.dtype)
-            if memory_bias is not None:
-                mem_keys, mem_values, mem_mask, bias = retrieved
-                per_head = memory_bias.to(v.dtype).view(1, H, 1, 1)
-                retrieved = mem_keys, mem_values, mem_mask, per_head if bias is None else bias + per_head
+            retrieved = self._retrieve(q, memory, memory_ok, memory_offset, memory_bias, v.dtype)
         dropout = self.dropout if self.training else 0.0
         if retrieved is not None and self.knn_gate in ("joint", "mlp"):
             out = self._joint_attention(q_scaled, keys, values, attn_mask, *retrieved, dropout)
@@ -264,9 +260,10 @@ class Attention(nn.Module):
         return self.to_out(out), k, v
 
     def _retrieve(self, q: Tensor, memory: KNNMemory, memory_ok: Tensor | None, memory_offset: Tensor | None,
-                  dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+                  memory_bias: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Top-k pairs for each (unscaled, normalised) query: 2 x ``(B, H, n, k, Dh)`` in ``dtype``,
-        the mask ``(B, H, n, k)``, and for the ``mlp`` gate the logit biases ``(B, H, n, k)``."""
+        the mask ``(B, H, n, k)``, and the logit biases of the retrieved pairs (the ``mlp`` gate's
+        ``(B, H, n, k)`` plus ``memory_bias`` per head), or None when there are none."""
         B, H, n, Dh = q.shape
         G = H // self.kv_heads
         k = self.num_retrieved
@@ -283,6 +280,9 @@ class Attention(nn.Module):
             bias = (torch.einsum("bhnkj,hj->bhnk", hidden, last.weight) + last.bias.view(1, H, 1, 1)).to(dtype)
         else:
             pairs, mask = memory.search(queries, k)
+        if memory_bias is not None:
+            per_head = memory_bias.to(dtype).view(1, H, 1, 1)
+            bias = per_head if bias is None else bias + per_head
         pairs = pairs.to(device=q.device, dtype=dtype).view(B, H, n, k, 2, Dh)
         mask = mask.view(B, H, n, k).to(q.device)
         if memory_ok is not None:
