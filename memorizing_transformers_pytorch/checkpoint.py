@@ -27,12 +27,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .attention import XLCache
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .memory import KNNMemory
-from .model import MemorizingTransformer, XLCache
+from .model import MemorizingTransformer
 
-__all__ = ["save_checkpoint", "load_model", "load_checkpoint", "latest_checkpoint", "resolve_checkpoint", "memories_to_tensors",
-           "memories_from_tensors"]
+__all__ = ["save_checkpoint", "load_model", "load_weights", "load_checkpoint", "latest_checkpoint", "resolve_checkpoint",
+           "memories_to_tensors", "memories_from_tensors"]
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -146,8 +147,13 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", **search
     if search:
         config = dataclasses.replace(config, **search)
     model = MemorizingTransformer(config)
-    model.load_state_dict(load_file(path / "model.safetensors", device="cpu"))
+    model.load_state_dict(load_weights(path))
     return model.to(device)
+
+
+def load_weights(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The weights in a checkpoint folder's ``model.safetensors``."""
+    return load_file(Path(checkpoint_dir) / "model.safetensors", device=str(device))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,13 +1,17 @@
-"""Command line: ``memorizing-transformers {train,eval,demo,generate,names,recall} ...`` (or ``python -m memorizing_transformers_pytorch``)."""
+"""Command line: ``memorizing-transformers {train,eval,demo,generate} ...`` (or ``python -m memorizing_transformers_pytorch``).
+
+Other programs extend it: ``main(argv, extend=...)`` lets them add subcommands (``python -m experiments``
+adds the recall and names experiments this way, and registers their data sources).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,10 @@ import torch
 
 from . import distributed
 from .config import MemorizingTransformerConfig, read_json_object
-from .train import DEMO_MODEL, TrainConfig
+from .configs import CONFIGS
+from .train import TrainConfig
+
+__all__ = ["main", "build_parser", "add_eval_arguments", "parse_sizes"]
 
 
 def _docstring_help(cls: type) -> dict[str, str]:
@@ -32,7 +39,7 @@ def _parse_layers(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except ``None`` (the dataclass options state their own default in the text)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -73,7 +80,7 @@ def _read_json(path: str | None, what: str) -> dict[str, Any]:
 
 
 def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransformerConfig, TrainConfig]:
-    model_base = {**DEMO_MODEL, **_read_json(args.model_config, "model config")}
+    model_base = {**CONFIGS[args.preset], **_read_json(args.model_config, "model config")}
     model_values = _collect(args, MemorizingTransformerConfig, model_base)
     train_values = _collect(args, TrainConfig, _read_json(args.train_config, "training config"))
     return MemorizingTransformerConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
@@ -81,16 +88,18 @@ def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransf
 
 def _train_parser(sub: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=description, description=description,
-                            formatter_class=_HelpFormatter)
+                            formatter_class=HelpFormatter)
+    parser.add_argument("--preset", default="demo", choices=tuple(CONFIGS),
+                        help="named model config (configs.py); --model-config and flags override its fields")
     parser.add_argument("--model-config", metavar="JSON", help="model config JSON file; flags override it")
     parser.add_argument("--train-config", metavar="JSON", help="training config JSON file; flags override it")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     _add_dataclass_arguments(parser, TrainConfig, {}, "training")
-    _add_dataclass_arguments(parser, MemorizingTransformerConfig, DEMO_MODEL, "model")
+    _add_dataclass_arguments(parser, MemorizingTransformerConfig, CONFIGS["demo"], "model (defaults: --preset demo)")
     return parser
 
 
-def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--eval-data", default=None, help="documents to evaluate on (default: the training data)")
     group.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split")
@@ -100,6 +109,21 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-doc-bytes", type=int, default=0, help="cut each document to this many bytes (0 = no cut)")
     group.add_argument("--eval-batch-size", type=int, default=2, help="streams read in parallel")
     group.add_argument("--output", default=None, help="folder for eval.json and eval.png (default: the run folder)")
+
+
+def parse_sizes(text: str, flag: str) -> list[int]:
+    """A comma-separated list of ints >= 0, e.g. memory sizes.
+
+    Raises:
+        ValueError: not a list of such ints.
+    """
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"{flag} must be a non-empty list of integers >= 0, got {text!r}")
+    return values
 
 
 def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int, device: str) -> dict[str, Any]:
@@ -112,9 +136,7 @@ def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int
     baseline = load_model(args.baseline_checkpoint, device=device) if getattr(args, "baseline_checkpoint", None) else None
     documents = select_documents(load_documents(data, args.split), max_docs=args.max_docs or None,
                                  max_doc_bytes=args.max_doc_bytes or None)
-    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
-    if any(s < 0 for s in sizes):
-        raise SystemExit(f"error: memory sizes must be >= 0, got {sizes}")
+    sizes = parse_sizes(args.memory_sizes, "--memory-sizes")
     started = time.perf_counter()
     result = evaluate(model, documents, memory_sizes=sizes, baseline=baseline, batch_size=args.eval_batch_size,
                       seq_len=seq_len, device=device)
@@ -209,91 +231,11 @@ def _read_bytes(path: str, what: str) -> bytes:
     return data.replace(b"\x00", b" ").replace(b"\x02", b" ")
 
 
-def cmd_names(args: argparse.Namespace) -> None:
-    from .checkpoint import load_checkpoint, load_model
-    from .data import load_documents
-    from .evaluate import name_recall, select_documents
-
-    checkpoint = load_checkpoint(args.checkpoint)
-    train_config = checkpoint.get("train_config", {})
-    model = load_model(checkpoint["path"], device=args.device)
-    documents = select_documents(load_documents(args.eval_data or train_config.get("data", "stdlib"), args.split),
-                                 max_docs=args.max_docs or None, max_doc_bytes=args.max_doc_bytes or None)
-    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
-    result = name_recall(model, documents, memory_sizes=sizes, min_distance=args.min_distance, prefix=args.prefix,
-                         seq_len=args.seq_len or train_config.get("seq_len", 512), device=args.device)
-    print("| memory size | mean log2 p(rest of name) | bits per byte | p > 0.5 | greedy writes it | better than off |")
-    print("|---|---|---|---|---|---|")
-    for size, row in result["by_memory_size"].items():
-        size_text = "off" if size == "0" else size
-        print(f"| {size_text} | {row['mean_log2_prob']:.2f} | {row['bits_per_byte']:.3f} | {row['exact_recall_at_0.5']:.3f} "
-              f"| {row['greedy_writes_name']:.3f} | {row.get('fraction_better_than_off', float('nan')):.3f} |")
-    print(f"({result['cases']} uses of names last seen >= {args.min_distance} bytes back, given their first "
-          f"{result['prefix_bytes']} bytes)")
-    cases, on_size = result["cases_detail"], max(sizes)
-    if args.show and cases and on_size > 0 and 0 in sizes:
-        # evenly spread over all cases (in document order), not the best ones
-        count = min(args.show, len(cases))
-        picked = [cases[round(i * (len(cases) - 1) / max(1, count - 1))] for i in range(count)]
-        print(f"\nargmax at each byte after the first {args.prefix} (given the true bytes before it), "
-              f"{len(picked)} of {len(cases)} cases, evenly spread:")
-        print(f"| name | memory {on_size} | memory off |")
-        print("|---|---|---|")
-        for case in picked:
-            shown = [case["name"][: args.prefix] + case["predicted"][key] for key in (str(on_size), "0")]
-            cells = [text.encode("unicode_escape").decode("ascii").replace("|", "\\|") for text in shown]
-            print(f"| `{case['name']}` | `{cells[0]}` | `{cells[1]}` |")
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def cmd_recall(args: argparse.Namespace) -> None:
-    from .checkpoint import load_checkpoint, load_model
-    from .recall import RecallTask, evaluate_recall, plot_recall
-
-    checkpoint = load_checkpoint(args.checkpoint)
-    train_config = checkpoint.get("train_config", {})
-    data = train_config.get("data", "recall")
-    task = RecallTask.parse(data if data.startswith("recall") else "recall")
-    distances = [int(d) for d in args.distances.split(",") if d.strip()]
-    sizes = [int(s) for s in args.memory_sizes.split(",") if s.strip()]
-    ks = [int(k) for k in args.k.split(",") if k.strip()] if args.k else [None]
-    if not distances or any(d < task.bindings * task.width for d in distances):
-        raise ValueError(f"distances must be >= {task.bindings * task.width} (bindings x statement bytes), got {distances}")
-    if not ks or any(k is not None and k < 1 for k in ks):
-        raise ValueError(f"--k: neighbour counts must be >= 1, got {args.k}")
-    if any(k is not None and 0 < size < k for k in ks for size in sizes):
-        raise ValueError(f"--k {args.k}: a neighbour count exceeds a memory size in {sizes}")
-    seq_len = args.seq_len or train_config.get("seq_len", 512)
-    curves = {}
-    for k in ks:
-        model = load_model(checkpoint["path"], device=args.device,
-                           **({} if k is None else {"num_retrieved_memories": k}))
-        for size in sizes:
-            label = "memory off" if size == 0 else f"memory {size}" + ("" if k is None else f", k = {k}")
-            if label in curves:
-                continue
-            curves[label] = evaluate_recall(model, task, distances, documents=args.documents, memory_size=size,
-                                            seq_len=seq_len, device=args.device, seed=args.seed)
-    print("| memory | " + " | ".join(str(d) for d in distances) + " |")
-    print("|---|" + "---|" * len(distances))
-    for label, result in curves.items():
-        print(f"| {label} | " + " | ".join(f"{v['accuracy']:.3f}" for v in result["by_distance"].values()) + " |")
-    context = seq_len + model.config.xl_max_memories
-    print(f"(exact-match recall by distance in bytes; local + XL context is {context} bytes; chance "
-          f"{next(iter(curves.values()))['chance_accuracy']:.1e})")
-    output = Path(args.output) if args.output else Path(checkpoint["path"])
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "recall.json").write_text(json.dumps(curves, indent=2) + "\n")
-    plot_recall(curves, str(output / "recall.png"), context=context)
-    print(f"wrote {output / 'recall.json'} and {output / 'recall.png'}")
-
-
 DEMO_TRAIN = dict(run_dir="runs/demo", steps=400, warmup_steps=50, checkpoint_every=100, lr=2e-3)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand; ``extend(subparsers)`` may add more (each sets ``func``)."""
     parser = argparse.ArgumentParser(prog="memorizing-transformers",
                                      description="Train, evaluate and demo Memorizing Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -303,21 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.set_defaults(func=cmd_train)
 
     demo = _train_parser(sub, "demo", "train a small model on the standard library, then evaluate memory on/off")
-    _add_eval_arguments(demo)
+    add_eval_arguments(demo)
     demo.set_defaults(func=cmd_demo, **DEMO_TRAIN, max_docs=4, max_doc_bytes=32768, memory_sizes="0,1024,4096,16384")
 
     ev = sub.add_parser("eval", help="bits per byte with memory on/off and by memory size",
-                        formatter_class=_HelpFormatter)
+                        formatter_class=HelpFormatter)
     ev.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (its latest checkpoint)")
     ev.add_argument("--baseline-checkpoint", default=None, help="a model trained without memorizing layers, to compare")
     ev.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
     ev.add_argument("--device", default="cpu", help="torch device")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    _add_eval_arguments(ev)
+    add_eval_arguments(ev)
     ev.set_defaults(func=cmd_eval)
 
     gen = sub.add_parser("generate", help="read a context into memory, then generate text, streamed",
-                         formatter_class=_HelpFormatter)
+                         formatter_class=HelpFormatter)
     gen.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
     gen.add_argument("--prompt", default=None, help="prompt text")
     gen.add_argument("--prompt-file", default=None, help="read the prompt from this file")
@@ -333,40 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu", help="torch device")
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     gen.set_defaults(func=cmd_generate)
-
-    names = sub.add_parser("names", help="probability of recalling names last seen far back, memory on vs off",
-                           formatter_class=_HelpFormatter)
-    names.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
-    names.add_argument("--min-distance", type=int, default=4096, help="bytes since the name's previous mention")
-    names.add_argument("--prefix", type=int, default=2, help="bytes of each name given before it is scored")
-    names.add_argument("--show", type=int, default=10,
-                       help="print the model's argmax for this many cases, memory on (the largest size) and off")
-    names.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
-    names.add_argument("--device", default="cpu", help="torch device")
-    names.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    _add_eval_arguments(names)
-    names.set_defaults(func=cmd_names, memory_sizes="0,16384", max_docs=16, output=None)
-
-    recall = sub.add_parser("recall", help="exact-match recall of key -> value bindings by distance (train with --data recall)",
-                            formatter_class=_HelpFormatter)
-    recall.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
-    recall.add_argument("--distances", default="88,176,352,704,1408,2048,2816,5632", help="binding-to-query distances (bytes)")
-    recall.add_argument("--memory-sizes", default="0,16384", help="kNN memory sizes to evaluate (0 = memory off)")
-    recall.add_argument("--documents", type=int, default=64, help="documents per distance (8 queries each)")
-    recall.add_argument("--k", default=None,
-                        help="neighbours retrieved per query, comma list (default: the model's); e.g. 1,2,4,32")
-    recall.add_argument("--seed", type=int, default=1234,
-                        help="seed of the evaluation documents (1234: the reported ones; pick settings on another)")
-    recall.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
-    recall.add_argument("--output", default=None, help="folder for recall.json and recall.png (default: the checkpoint)")
-    recall.add_argument("--device", default="cpu", help="torch device")
-    recall.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    recall.set_defaults(func=cmd_recall)
+    if extend is not None:
+        extend(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, extend: Callable[[argparse._SubParsersAction], None] | None = None) -> None:
+    parser = build_parser(extend)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .memory import INDEXES
+from .search import INDEXES
 
 __all__ = ["MemorizingTransformerConfig", "KNN_GATES", "read_json_object"]
 

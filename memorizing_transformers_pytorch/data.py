@@ -7,6 +7,11 @@ each document, so the model clears that row's memories when it sees it.
 A ``DocumentStream`` gives each batch row its own stream of documents: row ``b``
 reads one document through consecutive segments, then the next, each prefixed by
 ``SOS_ID``. Its position is plain data (``state_dict``) so training can resume.
+
+Sources are named in a registry (``SOURCES``): ``stdlib``, ``enwik8:PATH``, and a folder or glob of text
+files. Other code (e.g. ``experiments/``) adds its own with ``register_source``: either documents, which
+``DocumentStream`` batches, or a ``BatchStream`` of its own (for tasks whose labels are not simply the next
+byte of every position).
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ from __future__ import annotations
 import gzip
 import sysconfig
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
-    "PAD_ID", "SOS_ID", "IGNORE_INDEX", "SPLITS", "Batch", "DocumentStream",
-    "stdlib_documents", "folder_documents", "enwik8_documents", "load_documents",
+    "PAD_ID", "SOS_ID", "IGNORE_INDEX", "SPLITS", "Batch", "BatchStream", "DocumentStream", "Source", "SOURCES",
+    "register_source", "load_documents", "open_stream", "stdlib_documents", "folder_documents", "enwik8_documents",
 ]
 
 PAD_ID = 0
@@ -48,14 +54,14 @@ def _split_of(name: str) -> str:
     return "train" if bucket < 90 else "valid" if bucket < 95 else "test"
 
 
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 def stdlib_documents(split: str) -> list[np.ndarray]:
     """The running Python's standard-library ``.py`` files, one document per file."""
-    _check_split(split)
+    check_split(split)
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
     if not files:
@@ -65,7 +71,7 @@ def stdlib_documents(split: str) -> list[np.ndarray]:
 
 def folder_documents(pattern: str | Path, split: str) -> list[np.ndarray]:
     """Text files under a folder (recursively) or matching a glob, one document per file."""
-    _check_split(split)
+    check_split(split)
     path = Path(pattern)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
@@ -94,7 +100,7 @@ def enwik8_documents(path: str | Path, split: str) -> list[np.ndarray]:
     enwik8 has no document markers, so each split is cut into consecutive 1 MiB
     pieces; each piece is one document read in order by one row.
     """
-    _check_split(split)
+    check_split(split)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"enwik8 file not found: {path}")
@@ -111,34 +117,99 @@ def enwik8_documents(path: str | Path, split: str) -> list[np.ndarray]:
     return [tokens[i : i + ENWIK8_DOCUMENT_BYTES] for i in range(0, len(tokens), ENWIK8_DOCUMENT_BYTES)]
 
 
-def load_documents(source: str, split: str) -> list[np.ndarray]:
-    """``"stdlib"``, ``"enwik8:PATH"``, ``"recall[:SPEC]"`` (see ``recall.py``), or a folder / glob of text files."""
-    if source == "stdlib":
-        documents = stdlib_documents(split)
-    elif source == "recall" or source.startswith("recall:"):
-        from .recall import RecallTask, recall_documents
+@dataclass
+class Batch:
+    """One segment per row: ``tokens`` and ``labels`` are ``(B, seq_len)``; labels are the next tokens, or
+    ``IGNORE_INDEX`` where nothing is scored. ``new_streams``: the rows do not continue the previous batch's
+    documents, so a reader must start with empty memories."""
 
-        documents = recall_documents(RecallTask.parse(source), split)
-    elif source.startswith("enwik8:"):
-        documents = enwik8_documents(source.removeprefix("enwik8:"), split)
+    tokens: Tensor
+    labels: Tensor
+    new_streams: bool = False
+
+    @property
+    def num_predicted(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+
+class BatchStream(Protocol):
+    """What training reads: batches, and a position that checkpoints can save and restore."""
+
+    documents_started: int
+
+    def next_batch(self) -> Batch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named data source. ``documents(argument, split)`` returns token arrays, one per document; a source
+    that makes its own batches gives ``stream(argument, split, batch_size=, seq_len=, seed=)`` instead."""
+
+    documents: Callable[[str, str], list[np.ndarray]] | None = None
+    stream: Callable[..., BatchStream] | None = None
+    help: str = ""
+
+
+SOURCES: dict[str, Source] = {
+    "stdlib": Source(documents=lambda argument, split: stdlib_documents(split),
+                     help="this Python's standard-library .py files, one document per file"),
+    "enwik8": Source(documents=enwik8_documents, help="enwik8:PATH, an enwik8-style file (raw or .gz)"),
+}
+
+
+def register_source(name: str, source: Source) -> None:
+    """Adds a source that ``--data NAME[:ARGUMENT]`` selects.
+
+    Raises:
+        ValueError: a name already taken, or a source with neither documents nor a stream.
+    """
+    if name in SOURCES and SOURCES[name] != source:
+        raise ValueError(f"data source {name!r} is already registered")
+    if (source.documents is None) == (source.stream is None):
+        raise ValueError("a source gives documents or a stream, exactly one of them")
+    SOURCES[name] = source
+
+
+def _lookup(source: str) -> tuple[Source | None, str]:
+    """The registered source ``NAME[:ARGUMENT]`` names and its argument; (None, source) for a folder or glob."""
+    name, _, argument = source.partition(":")
+    return (SOURCES[name], argument) if name in SOURCES else (None, source)
+
+
+def load_documents(source: str, split: str) -> list[np.ndarray]:
+    """The non-empty documents of a source's split: a registered ``NAME[:ARGUMENT]``, or a folder / glob of text files.
+
+    Raises:
+        ValueError: a source that makes batches rather than documents, or no non-empty document.
+        FileNotFoundError: a missing file or folder.
+    """
+    check_split(split)
+    registered, argument = _lookup(source)
+    if registered is None:
+        documents = folder_documents(argument, split)
+    elif registered.documents is None:
+        raise ValueError(f"data source {source!r} makes its own batches; it has no documents to evaluate on")
     else:
-        documents = folder_documents(source, split)
+        documents = registered.documents(argument, split)
     documents = [d for d in documents if len(d)]
     if not documents:
         raise ValueError(f"data source {source!r} has no non-empty documents in its {split!r} split")
     return documents
 
 
-@dataclass
-class Batch:
-    """One segment per row: ``tokens`` and ``labels`` are ``(B, seq_len)``; labels are the next tokens."""
-
-    tokens: Tensor
-    labels: Tensor
-
-    @property
-    def num_predicted(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
+def open_stream(source: str, split: str, *, batch_size: int, seq_len: int, repeat: bool = True,
+                seed: int = 0) -> BatchStream:
+    """The batches of a source: its own stream, or a ``DocumentStream`` over its documents."""
+    registered, argument = _lookup(source)
+    if registered is not None and registered.stream is not None:
+        check_split(split)
+        return registered.stream(argument, split, batch_size=batch_size, seq_len=seq_len, seed=seed)
+    return DocumentStream(load_documents(source, split), batch_size=batch_size, seq_len=seq_len, repeat=repeat,
+                          seed=seed)
 
 
 class DocumentStream:

@@ -1,5 +1,10 @@
 """External kNN memory: one FIFO ring buffer of (key, value) pairs per document stream.
 
+``KNNMemory`` is the store: a write pointer and a count per stream, and a search backend (``search.py``) that
+finds the nearest keys. Its public methods (``add``, ``search``, ``clear``) validate their inputs; the model
+calls the trusted ``store`` and ``lookup``, which only assert shapes, so the hot path has no host syncs for
+validation.
+
 Shapes used throughout:
     B  number of streams (``num_indices``; the batch size)
     H  key/value heads sharing the memory (``heads``; 1 for the seed's API)
@@ -16,20 +21,14 @@ runs where the model runs and nothing is written to disk.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["KNNMemory", "KNNMemoryList", "INDEXES"]
+from .search import INDEXES, SearchBackend, make_backend
 
-INDEXES = ("exact", "flat", "ivf")
-
-# Score blocks are at most this many elements (float32: 32 MiB), which bounds
-# the extra memory a search needs whatever the memory size.
-_SCORE_BLOCK_ELEMENTS = 1 << 23
-_MEMORY_BLOCK = 16384
-_FAISS_QUERY_BLOCK = 1024
+__all__ = ["KNNMemory", "KNNMemoryList", "Retrieved", "INDEXES"]
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -40,8 +39,21 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
+class Retrieved(NamedTuple):
+    """What ``KNNMemory.lookup`` returns for queries ``(B, H, Q, D)``.
+
+    key_values: ``(B, H, Q, k, 2, D)`` best first, each key with its own value; zero where not found.
+    mask: ``(B, H, Q, k)`` bool, False where the stream held fewer than k pairs.
+    ages: ``(B, H, Q, k)`` long, pairs added to the stream after each hit (0 = the newest), or None.
+    """
+
+    key_values: Tensor
+    mask: Tensor
+    ages: Tensor | None
+
+
 class KNNMemory:
-    """Per-stream FIFO memory of (key, value) pairs with exact top-k inner-product search.
+    """Per-stream FIFO memory of (key, value) pairs with top-k inner-product search.
 
     Args:
         dim: feature dimension D of keys and values.
@@ -51,19 +63,12 @@ class KNNMemory:
             batch row ``b``.
         heads: number of key/value heads H stored side by side per stream. With
             ``heads == 1`` the head axis may be left out of every call.
-        index: ``"exact"`` (default): blocked exact search on the memory's device.
-            ``"flat"``: the same exact search computed by faiss's blocked BLAS + heap
-            kernels (the ``[faiss]`` extra) when the memory is on the CPU, where it is
-            1.2-3.8x faster than the torch search here; on other devices it is ``"exact"``.
-            ``"ivf"``: an approximate faiss ``IndexIVFFlat`` per stream and head (the
-            ``[faiss]`` extra, CPU), for large memories on CPU. Its ids are the
-            storage slots, and an overwritten slot is removed from it, so FIFO
-            eviction stays exact in what can be found. Until each stream holds
-            ``ivf_train_size`` pairs (default ``39 * ivf_lists``) its search stays
-            exact: at first, and again after each ``clear`` until it refills. The
-            centroids are trained once per stream, on its first full training set,
-            and kept across ``clear``; they are not saved, so ``load_state_dict``
-            retrains them (a resumed run is not bit-exact with IVF).
+        index: the search backend (``search.py``). ``"exact"`` (default): blocked exact search on the
+            memory's device. ``"flat"``: the same exact search by faiss's kernels on CPU (the ``[faiss]``
+            extra; 1.2-3.8x faster there), ``"exact"`` on other devices. ``"ivf"``: an approximate faiss
+            ``IndexIVFFlat`` per stream and head on CPU, for large memories; exact in what it holds after
+            FIFO eviction, and exact search for a stream until it holds ``ivf_train_size`` pairs (default
+            ``39 * ivf_lists``).
         ivf_lists, ivf_probe: inverted lists per index and lists scanned per query
             (``ivf_probe == ivf_lists`` scans everything: exact).
 
@@ -80,17 +85,9 @@ class KNNMemory:
         if index not in INDEXES:
             raise ValueError(f"index must be one of {INDEXES}, got {index!r}")
         self.index = index
-        self._ivf: _IVFIndexes | None = None
-        if index == "flat":
-            _import_faiss(index)
-        if index == "ivf":
-            lists, probe = _check_positive_int("ivf_lists", ivf_lists), _check_positive_int("ivf_probe", ivf_probe)
-            train = 39 * lists if ivf_train_size is None else _check_positive_int("ivf_train_size", ivf_train_size)
-            if train < lists:
-                raise ValueError(f"ivf_train_size ({train}) must be >= ivf_lists ({lists})")
-            lists = min(lists, max_memories)  # k-means needs at least one training point per list
-            self._ivf = _IVFIndexes(num_indices, heads, dim, lists=lists, probe=min(probe, lists),
-                                    train_size=max(lists, min(train, max_memories)))
+        self.backend: SearchBackend = make_backend(index, rows=num_indices, heads=heads, dim=dim,
+                                                   max_memories=max_memories, ivf_lists=ivf_lists,
+                                                   ivf_probe=ivf_probe, ivf_train_size=ivf_train_size)
         # Allocated on the first add, on that data's device and dtype.
         # (B, H, 2, M, D): keys [:, :, 0] and values [:, :, 1], each (M, D) block contiguous, so a search
         # reads the keys without a copy and one indexed gather still returns each key with its value
@@ -99,11 +96,13 @@ class KNNMemory:
         self.count = torch.zeros(num_indices, dtype=torch.long)  # (B,) pairs held
         self.write_index = torch.zeros(num_indices, dtype=torch.long)  # (B,) next slot
         self.total = torch.zeros(num_indices, dtype=torch.long)  # (B,) pairs added since the last clear
+        # host-side upper bound of count.max(): how many slots a search looks at, known without a device sync
+        self._held_bound = 0
 
     def __repr__(self) -> str:
         return (
             f"KNNMemory(dim={self.dim}, max_memories={self.max_memories}, "
-            f"num_indices={self.num_indices}, heads={self.heads}, held={self.count.tolist()})"
+            f"num_indices={self.num_indices}, heads={self.heads}, index={self.index!r}, held={self.count.tolist()})"
         )
 
     @property
@@ -136,23 +135,27 @@ class KNNMemory:
         memories = self._as_5d(memories, "memories")
         if memories.shape[-2] != 2:
             raise ValueError(f"memories must hold (key, value) pairs on dim -2 (size 2), got shape {tuple(memories.shape)}")
-        B, H, N, _, D = memories.shape
-        if mask is None:
-            mask = torch.ones(B, N, dtype=torch.bool, device=memories.device)
-        else:
+        B, _, N, _, _ = memories.shape
+        if mask is not None:
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
                 raise TypeError("mask must be a bool tensor")
             if mask.shape != (B, N):
                 raise ValueError(f"mask must have shape {(B, N)}, got {tuple(mask.shape)}")
-            mask = mask.to(memories.device)
         if not torch.isfinite(memories).all():
             raise ValueError("memories contain NaN or infinite values")
+        self.store(memories, mask)
 
-        memories = memories.detach()
+    def store(self, pairs: Tensor, mask: Tensor | None = None) -> None:
+        """``add`` without validation, for callers that built ``pairs (B, H, N, 2, D)`` themselves."""
+        B, H, N, _, D = pairs.shape
+        assert (B, H, D) == (self.num_indices, self.heads, self.dim), pairs.shape
+        pairs = pairs.detach()
         if self.pairs is None:
-            self._allocate(memories.device, memories.dtype)
-        assert self.pairs is not None
-        memories = memories.to(device=self.pairs.device, dtype=self.pairs.dtype)
+            self._allocate(pairs.device, pairs.dtype)
+        assert self.pairs is not None and self.positions is not None
+        pairs = pairs.to(device=self.pairs.device, dtype=self.pairs.dtype)
+        if mask is None:
+            mask = torch.ones(B, N, dtype=torch.bool, device=self.pairs.device)
         mask = mask.to(self.pairs.device)
         M = self.max_memories
 
@@ -163,15 +166,13 @@ class KNNMemory:
         rows, cols = keep.nonzero(as_tuple=True)
         slots = slot[rows, cols]
         # advanced indices around slices put the indexed axis first: (K, H, 2, D)
-        new = memories[rows, :, cols]
-        self.pairs[rows, :, :, slots] = new
-        assert self.positions is not None
+        self.pairs[rows, :, :, slots] = pairs[rows, :, cols]
         self.positions[rows, slots] = self.total[rows] + rank[rows, cols]
         self.total = self.total + num_new
         self.write_index = (self.write_index + num_new) % M
         self.count = torch.clamp(self.count + num_new, max=M)
-        if self._ivf is not None:
-            self._ivf.update(self, rows, slots)
+        self._held_bound = min(M, self._held_bound + N)
+        self.backend.added(self.pairs[:, :, 0], self.count, rows, slots)
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
         self.pairs = torch.zeros(self.num_indices, self.heads, 2, self.max_memories, self.dim, device=device, dtype=dtype)
@@ -191,22 +192,27 @@ class KNNMemory:
         Raises:
             TypeError, ValueError: indices that are not integers or out of range.
         """
-        rows = self._rows(batch_indices)
-        self.count[rows] = 0
-        self.write_index[rows] = 0
-        self.total[rows] = 0
-        if self._ivf is not None:
-            self._ivf.reset(rows.tolist())
+        self.clear_rows(self._row_mask(batch_indices))
 
-    def _rows(self, batch_indices: int | Sequence[int] | Tensor | None) -> Tensor:
+    def clear_rows(self, rows: Tensor) -> None:
+        """``clear`` for a ``(B,)`` bool mask on the memory's device, without validation or a host sync."""
+        keep = (~rows).long()
+        self.count = self.count * keep
+        self.write_index = self.write_index * keep
+        self.total = self.total * keep
+        self.backend.cleared(rows)
+
+    def _row_mask(self, batch_indices: int | Sequence[int] | Tensor | None) -> Tensor:
+        """Validated stream selection as a ``(B,)`` bool mask."""
         B = self.num_indices
+        mask = torch.zeros(B, dtype=torch.bool, device=self.device)
         if batch_indices is None:
-            return torch.arange(B, device=self.device)
+            return ~mask
         if isinstance(batch_indices, Tensor):
             if batch_indices.dtype == torch.bool:
                 if batch_indices.shape != (B,):
                     raise ValueError(f"a bool batch mask must have shape ({B},), got {tuple(batch_indices.shape)}")
-                return batch_indices.to(self.device).nonzero(as_tuple=True)[0]
+                return batch_indices.to(self.device)
             if batch_indices.is_floating_point() or batch_indices.is_complex():
                 raise TypeError(f"batch indices must be integers, got {batch_indices.dtype}")
             rows = batch_indices.reshape(-1).to(device=self.device, dtype=torch.long)
@@ -218,13 +224,14 @@ class KNNMemory:
             rows = torch.tensor(items, dtype=torch.long, device=self.device)
         if rows.numel() and (rows.min() < -B or rows.max() >= B):
             raise ValueError(f"batch indices must be in [0, {B}), got {rows.tolist()}")
-        return rows % B
+        mask[rows % B] = True
+        return mask
 
     # --------------------------------------------------------------- search
     @torch.no_grad()
     def search(self, queries: Tensor, topk: int, *, with_ages: bool = False
                ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
-        """Exact maximum-inner-product search in each stream's own memory.
+        """Maximum-inner-product search in each stream's own memory (exact unless ``index="ivf"``).
 
         Args:
             queries: ``(B, ..., D)``; with ``heads > 1``, ``(B, H, ..., D)``.
@@ -255,123 +262,52 @@ class KNNMemory:
             )
         if not torch.isfinite(queries).all():
             raise ValueError("queries contain NaN or infinite values")
-
         lead = queries.shape[:-1]
-        B, H, D = self.num_indices, self.heads, self.dim
-        q = queries.reshape(B, H, -1, D)  # (B, H, Q, D)
-        Q = q.shape[2]
-        held = int(self.count.max()) if self.pairs is not None else 0
-        if held == 0 or Q == 0:
+        found = self.lookup(queries.reshape(self.num_indices, self.heads, -1, self.dim), topk, with_ages=with_ages)
+        key_values = found.key_values.view(*lead, topk, 2, self.dim).to(queries.device)
+        mask = found.mask.view(*lead, topk).to(queries.device)
+        if not with_ages:
+            return key_values, mask
+        assert found.ages is not None
+        return key_values, mask, found.ages.view(*lead, topk).to(queries.device)
+
+    @torch.no_grad()
+    def lookup(self, queries: Tensor, k: int, *, with_ages: bool = False) -> Retrieved:
+        """``search`` without validation, for queries ``(B, H, Q, D)``; results on the memory's device."""
+        B, H, Q, D = queries.shape
+        assert (B, H, D) == (self.num_indices, self.heads, self.dim), queries.shape
+        held = self._held_bound
+        if self.pairs is not None and self.device.type == "cpu":
+            held = int(self.count.max())  # the exact bound is free on the host
+        if self.pairs is None or held == 0 or Q == 0:
             dtype = self.pairs.dtype if self.pairs is not None else queries.dtype
-            key_values = torch.zeros(*lead, topk, 2, D, dtype=dtype, device=queries.device)
-            mask = torch.zeros(*lead, topk, dtype=torch.bool, device=queries.device)
-            return (key_values, mask, torch.zeros(*lead, topk, dtype=torch.long, device=queries.device)
-                    ) if with_ages else (key_values, mask)
-        assert self.pairs is not None
-        q = q.to(self.pairs.device)
-        k = min(topk, held)
-        index = self._find(q, k)  # (B, H, Q, k)
+            device = self.pairs.device if self.pairs is not None else queries.device
+            zeros = torch.zeros(B, H, Q, k, dtype=torch.long, device=device)
+            return Retrieved(torch.zeros(B, H, Q, k, 2, D, dtype=dtype, device=device), zeros.bool(),
+                             zeros if with_ages else None)
+        queries = queries.to(self.pairs.device)
+        found_k = min(k, held)
+        index = self.backend.search(self.pairs[:, :, 0], self.count, held, queries, found_k)
+        index = index.to(self.pairs.device)
         found = index >= 0
         # rows of pairs.view(-1, D): key of (stream s, slot i) at 2*s*M + i, its value M rows later; gathering
         # the two interleaved gives (B, H, Q, k, 2, D) in one contiguous index_select
         M = self.max_memories
-        key_rows = torch.arange(B * H, device=q.device).view(B, H, 1, 1) * (2 * M) + index.clamp(min=0)
+        key_rows = torch.arange(B * H, device=index.device).view(B, H, 1, 1) * (2 * M) + index.clamp(min=0)
         rows = torch.stack((key_rows, key_rows + M), dim=-1).view(-1)
-        key_values = self.pairs.view(-1, D).index_select(0, rows).view(B, H, Q, k, 2, D)
-        if not bool(found.all()):
+        key_values = self.pairs.view(-1, D).index_select(0, rows).view(B, H, Q, found_k, 2, D)
+        if index.device.type != "cpu" or not bool(found.all()):
             key_values = key_values * found[..., None, None]
-        if k < topk:  # fewer memories than asked for: pad with empty slots
-            key_values = torch.cat((key_values, key_values.new_zeros(B, H, Q, topk - k, 2, D)), dim=3)
-            found = torch.cat((found, found.new_zeros(B, H, Q, topk - k)), dim=3)
-            index = torch.cat((index, index.new_full((B, H, Q, topk - k), -1)), dim=3)
-        key_values = key_values.view(*lead, topk, 2, D).to(queries.device)
-        mask = found.view(*lead, topk).to(queries.device)
-        if not with_ages:
-            return key_values, mask
-        assert self.positions is not None
-        slot_positions = self.positions.gather(1, index.clamp(min=0).view(B, -1)).view(B, H, Q, -1)
-        ages = (self.total.view(B, 1, 1, 1) - 1 - slot_positions).masked_fill(index < 0, 0)
-        return key_values, mask, ages.view(*lead, topk).to(queries.device)
-
-    def _find(self, q: Tensor, k: int) -> Tensor:
-        """Top-k slot indices ``(B, H, Q, k)`` for queries ``(B, H, Q, D)`` with the memory's index; -1 where a
-        stream holds fewer than k pairs (or an IVF list ran short)."""
-        # IVF for the streams whose index is trained and that hold enough pairs; exact search for the rest
-        use_ivf = self._ivf.usable(self.count) if self._ivf is not None else []
-        if self._ivf is not None and len(use_ivf) == q.shape[0]:
-            return self._ivf.search(q, k, use_ivf).to(q.device)
-        if self.index == "flat" and q.device.type == "cpu":
-            return self._faiss_top_indices(q, k)
-        index = self._top_indices(q, k)
-        if self._ivf is not None and use_ivf:
-            approximate = self._ivf.search(q, k, use_ivf).to(q.device)
-            index[use_ivf] = approximate[use_ivf]
-        return index
-
-    def _top_indices(self, q: Tensor, k: int) -> Tensor:
-        """Exact top-k slot indices ``(B, H, Q, k)`` by ``q . key``, best first; -1 for empty slots.
-
-        Scores are computed in float32, one block of queries x memories at a time, with a
-        running top-k merge, so no full score matrix is ever held.
-        """
-        assert self.pairs is not None
-        keys = self.pairs[:, :, 0]  # (B, H, M, D)
-        q = q.float()
-        B, H, Q, _ = q.shape
-        held = int(self.count.max())
-        mem_block = min(held, _MEMORY_BLOCK)
-        q_block = max(1, min(Q, _SCORE_BLOCK_ELEMENTS // (B * H * mem_block)))
-        empty = torch.arange(held, device=q.device).view(1, 1, 1, held) >= self.count.view(B, 1, 1, 1)
-        any_empty = bool(empty.any())  # usually False: all streams hold the same number
-        best_scores, best_slots = [], []
-        for q_start in range(0, Q, q_block):
-            q_part = q[:, :, q_start : q_start + q_block]
-            top_s: Tensor | None = None
-            top_i: Tensor | None = None
-            for m_start in range(0, held, mem_block):
-                m_end = min(held, m_start + mem_block)
-                scores = torch.matmul(q_part, keys[:, :, m_start:m_end].float().transpose(-1, -2))
-                if any_empty:
-                    scores.masked_fill_(empty[..., m_start:m_end], float("-inf"))
-                s, i = scores.topk(min(k, m_end - m_start), dim=-1)
-                i = i + m_start
-                if top_s is not None:
-                    assert top_i is not None
-                    s = torch.cat((top_s, s), dim=-1)
-                    s, j = s.topk(min(k, s.shape[-1]), dim=-1)  # early blocks may be shorter than k
-                    i = torch.cat((top_i, i), dim=-1).gather(-1, j)
-                top_s, top_i = s, i
-            assert top_s is not None and top_i is not None
-            best_scores.append(top_s)
-            best_slots.append(top_i)
-        scores, index = torch.cat(best_scores, dim=2), torch.cat(best_slots, dim=2)
-        return index.masked_fill(scores == float("-inf"), -1)
-
-    def _faiss_top_indices(self, q: Tensor, k: int) -> Tensor:
-        """``_top_indices`` computed by ``faiss.knn`` (blocked BLAS scores with a heap per query), on CPU."""
-        assert self.pairs is not None
-        faiss = _import_faiss(self.index)
-        B, H, Q, _ = q.shape
-        out = torch.full((B, H, Q, k), -1, dtype=torch.long)
-        queries = q.detach().float().contiguous().numpy()
-        # faiss's settings are process-wide: set them for this search only
-        saved = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_query_bs
-        faiss.omp_set_num_threads(torch.get_num_threads())  # as many threads as torch is allowed
-        # 1,024 x 1,024 score blocks instead of faiss's 4,096 x 1,024: 17-27% faster here at 16K-65K memories
-        faiss.cvar.distance_compute_blas_query_bs = _FAISS_QUERY_BLOCK
-        try:
-            for row, held in enumerate(self.count.tolist()):
-                if held == 0:
-                    continue
-                keys = self.pairs[row, :, 0, :held].float().numpy()  # slots 0..held-1 hold the pairs
-                found = min(k, held)
-                for head in range(H):
-                    _, ids = faiss.knn(queries[row, head], keys[head], found, faiss.METRIC_INNER_PRODUCT)
-                    out[row, head, :, :found] = torch.from_numpy(ids)
-        finally:
-            faiss.omp_set_num_threads(saved[0])
-            faiss.cvar.distance_compute_blas_query_bs = saved[1]
-        return out
+        if found_k < k:  # fewer memories than asked for: pad with empty slots
+            key_values = torch.cat((key_values, key_values.new_zeros(B, H, Q, k - found_k, 2, D)), dim=3)
+            found = torch.cat((found, found.new_zeros(B, H, Q, k - found_k)), dim=3)
+            index = torch.cat((index, index.new_full((B, H, Q, k - found_k), -1)), dim=3)
+        ages = None
+        if with_ages:
+            assert self.positions is not None
+            slot_positions = self.positions.gather(1, index.clamp(min=0).view(B, -1)).view(B, H, Q, k)
+            ages = (self.total.view(B, 1, 1, 1) - 1 - slot_positions).masked_fill(index < 0, 0)
+        return Retrieved(key_values, found, ages)
 
     # --------------------------------------------------------------- helpers
     def _as_5d(self, memories: Tensor, name: str) -> Tensor:
@@ -392,120 +328,34 @@ class KNNMemory:
         state = {"count": self.count, "write_index": self.write_index, "total": self.total}
         if self.pairs is not None:
             assert self.positions is not None
-            # saved as (B, H, M, 2, D), the layout of earlier checkpoints
-            state["pairs"], state["positions"] = self.pairs.transpose(2, 3).contiguous(), self.positions
+            state["pairs"], state["positions"] = self.pairs, self.positions
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Replaces the memory with a ``state_dict``'s tensors (copied).
+
+        Raises:
+            ValueError: a state of another shape, or with missing entries.
+        """
         B, H, M, D = self.num_indices, self.heads, self.max_memories, self.dim
-        if state["count"].shape != (B,) or state["write_index"].shape != (B,):
+        missing = sorted({"count", "write_index", "total"} - set(state))
+        if missing or ("pairs" in state) != ("positions" in state):
+            raise ValueError(f"memory state lacks {missing or ['pairs' if 'positions' in state else 'positions']}")
+        if state["count"].shape != (B,) or state["write_index"].shape != (B,) or state["total"].shape != (B,):
             raise ValueError(f"memory state is for {state['count'].shape[0]} streams, this memory has {B}")
-        if "pairs" in state and state["pairs"].shape != (B, H, M, 2, D):
-            raise ValueError(f"memory pairs must have shape {(B, H, M, 2, D)}, got {tuple(state['pairs'].shape)}")
+        if "pairs" in state and state["pairs"].shape != (B, H, 2, M, D):
+            raise ValueError(f"memory pairs must have shape {(B, H, 2, M, D)}, got {tuple(state['pairs'].shape)}")
         if "positions" in state and state["positions"].shape != (B, M):
             raise ValueError(f"memory positions must have shape {(B, M)}, got {tuple(state['positions'].shape)}")
-        self.count = state["count"].clone().long()
-        self.write_index = state["write_index"].clone().long()
-        # checkpoints from before positions were stored: number the held pairs 0 .. count - 1 in age order
-        self.total = state["total"].clone().long() if "total" in state else self.count.clone()
+        device = state["pairs"].device if "pairs" in state else self.device
+        self.count, self.write_index, self.total = (state[name].to(device, torch.long, copy=True)
+                                                    for name in ("count", "write_index", "total"))
         if "pairs" in state:
-            self.pairs = state["pairs"].transpose(2, 3).contiguous()
-            if "positions" in state:
-                self.positions = state["positions"].clone().long()
-            else:
-                slots = torch.arange(M, device=self.write_index.device).view(1, M)
-                oldest = (self.write_index - self.count).view(B, 1)
-                self.positions = (slots - oldest) % M + (self.total - self.count).view(B, 1)
-            self.positions = self.positions.to(self.pairs.device)
-            for name in ("count", "write_index", "total"):
-                setattr(self, name, getattr(self, name).to(self.pairs.device))
-        if self._ivf is not None:  # the index is not saved: rebuild it from the held pairs
-            self._ivf.rebuild(self)
-
-
-def _import_faiss(index: str):
-    try:
-        import faiss
-    except ImportError:
-        raise ImportError(f"index={index!r} needs faiss: pip install 'memorizing-transformers-pytorch[faiss]'") from None
-    return faiss
-
-
-class _IVFIndexes:
-    """One faiss ``IndexIVFFlat`` (inner product) per stream and head, with storage slots as ids."""
-
-    def __init__(self, rows: int, heads: int, dim: int, *, lists: int, probe: int, train_size: int) -> None:
-        faiss = _import_faiss("ivf")
-        self.rows, self.heads, self.train_size = rows, heads, train_size
-        self.quantizers = [faiss.IndexFlatIP(dim) for _ in range(rows * heads)]  # the indexes do not own them
-        self.indexes = [faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-                        for quantizer in self.quantizers]
-        for index in self.indexes:
-            index.nprobe = probe
-
-    @property
-    def ready(self) -> bool:
-        return all(index.is_trained for index in self.indexes)
-
-    def _index(self, row: int, head: int):
-        return self.indexes[row * self.heads + head]
-
-    def usable(self, count: Tensor) -> list[int]:
-        """Streams searched with IVF: every head's index trained, and at least ``train_size`` pairs held
-        (a stream just cleared at a document start is searched exactly until it refills)."""
-        held = count.tolist()
-        return [row for row in range(self.rows) if held[row] >= self.train_size
-                and all(self._index(row, head).is_trained for head in range(self.heads))]
-
-    def _fill(self, memory: KNNMemory, row: int, head: int) -> None:
-        """Adds every pair the stream holds (training the index first once it holds a training set)."""
-        assert memory.pairs is not None
-        held = int(memory.count[row])
-        index = self._index(row, head)
-        if held == 0 or (not index.is_trained and held < self.train_size):
-            return
-        keys = memory.pairs[row, head, 0, :held].float().cpu().numpy()  # a full or never-wrapped ring: slots 0..held-1
-        if not index.is_trained:
-            index.train(keys)
-        index.add_with_ids(keys, np.arange(held, dtype=np.int64))
-
-    def update(self, memory: KNNMemory, rows: Tensor, slots: Tensor) -> None:
-        """Mirror new pairs (written at ``slots`` of ``rows``) into the indexes; train them when due."""
-        assert memory.pairs is not None
-        rows_cpu, slots_cpu = rows.cpu().numpy(), slots.cpu().numpy().astype(np.int64)
-        for row in np.unique(rows_cpu).tolist():
-            row_slots = slots_cpu[rows_cpu == row]
-            for head in range(self.heads):
-                index = self._index(row, head)
-                if not index.is_trained:
-                    self._fill(memory, row, head)
-                    continue
-                keys = memory.pairs[row, head, 0, torch.as_tensor(row_slots, device=memory.pairs.device)]
-                index.remove_ids(row_slots)
-                index.add_with_ids(keys.float().cpu().numpy(), row_slots)
-
-    def reset(self, rows: list[int]) -> None:
-        for row in rows:
-            for head in range(self.heads):
-                self._index(row, head).reset()  # keeps the trained centroids
-
-    def rebuild(self, memory: KNNMemory) -> None:
-        self.reset(list(range(self.rows)))
-        if memory.pairs is not None:
-            for row in range(self.rows):
-                for head in range(self.heads):
-                    self._fill(memory, row, head)
-
-    def search(self, q: Tensor, k: int, rows: list[int]) -> Tensor:
-        """Slot indices ``(B, H, Q, k)`` for queries ``(B, H, Q, D)`` in ``rows`` (others -1); -1 where a list ran short."""
-        B, H, Q, _ = q.shape
-        out = torch.full((B, H, Q, k), -1, dtype=torch.long)
-        queries = q.float().cpu().numpy()
-        for row in rows:
-            for head in range(H):
-                _, ids = self._index(row, head).search(queries[row, head], k)
-                out[row, head] = torch.from_numpy(ids)
-        return out
+            self.pairs = state["pairs"].clone()
+            self.positions = state["positions"].to(device, torch.long, copy=True)
+        self._held_bound = int(self.count.max()) if B else 0
+        if self.pairs is not None:  # a backend's own index is not saved: it rebuilds from the held pairs
+            self.backend.loaded(self.pairs[:, :, 0], self.count)
 
 
 class KNNMemoryList(list):
@@ -520,6 +370,6 @@ class KNNMemoryList(list):
     def clear_memory(self, batch_indices: int | Sequence[int] | Tensor | None = None) -> None:
         """Clear the given streams (all when None) in every layer's memory."""
         for memory in self:
-            memory._rows(batch_indices)  # validate everywhere before changing anything
+            memory._row_mask(batch_indices)  # validate everywhere before changing anything
         for memory in self:
             memory.clear(batch_indices)

@@ -1,81 +1,32 @@
 """The Memorizing Transformer: a decoder whose memorizing layers also attend to a kNN memory.
 
+``forward`` reads one segment per document stream: it lays out where documents start inside the segment,
+builds each layer's attention mask (relative positions, causality, document boundaries, padding), runs the
+blocks, and lets each layer roll its XL cache and write its kNN memory (``attention.write_memory``) after it
+has read. Generation (``generation.py``) runs the same segment code on a partial segment.
+
 Shapes:
     B batch (= document streams), n tokens in the segment, P tokens of XL cache,
-    H query heads, G = H // kv_heads queries per kv head, Dh head width,
-    k retrieved memories per query.
+    H query heads, Hkv key/value heads, Dh head width, k retrieved memories per query.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import Attention, RelativePositionBias, XLCache, write_memory
 from .config import MemorizingTransformerConfig
+from .generation import GenerationOutput, PendingSegment, generate
 from .memory import KNNMemory, KNNMemoryList
 
-__all__ = ["MemorizingTransformer", "XLCache", "GenerationOutput", "PendingSegment", "Attention", "RelativePositionBias", "relative_position_bucket"]
+__all__ = ["MemorizingTransformer", "XLCache", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
-
-
-class XLCache(NamedTuple):
-    """Transformer-XL cache of one layer: the (key, value) pairs of the latest tokens.
-
-    keys, values: ``(B, kv_heads, P, Dh)``; valid: ``(B, P)`` bool, False for padding
-    and for tokens of a document that has since ended in that row.
-    """
-
-    keys: Tensor
-    values: Tensor
-    valid: Tensor
-
-
-def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-            generator: torch.Generator | None) -> Tensor:
-    """One token per row from ``(B, V)`` logits; temperature 0 is greedy."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest set reaching top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-class GenerationOutput(NamedTuple):
-    """What ``generate`` returns; pass the memories and ``pending`` back in to continue."""
-
-    tokens: Tensor
-    knn_memories: Sequence[KNNMemory] | None
-    xl_memories: tuple[XLCache, ...] | None
-    pending: PendingSegment | None
-    logits: Tensor | None
-
-
-class PendingSegment(NamedTuple):
-    """The part of the current segment read so far during generation (not yet in XL or kNN memory).
-
-    tokens: ``(B, t)``; keys, values: per layer ``(B, kv_heads, t, Dh)``.
-    """
-
-    tokens: Tensor
-    keys: tuple[Tensor, ...]
-    values: tuple[Tensor, ...]
-
-    def layer(self, number: int) -> tuple[Tensor, Tensor]:
-        return self.keys[number - 1], self.values[number - 1]
 
 
 class DocumentLayout(NamedTuple):
@@ -92,222 +43,6 @@ class DocumentLayout(NamedTuple):
     keep: Tensor
     restart: Tensor
     key_ok: Tensor
-
-
-def relative_position_bucket(distance: Tensor, num_buckets: int, max_distance: int) -> Tensor:
-    """T5's causal bucketing: exact buckets for small distances, log-spaced up to ``max_distance``.
-
-    Args:
-        distance: integer tensor, query position minus key position (negative: future, bucket 0).
-    """
-    distance = distance.clamp(min=0)
-    exact = num_buckets // 2
-    log_ratio = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
-    large = exact + (log_ratio * (num_buckets - exact)).long()
-    large = large.clamp(max=num_buckets - 1)
-    return torch.where(distance < exact, distance, large)
-
-
-class RelativePositionBias(nn.Module):
-    """A learned per-head bias for each distance bucket, shared by all layers."""
-
-    def __init__(self, *, heads: int, num_buckets: int, max_distance: int) -> None:
-        super().__init__()
-        self.num_buckets = num_buckets
-        self.max_distance = max_distance
-        self.embedding = nn.Embedding(num_buckets, heads)
-
-    @torch.no_grad()
-    def focus_on_previous_tokens(self, count: int, strength: float = 10.0) -> None:
-        """Head ``h < count``: bias ``strength`` at distance ``h + 1``, 0 at every other distance.
-
-        Distances below ``num_buckets // 2`` have a bucket each, so the bias picks exactly that token.
-        """
-        for head in range(count):
-            self.embedding.weight[:, head] = 0.0
-            self.embedding.weight[head + 1, head] = strength
-
-    def forward(self, num_queries: int, num_keys: int) -> Tensor:
-        """Returns ``(H, num_queries, num_keys)`` for keys at positions ``0 .. num_keys - 1`` and queries at
-        the last ``num_queries`` of them.
-
-        The bias depends only on the distance, so it is looked up once per distance and laid out with
-        ``unfold`` (row ``i`` is a window of the per-distance vector). Its backward sums each distance's
-        gradient along a diagonal, which is several times cheaper on CPU than an embedding backward over
-        every (query, key) pair.
-        """
-        first_query = num_keys - num_queries
-        device = self.embedding.weight.device
-        # distances from the largest (last query, first key) down to the smallest (first query, last key)
-        distances = torch.arange(num_keys - 1, first_query - num_keys, -1, device=device)
-        per_distance = self.embedding(relative_position_bucket(distances, self.num_buckets, self.max_distance)).t()
-        # window s covers distances num_keys - 1 - s downwards: it is the row of query num_queries - 1 - s
-        return per_distance.unfold(1, num_keys, 1).flip(1)
-
-
-class Attention(nn.Module):
-    """Multi-head attention with shared key/value heads; optionally kNN-augmented.
-
-    In a memorizing layer, queries and keys are L2-normalised and scaled by a learned
-    per-head inverse temperature; each query also retrieves its top-k (key, value)
-    pairs from the kNN memory. With the ``sigmoid`` gate the memory attention has its
-    own softmax and ``out = g * memory + (1 - g) * local`` with ``g = sigmoid(b_h)``;
-    a query with no valid memory gets the local output unchanged. With the ``joint``
-    gate a single softmax runs over the local and retrieved logits.
-
-    The ``mlp`` gate (the seed's TODO: gating from the number of retrieved memories
-    and their positions, through a continuous MLP representation) is the joint
-    softmax with a learned bias on each retrieved memory's logit::
-
-        logit_j = s_h * cos(q, k_j) + f_h(log(1 + d_j))
-
-    where ``d_j`` is the distance in tokens from the query back to memory ``j`` (the
-    memory stores each pair's position in its stream) and ``f`` is a two-layer MLP
-    (1 -> 32 -> heads, last layer zero-initialised, so training starts from the
-    joint gate). The share of attention that goes to memory is
-    ``sum_j exp(logit_j) / (sum_j exp(logit_j) + sum_local exp(logit))``: it grows
-    with the number of valid memories retrieved and with how much ``f`` favours
-    their distances; with no valid memory it is 0 and the output is exactly local
-    attention.
-    """
-
-    def __init__(self, config: MemorizingTransformerConfig, *, memorizing: bool) -> None:
-        super().__init__()
-        c = config
-        self.heads, self.kv_heads, self.dim_head = c.heads, c.kv_heads, c.dim_head
-        self.memorizing = memorizing
-        self.knn_gate = c.knn_gate
-        self.num_retrieved = c.num_retrieved_memories
-        self.dropout = c.attn_dropout
-        self.to_q = nn.Linear(c.dim, c.heads * c.dim_head, bias=False)
-        self.to_kv = nn.Linear(c.dim, 2 * c.kv_heads * c.dim_head, bias=False)
-        self.to_out = nn.Linear(c.heads * c.dim_head, c.dim, bias=False)
-        if memorizing:
-            self.log_scale = nn.Parameter(torch.full((c.heads, 1, 1), math.log(c.knn_temperature_init)))
-            if c.knn_gate == "sigmoid":
-                self.gate_bias = nn.Parameter(torch.zeros(c.heads, 1, 1))
-            elif c.knn_gate == "mlp":
-                self.distance_mlp = nn.Sequential(nn.Linear(1, 32), nn.GELU(), nn.Linear(32, c.heads))
-                nn.init.zeros_(self.distance_mlp[2].weight)
-                nn.init.zeros_(self.distance_mlp[2].bias)
-
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        attn_mask: Tensor,
-        past: tuple[Tensor, Tensor] | None = None,
-        memory: KNNMemory | None = None,
-        memory_ok: Tensor | None = None,
-        memory_offset: Tensor | None = None,
-        memory_bias: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """
-        Args:
-            x: ``(B, n, dim)``, already normalised.
-            attn_mask: ``(B | 1, H | 1, n, P + n)`` float, added to the local logits
-                (relative position bias, ``-inf`` where attention is not allowed).
-            past: keys and values ``(B, kv_heads, P, Dh)`` of the tokens before ``x`` that
-                it may attend to (XL cache, then the earlier part of the segment), or None.
-            memory: this layer's kNN memory, searched but not written here.
-            memory_ok: ``(B, n)`` bool, queries allowed to read the memory.
-            memory_offset: ``(B, n)`` long, tokens between each query and the newest
-                pair in the memory, plus one (used by the ``mlp`` gate).
-            memory_bias: ``(H,)`` added to every retrieved logit (``memory_rel_pos_bias``), or None.
-
-        Returns:
-            out ``(B, n, dim)``, and the segment's keys and values ``(B, kv_heads, n, Dh)``
-            (normalised in a memorizing layer), for the caller to cache and store.
-        """
-        B, n, _ = x.shape
-        H, Hkv, Dh = self.heads, self.kv_heads, self.dim_head
-        q = self.to_q(x).view(B, n, H, Dh).transpose(1, 2)  # (B, H, n, Dh)
-        k, v = self.to_kv(x).view(B, n, 2, Hkv, Dh).permute(2, 0, 3, 1, 4)  # 2 x (B, Hkv, n, Dh)
-        if self.memorizing:
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-            q_scaled = q * self.log_scale.exp()
-        else:
-            q_scaled = q * Dh**-0.5
-        if past is not None:
-            keys = torch.cat((past[0].to(k.dtype), k), dim=2)  # (B, Hkv, P + n, Dh)
-            values = torch.cat((past[1].to(v.dtype), v), dim=2)
-        else:
-            keys, values = k, v
-
-        # autocast may leave normalised queries in float32 and keys in bfloat16: attend in one dtype
-        q_scaled, keys, values = q_scaled.to(v.dtype), keys.to(v.dtype), values.to(v.dtype)
-        retrieved = None
-        if self.memorizing and memory is not None:
-            retrieved = self._retrieve(q, memory, memory_ok, memory_offset, memory_bias, v.dtype)
-        dropout = self.dropout if self.training else 0.0
-        if retrieved is not None and self.knn_gate in ("joint", "mlp"):
-            out = self._joint_attention(q_scaled, keys, values, attn_mask, *retrieved, dropout)
-        else:
-            out = F.scaled_dot_product_attention(
-                q_scaled, keys, values, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout, scale=1.0,
-                enable_gqa=H != Hkv,
-            )  # (B, H, n, Dh)
-            if retrieved is not None:
-                mem_keys, mem_values, mem_mask, _ = retrieved
-                logits = torch.einsum("bhnd,bhnkd->bhnk", q_scaled, mem_keys).masked_fill(~mem_mask, float("-inf"))
-                has_memory = mem_mask.any(dim=-1, keepdim=True)  # (B, H, n, 1)
-                weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-                weights = F.dropout(weights, p=dropout, training=self.training)
-                mem_out = torch.einsum("bhnk,bhnkd->bhnd", weights, mem_values)
-                gate = torch.sigmoid(self.gate_bias) * has_memory
-                out = out + gate * (mem_out - out)
-        out = out.transpose(1, 2).reshape(B, n, H * Dh)
-        return self.to_out(out), k, v
-
-    def _retrieve(self, q: Tensor, memory: KNNMemory, memory_ok: Tensor | None, memory_offset: Tensor | None,
-                  memory_bias: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Top-k pairs for each (unscaled, normalised) query: 2 x ``(B, H, n, k, Dh)`` in ``dtype``,
-        the mask ``(B, H, n, k)``, and the logit biases of the retrieved pairs (the ``mlp`` gate's
-        ``(B, H, n, k)`` plus ``memory_bias`` per head), or None when there are none."""
-        B, H, n, Dh = q.shape
-        G = H // self.kv_heads
-        k = self.num_retrieved
-        queries = q.detach().reshape(B, self.kv_heads, G * n, Dh)  # heads sharing a kv head search together
-        queries = queries if self.kv_heads > 1 else queries[:, 0]
-        bias = None
-        if self.knn_gate == "mlp":
-            pairs, mask, ages = memory.search(queries, k, with_ages=True)
-            offset = memory_offset if memory_offset is not None else torch.ones(B, n, dtype=torch.long, device=q.device)
-            distance = ages.to(q.device).view(B, H, n, k) + offset[:, None, :, None].to(q.device)
-            first, act, last = self.distance_mlp
-            hidden = act(first(torch.log1p(distance.float()).unsqueeze(-1) / 8))  # (B, H, n, k, 32)
-            # head h's own output of the last layer only
-            bias = (torch.einsum("bhnkj,hj->bhnk", hidden, last.weight) + last.bias.view(1, H, 1, 1)).to(dtype)
-        else:
-            pairs, mask = memory.search(queries, k)
-        if memory_bias is not None:
-            per_head = memory_bias.to(dtype).view(1, H, 1, 1)
-            bias = per_head if bias is None else bias + per_head
-        pairs = pairs.to(device=q.device, dtype=dtype).view(B, H, n, k, 2, Dh)
-        mask = mask.view(B, H, n, k).to(q.device)
-        if memory_ok is not None:
-            mask = mask & memory_ok[:, None, :, None]
-        return pairs[..., 0, :], pairs[..., 1, :], mask, bias
-
-    def _joint_attention(
-        self, q_scaled: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor,
-        mem_keys: Tensor, mem_values: Tensor, mem_mask: Tensor, mem_bias: Tensor | None, dropout: float,
-    ) -> Tensor:
-        """One softmax over retrieved and local logits (the reference implementation's choice),
-        with the ``mlp`` gate's distance bias and ``memory_rel_pos_bias`` added to the retrieved logits."""
-        B, H, n, Dh = q_scaled.shape
-        G = H // self.kv_heads
-        keys = keys.repeat_interleave(G, dim=1)
-        values = values.repeat_interleave(G, dim=1)
-        local_logits = q_scaled @ keys.transpose(-1, -2) + attn_mask  # (B, H, n, P + n)
-        mem_logits = torch.einsum("bhnd,bhnkd->bhnk", q_scaled, mem_keys)
-        if mem_bias is not None:
-            mem_logits = mem_logits + mem_bias
-        mem_logits = mem_logits.masked_fill(~mem_mask, float("-inf"))
-        weights = torch.softmax(torch.cat((mem_logits, local_logits), dim=-1), dim=-1)
-        weights = F.dropout(weights, p=dropout, training=self.training)
-        k = mem_keys.shape[-2]
-        return torch.einsum("bhnk,bhnkd->bhnd", weights[..., :k], mem_values) + weights[..., k:] @ values
 
 
 class FeedForward(nn.Sequential):
@@ -421,7 +156,7 @@ class MemorizingTransformer(nn.Module):
         Raises:
             TypeError, ValueError: invalid inputs; no memory is changed then.
         """
-        self._check_inputs(x, knn_memories, xl_memories, labels)
+        self.check_inputs(x, knn_memories, xl_memories, labels)
         logits, new_xl_memories, _ = self._extend_segment(x, knn_memories, xl_memories, None, commit=True,
                                                           add_knn_memory=add_knn_memory)
         if labels is None:
@@ -471,14 +206,16 @@ class MemorizingTransformer(nn.Module):
                 in_cache = xl.valid.sum(dim=1, keepdim=True) if xl is not None else 0
                 steps = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device)
                 memory_offset = in_cache + steps.expand(x.shape[0], -1)
-            memory_bias = self.rel_pos.embedding.weight[-1] if number in memories and c.memory_rel_pos_bias else None
+            memory_bias = self.rel_pos.farthest if number in memories and c.memory_rel_pos_bias else None
             h, k, v = block(h, attn_mask=masks[P], past=past, memory=memories.get(number), memory_ok=memory_ok,
                             memory_offset=memory_offset, memory_bias=memory_bias)
             if pending is not None:
                 earlier_k, earlier_v = pending.layer(number)
                 k, v = torch.cat((earlier_k, k.detach()), dim=2), torch.cat((earlier_v, v.detach()), dim=2)
             if commit:
-                new_cache = self._update_memories(number, k, v, xl, layout, memories.get(number), add_knn_memory)
+                window = c.xl_max_memories if number in c.xl_memory_layers else 0
+                new_cache = write_memory(memories.get(number), k, v, layout.keep, layout.restart, past=xl,
+                                         xl_window=window, add=add_knn_memory)
                 if new_cache is not None:
                     new_xl.append(new_cache)
             else:
@@ -491,104 +228,16 @@ class MemorizingTransformer(nn.Module):
         return logits, (tuple(new_xl) if c.xl_memory_layers else None), None
 
     # --------------------------------------------------------- generation
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: Tensor,
-        *,
-        max_new_tokens: int,
-        seq_len: int = 512,
-        knn_memories: Sequence[KNNMemory] | None = None,
-        xl_memories: Sequence[XLCache] | None = None,
-        pending: PendingSegment | None = None,
-        use_knn_memory: bool = True,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-        return_logits: bool = False,
-        on_token: Callable[[Tensor], None] | None = None,
-    ) -> GenerationOutput:
-        """Reads ``prompt`` into the memories, then samples ``max_new_tokens`` tokens.
+    def generate(self, prompt: Tensor, *, max_new_tokens: int, **options: Any) -> GenerationOutput:
+        """Reads ``prompt`` into the memories, then samples ``max_new_tokens`` tokens: see ``generation.generate``."""
+        return generate(self, prompt, max_new_tokens=max_new_tokens, **options)
 
-        The stream is cut into segments of ``seq_len`` tokens exactly as in training
-        (counted from the start of the stream, or continuing ``pending``): long prompts
-        are read a segment at a time, and each new token then costs one position of
-        work per layer plus one memory search per memorizing layer. When a segment
-        fills, it moves into the XL cache and what leaves that goes to kNN memory.
-
-        Args:
-            prompt: ``(B, n)`` token ids (left-pad rows of different lengths with ``pad_id``).
-            max_new_tokens: tokens to generate per row.
-            seq_len: the segment length the model was trained with.
-            knn_memories, xl_memories, pending: state to continue from (a previous
-                ``GenerationOutput``'s); fresh kNN memories are made when None.
-            use_knn_memory: False turns the kNN memory off (memorizing layers attend
-                locally and to their XL cache only, as ``forward`` with ``knn_memories=None``).
-            temperature: 0 picks the argmax (greedy).
-            top_k, top_p: keep the k most likely tokens / the smallest set with
-                probability >= top_p before sampling.
-            eos_token_id: a row that produces it stops (later tokens are ``pad_id``,
-                or ``eos_token_id`` without one); generation ends when all rows stop.
-            on_token: called with each new ``(B,)`` token tensor (for streaming).
-
-        Returns:
-            ``GenerationOutput(tokens (B, <= max_new_tokens), knn_memories, xl_memories,
-            pending, logits (B, new, num_tokens) or None)``.
-        """
-        c = self.config
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if pending is not None and pending.tokens.shape[1] >= seq_len:
-            raise ValueError(f"the pending segment holds {pending.tokens.shape[1]} tokens, seq_len is {seq_len}")
-        self._check_inputs(prompt, knn_memories, xl_memories, None)
-        if not use_knn_memory and knn_memories is not None:
-            raise ValueError("use_knn_memory=False, but knn_memories were given")
-        B = prompt.shape[0]
-        if knn_memories is None and c.memorizing_layers and use_knn_memory:
-            knn_memories = self.create_knn_memories(batch_size=B)
-        was_training = self.training
-        self.eval()
-        try:
-            logits, xl_memories, pending = self._read(prompt, knn_memories, xl_memories, pending, seq_len)
-            next_logits = logits[:, -1]
-            new_tokens, all_logits = [], []
-            done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
-            filler = c.pad_id if c.pad_id is not None else eos_token_id
-            for _ in range(max_new_tokens):
-                if return_logits:
-                    all_logits.append(next_logits.float())
-                token = _sample(next_logits.float(), temperature, top_k, top_p, generator)
-                if eos_token_id is not None:
-                    token = torch.where(done, torch.full_like(token, filler), token)
-                    done |= token == eos_token_id
-                new_tokens.append(token)
-                if on_token is not None:
-                    on_token(token)
-                if eos_token_id is not None and bool(done.all()):
-                    break
-                logits, xl_memories, pending = self._read(token[:, None], knn_memories, xl_memories, pending, seq_len)
-                next_logits = logits[:, -1]
-        finally:
-            self.train(was_training)
-        tokens = torch.stack(new_tokens, dim=1) if new_tokens else prompt.new_zeros(B, 0)
-        return GenerationOutput(tokens, knn_memories, xl_memories, pending,
-                                torch.stack(all_logits, dim=1) if return_logits and all_logits else None)
-
-    def _read(
+    def read_segment(
         self, tokens: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None,
         pending: PendingSegment | None, seq_len: int,
     ) -> tuple[Tensor, tuple[XLCache, ...] | None, PendingSegment | None]:
-        """Feeds tokens through segment-aligned pieces; returns the logits of the last piece."""
+        """Feeds tokens through segment-aligned pieces, committing each segment that fills; returns the logits
+        of the last piece, the XL caches and the pending (partial) segment."""
         logits = None
         position = 0
         while position < tokens.shape[1]:
@@ -638,32 +287,8 @@ class MemorizingTransformer(nn.Module):
             local = torch.cat((from_past, local), dim=2)
         return bias.unsqueeze(0).masked_fill(~local.unsqueeze(1), float("-inf"))
 
-    def _update_memories(
-        self, number: int, k: Tensor, v: Tensor, past: XLCache | None, layout: DocumentLayout,
-        memory: KNNMemory | None, add_knn_memory: bool,
-    ) -> XLCache | None:
-        """After layer ``number`` has read its memories: roll its XL cache, write what leaves it to kNN memory."""
-        c = self.config
-        k, v = k.detach(), v.detach()
-        valid = layout.keep
-        if past is not None:
-            k = torch.cat((past.keys.to(k.dtype), k), dim=2)
-            v = torch.cat((past.values.to(v.dtype), v), dim=2)
-            valid = torch.cat((past.valid & ~layout.restart[:, None], valid), dim=1)
-        window = c.xl_max_memories if number in c.xl_memory_layers else 0
-        leaving = max(0, k.shape[2] - window)
-        if memory is not None:
-            if layout.restart.any():
-                memory.clear(layout.restart)
-            if add_knn_memory and leaving > 0:
-                pairs = torch.stack((k[:, :, :leaving], v[:, :, :leaving]), dim=-2)  # (B, Hkv, leaving, 2, Dh)
-                memory.add(pairs if c.kv_heads > 1 else pairs[:, 0], mask=valid[:, :leaving])
-        if window == 0:
-            return None
-        return XLCache(k[:, :, leaving:], v[:, :, leaving:], valid[:, leaving:])
-
     # -------------------------------------------------------- validation
-    def _check_inputs(
+    def check_inputs(
         self, x: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None,
         labels: Tensor | None,
     ) -> None:

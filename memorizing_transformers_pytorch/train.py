@@ -4,6 +4,9 @@ AdamW with linear warmup and cosine decay, gradient clipping, optional gradient
 accumulation over consecutive segments and bf16 autocast. Metrics are appended to
 ``RUN_DIR/metrics.jsonl``; checkpoints go to ``RUN_DIR/checkpoints`` (see
 ``checkpoint.py``) and ``resume=True`` continues a run exactly where it stopped.
+
+``Trainer`` holds a run's state and has one method per phase: set-up (``__init__``), ``init_from`` /
+``restore``, ``step`` and ``save``; ``run`` is the loop with logging, and ``train`` the whole thing.
 """
 
 from __future__ import annotations
@@ -18,22 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import (latest_checkpoint, load_checkpoint, memories_from_tensors, memories_to_tensors,
-                         resolve_checkpoint, save_checkpoint)
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    memories_from_tensors,
+    memories_to_tensors,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
-from .data import DocumentStream, load_documents
+from .data import open_stream
 from .model import MemorizingTransformer
 
-__all__ = ["TrainConfig", "train", "DEMO_MODEL"]
-
-# The small byte-level model of the demo and of the benchmarks.
-DEMO_MODEL = dict(
-    num_tokens=256, dim=256, depth=4, heads=4, dim_head=64, memorizing_layers=(3,), max_knn_memories=16384,
-    num_retrieved_memories=32, xl_max_memories=512, pad_id=0, clear_memories_on_sos_token_id=2,
-)
+__all__ = ["TrainConfig", "Trainer", "train", "learning_rate_factor"]
 
 
 def _help(text: str) -> dict:
@@ -46,7 +51,7 @@ class TrainConfig:
 
     data: str = field(default="stdlib", metadata=_help(
         "documents: 'stdlib' (this Python's standard library), a folder or glob of text files, enwik8:PATH, "
-        "or the synthetic 'recall[:SPEC]' task (recall.py)"))
+        "or a source registered by other code (data.register_source; e.g. 'recall' and 'copy' under python -m experiments)"))
     run_dir: str = field(default="runs/demo", metadata=_help("where metrics and checkpoints are written"))
     seq_len: int = field(default=512, metadata=_help("tokens per segment"))
     batch_size: int = field(default=2, metadata=_help("document streams read in parallel"))
@@ -66,18 +71,16 @@ class TrainConfig:
         "train with the kNN memory; --no-knn-memory trains the same architecture with memory off (a fair baseline)"))
     max_minutes: float = field(default=0.0, metadata=_help(
         "stop (and checkpoint) after this much training time even before --steps (0 = no limit)"))
-    copy_warmup_steps: int = field(default=0, metadata=_help(
-        "first teach the model to copy by content for this many steps (recall.copy_warmup: 8 rows of 128 random "
-        "bytes holding a string and its copy, loss on the copied bytes); not when resuming or with --init-from"))
     init_from: str = field(default="", metadata=_help(
         "start from the weights of this run folder or checkpoint (same model config, except that the memory "
-        "size, k and index may differ); the optimizer, schedule and data start fresh. Ignored when resuming"))
+        "size, k and index may differ), e.g. a copy warm-up run; the optimizer, schedule and data start fresh. "
+        "Ignored when resuming"))
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "steps", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "copy_warmup_steps"):
+        for name in ("warmup_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -103,11 +106,191 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
 
 
-def _optimizer(model: MemorizingTransformer, config: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+class Trainer:
+    """One training run: the model, optimizer, data stream and memories of this process.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains with ``DistributedDataParallel`` on its own
+    rows of the global document stream (``batch_size`` rows per process; see ``distributed.py``); rank 0
+    alone writes metrics and checkpoints. A run resumes only with the world size that wrote it.
+    """
+
+    def __init__(self, model_config: MemorizingTransformerConfig, config: TrainConfig, *, progress: bool = True) -> None:
+        self.model_config, self.config = model_config, config
+        self.run_dir = Path(config.run_dir)
+        self.device = distributed.setup(config.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.progress = progress and self.rank == 0
+        torch.manual_seed(config.seed)
+        self.model = MemorizingTransformer(model_config).to(self.device)
+        if self.world > 1:  # same initial weights everywhere, different dropout masks per rank
+            torch.manual_seed(config.seed + self.rank)
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate_factor(step, config))
+        # one global stream; this rank reads its own rows of it (see distributed.py)
+        self.stream = open_stream(config.data, "train", batch_size=config.batch_size * self.world,
+                                  seq_len=config.seq_len, repeat=True, seed=config.seed)
+        self.rows = slice(self.rank * config.batch_size, (self.rank + 1) * config.batch_size)
+        self.knn_memories = self.model.create_knn_memories(batch_size=config.batch_size) if config.knn_memory else None
+        self.xl_memories = None
+        self.step_count = 0
+        self._ddp: torch.nn.Module | None = None
+
+    def _optimizer(self) -> torch.optim.AdamW:
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.95))
+
+    @property
+    def ddp_model(self) -> torch.nn.Module:
+        """The model wrapped for DDP (built on first use, after any weights were loaded), or the model itself."""
+        if self.world == 1:
+            return self.model
+        if self._ddp is None:
+            # without a memory the memorizing layers' gates get no gradient
+            self._ddp = torch.nn.parallel.DistributedDataParallel(self.model,
+                                                                  find_unused_parameters=not self.config.knn_memory)
+        return self._ddp
+
+    # ------------------------------------------------------------------------------------------ restore
+    def init_from(self, path: str | Path) -> None:
+        """Starts from the weights of another run or checkpoint (same model up to the memory search's settings).
+
+        Raises:
+            FileNotFoundError: no checkpoint there. ValueError: another model.
+        """
+        source = resolve_checkpoint(path)
+        if not MemorizingTransformerConfig.from_json(source / "config.json").same_model(self.model_config):
+            raise ValueError(f"--init-from: the model config differs from the one in {source} (beyond the memory "
+                             f"search's settings: {', '.join(SEARCH_FIELDS)})")
+        self.model.load_state_dict(load_weights(source, self.device))
+
+    def restore(self) -> None:
+        """Continues from the run folder's latest checkpoint: weights, optimizer, schedule, RNG, data, memories.
+
+        Raises:
+            FileNotFoundError: no checkpoint in the run folder.
+            ValueError: another model config or world size.
+        """
+        checkpoint_dir = latest_checkpoint(self.run_dir)
+        if checkpoint_dir is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        checkpoint = load_checkpoint(checkpoint_dir)
+        saved = MemorizingTransformerConfig.from_json(checkpoint_dir / "config.json")
+        if saved != self.model_config:
+            raise ValueError(f"--resume: the model config differs from the checkpoint's ({checkpoint_dir})")
+        saved_world = checkpoint["state"].get("world_size", 1)
+        if saved_world != self.world:
+            raise ValueError(
+                f"--resume: the checkpoint was written by {saved_world} process(es), this run has {self.world}; "
+                "each process owns its document streams and memories, so resume with the same world size")
+        self.model.load_state_dict(load_weights(checkpoint_dir, self.device))
+        trainer = checkpoint["trainer_state"]
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        torch.set_rng_state(trainer["rng"][self.rank])
+        self.stream.load_state_dict(checkpoint["state"]["data"])
+        saved_memories = {k: v[self.rows].to(self.device) for k, v in checkpoint.get("memories", {}).items()}
+        self.xl_memories = memories_from_tensors(saved_memories, self.knn_memories)
+        self.step_count = checkpoint["state"]["step"]
+
+    # --------------------------------------------------------------------------------------------- step
+    def step(self) -> Tensor:
+        """One optimizer step over ``grad_accum`` consecutive segments; returns this rank's loss, on the device
+        (reading it is a host sync: do it only when logging)."""
+        config, device = self.config, self.device
+        step_loss = torch.zeros((), device=device)
+        for micro in range(config.grad_accum):
+            batch = self.stream.next_batch()
+            if batch.new_streams:  # rows start afresh: nothing carried over from the previous batch
+                self.xl_memories = None
+                if self.knn_memories is not None:
+                    self.knn_memories.clear_memory()
+            # gradients are averaged across ranks once per optimizer step, on the last micro-batch
+            last = micro == config.grad_accum - 1
+            sync = self.ddp_model.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                    loss, self.xl_memories = self.ddp_model(
+                        batch.tokens[self.rows].to(device), knn_memories=self.knn_memories,
+                        xl_memories=self.xl_memories, labels=batch.labels[self.rows].to(device))
+                (loss / config.grad_accum).backward()
+            step_loss += loss.detach() / config.grad_accum
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return step_loss
+
+    # --------------------------------------------------------------------------------------- checkpoint
+    def save(self) -> None:
+        """Rank 0 writes one checkpoint holding every rank's memories (in global row order) and RNG state."""
+        memories = {k: v.cpu() for k, v in memories_to_tensors(self.knn_memories, self.xl_memories).items()}
+        gathered = distributed.gather_objects((memories, torch.get_rng_state()))
+        if gathered is not None:
+            save_checkpoint(
+                self.run_dir, self.step_count, self.model,
+                state={"data": self.stream.state_dict(), "world_size": self.world},
+                train_config=self.config.to_dict(),
+                trainer_state={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                               "rng": [rng for _, rng in gathered]},
+                memories={k: torch.cat([m[k] for m, _ in gathered]) for k in memories},
+            )
+        distributed.barrier()
+
+    # ---------------------------------------------------------------------------------------------- run
+    def run(self, *, fresh_metrics: bool = True) -> dict[str, Any]:
+        """Trains to ``steps`` (or ``max_minutes``), logging every ``log_every`` steps and checkpointing every
+        ``checkpoint_every``; returns a summary: final step, the per-step losses (mean over ranks), time, and
+        the model and kNN memories it ended with."""
+        config, main = self.config, self.rank == 0
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if fresh_metrics and metrics_path.exists():
+                metrics_path.unlink()
+        self.model.train()
+        tokens_per_step = config.batch_size * self.world * config.seq_len * config.grad_accum
+        bar = tqdm(total=config.steps, initial=self.step_count, disable=not self.progress, unit="step",
+                   dynamic_ncols=True)
+        started = time.perf_counter()
+        window_start = started
+        window: list[Tensor] = []  # this rank's losses since the last log line, on the device
+        losses: list[float] = []
+        while self.step_count < config.steps:
+            window.append(self.step())
+            bar.update(1)
+            out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
+            if config.max_minutes > 0 and self.world > 1:  # every rank stops at the same step
+                out_of_time = distributed.sum_values([float(out_of_time)], self.device)[0] > 0
+            step = self.step_count
+            if step % config.log_every == 0 or step == config.steps or out_of_time:
+                now = time.perf_counter()
+                window_losses = [v / self.world for v in distributed.sum_values(torch.stack(window).tolist(), self.device)]
+                losses.extend(window_losses)
+                mean_loss = sum(window_losses) / len(window_losses)
+                record = {
+                    "step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens_per_step * len(window) / (now - window_start),
+                    "elapsed_s": now - started, "documents_started": self.stream.documents_started,
+                }
+                if main:
+                    with open(metrics_path, "a") as file:
+                        file.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{mean_loss:.3f}", bpb=f"{record['bits_per_byte']:.3f}",
+                                tok_s=f"{record['tokens_per_s']:.0f}")
+                window_start, window = now, []
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps or out_of_time:
+                self.save()
+            if out_of_time:
+                break
+        bar.close()
+        return {"step": self.step_count, "losses": losses, "elapsed_s": time.perf_counter() - started,
+                "run_dir": str(self.run_dir), "world_size": self.world, "model": self.model,
+                "knn_memories": self.knn_memories}
 
 
 def train(
@@ -117,153 +300,15 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Trains (or resumes) a run and returns a summary: final step, the losses, time, and the model
-    and kNN memories it ended with.
-
-    Under ``torchrun`` (``WORLD_SIZE > 1``) each process trains with
-    ``DistributedDataParallel`` on its own rows of the global document stream
-    (``batch_size`` rows per process; see ``distributed.py``); rank 0 alone writes
-    metrics and checkpoints. A run resumes only with the world size that wrote it.
+    """Trains (or resumes) a run and returns ``Trainer.run``'s summary.
 
     Raises:
-        FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
-        ValueError: resuming with a different model config or batch layout.
+        FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``, or ``init_from`` without one.
+        ValueError: resuming with a different model config or batch layout; ``init_from`` another model.
     """
-    run_dir = Path(config.run_dir)
-    device = distributed.setup(config.device)
-    rank, world = distributed.rank(), distributed.world_size()
-    main = rank == 0
-    torch.manual_seed(config.seed)
-    model = MemorizingTransformer(model_config).to(device)
-    if world > 1:  # same initial weights everywhere, different dropout masks per rank
-        torch.manual_seed(config.seed + rank)
-    # DDP averages gradients across ranks; without a memory the memorizing layers' gates get no gradient
-    ddp_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, find_unused_parameters=not config.knn_memory)
-    optimizer = _optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
-    # one global stream; this rank reads its own rows of it (see distributed.py)
-    stream = DocumentStream(load_documents(config.data, "train"), batch_size=config.batch_size * world,
-                            seq_len=config.seq_len, repeat=True, seed=config.seed)
-    rows = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
-    knn_memories = model.create_knn_memories(batch_size=config.batch_size) if config.knn_memory else None
-    xl_memories = None
-    step = 0
-
-    if config.init_from and not resume:
-        source = resolve_checkpoint(config.init_from)
-        if not MemorizingTransformerConfig.from_json(source / "config.json").same_model(model_config):
-            raise ValueError(f"--init-from: the model config differs from the one in {source} (beyond the memory "
-                             f"search's settings: {', '.join(SEARCH_FIELDS)})")
-        model.load_state_dict(_load_weights(source, device))
-    elif config.copy_warmup_steps and not resume:
-        from .recall import copy_warmup
-
-        copy_warmup(model, config.copy_warmup_steps, seed=config.seed, progress=progress and main)
-
+    trainer = Trainer(model_config, config, progress=progress)
     if resume:
-        checkpoint_dir = latest_checkpoint(run_dir)
-        if checkpoint_dir is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        checkpoint = load_checkpoint(checkpoint_dir)
-        saved = MemorizingTransformerConfig.from_json(checkpoint_dir / "config.json")
-        if saved != model_config:
-            raise ValueError(f"--resume: the model config differs from the checkpoint's ({checkpoint_dir})")
-        saved_world = checkpoint["state"].get("world_size", 1)
-        if saved_world != world:
-            raise ValueError(
-                f"--resume: the checkpoint was written by {saved_world} process(es), this run has {world}; "
-                "each process owns its document streams and memories, so resume with the same world size")
-        model.load_state_dict(_load_weights(checkpoint_dir, device))
-        trainer = checkpoint["trainer_state"]
-        optimizer.load_state_dict(trainer["optimizer"])
-        scheduler.load_state_dict(trainer["scheduler"])
-        torch.set_rng_state(trainer["rng"][rank] if isinstance(trainer["rng"], list) else trainer["rng"])
-        stream.load_state_dict(checkpoint["state"]["data"])
-        saved_memories = {k: v[rows].to(device) for k, v in checkpoint.get("memories", {}).items()}
-        xl_memories = memories_from_tensors(saved_memories, knn_memories)
-        step = checkpoint["state"]["step"]
-
-    metrics_path = run_dir / "metrics.jsonl"
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and metrics_path.exists():
-            metrics_path.unlink()
-    model.train()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
-    tokens_per_step = config.batch_size * world * config.seq_len * config.grad_accum
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and main), unit="step", dynamic_ncols=True)
-    started = time.perf_counter()
-    window_start, window_tokens, window_loss, window_count = started, 0, 0.0, 0
-    losses: list[float] = []
-
-    def checkpoint_now() -> None:
-        # rank 0 writes one checkpoint holding every rank's memories (in global row order) and RNG state
-        memories = {k: v.cpu() for k, v in memories_to_tensors(knn_memories, xl_memories).items()}
-        gathered = distributed.gather_objects((memories, torch.get_rng_state()))
-        if gathered is not None:
-            save_checkpoint(
-                run_dir, step, model,
-                state={"data": stream.state_dict(), "world_size": world},
-                train_config=config.to_dict(),
-                trainer_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "rng": [rng for _, rng in gathered]},
-                memories={k: torch.cat([m[k] for m, _ in gathered]) for k in memories},
-            )
-        distributed.barrier()
-
-    while step < config.steps:
-        step_loss = 0.0
-        for micro in range(config.grad_accum):
-            batch = stream.next_batch()
-            # gradients are averaged across ranks once per optimizer step, on the last micro-batch
-            sync = contextlib.nullcontext() if micro == config.grad_accum - 1 or world == 1 else ddp_model.no_sync()
-            with sync:
-                with autocast:
-                    loss, xl_memories = ddp_model(batch.tokens[rows].to(device), knn_memories=knn_memories,
-                                                  xl_memories=xl_memories, labels=batch.labels[rows].to(device))
-                (loss / config.grad_accum).backward()
-            step_loss += loss.item() / config.grad_accum
-        step_loss = distributed.mean(step_loss, device)
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(step_loss)
-        window_tokens += tokens_per_step
-        window_loss += step_loss
-        window_count += 1
-        bar.update(1)
-        if step % config.log_every == 0 or step == config.steps:
-            now = time.perf_counter()
-            mean_loss = window_loss / window_count
-            record = {
-                "step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2),
-                "lr": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / (now - window_start),
-                "elapsed_s": now - started, "documents_started": stream.documents_started,
-            }
-            if main:
-                with open(metrics_path, "a") as file:
-                    file.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{mean_loss:.3f}", bpb=f"{record['bits_per_byte']:.3f}",
-                            tok_s=f"{record['tokens_per_s']:.0f}")
-            window_start, window_tokens, window_loss, window_count = now, 0, 0.0, 0
-        out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
-        if config.max_minutes > 0 and world > 1:  # every rank stops at the same step
-            out_of_time = distributed.sum_values([float(out_of_time)], device)[0] > 0
-        if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps or out_of_time:
-            checkpoint_now()
-        if out_of_time:
-            break
-    bar.close()
-    elapsed = time.perf_counter() - started
-    return {"step": step, "losses": losses, "elapsed_s": elapsed, "run_dir": str(run_dir), "world_size": world,
-            "model": model, "knn_memories": knn_memories}
-
-
-def _load_weights(checkpoint_dir: Path, device: torch.device) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(checkpoint_dir / "model.safetensors", device=str(device))
+        trainer.restore()
+    elif config.init_from:
+        trainer.init_from(config.init_from)
+    return trainer.run(fresh_metrics=not resume)

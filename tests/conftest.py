@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from memorizing_transformers_pytorch import MemorizingTransformer
+from memorizing_transformers_pytorch.attention import MLPGate
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +17,6 @@ def tiny_model(**overrides) -> MemorizingTransformer:
     config.update(overrides)
     model = MemorizingTransformer(**config).eval()
     for module in model.modules():
-        if hasattr(module, "distance_mlp"):  # zero-initialised; randomise so that tests see its effect
-            torch.nn.init.normal_(module.distance_mlp[2].weight)
+        if isinstance(module, MLPGate):  # zero-initialised; randomise so that tests see its effect
+            torch.nn.init.normal_(module.mlp[2].weight)
     return model

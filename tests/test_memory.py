@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memorizing_transformers_pytorch import KNNMemory, KNNMemoryList
-from memorizing_transformers_pytorch import memory as memory_module
+from memorizing_transformers_pytorch import search as search_module
 
 
 class BruteForceMemory:
@@ -96,8 +96,8 @@ def test_random_add_clear_search_matches_brute_force(max_memories, operations, i
 
 def test_blocked_search_is_exact(monkeypatch):
     """Small blocks force many query and memory blocks and the running top-k merge."""
-    monkeypatch.setattr(memory_module, "_MEMORY_BLOCK", 7)
-    monkeypatch.setattr(memory_module, "_SCORE_BLOCK_ELEMENTS", 50)
+    monkeypatch.setattr(search_module, "MEMORY_BLOCK", 7)
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 50)
     memory = KNNMemory(dim=8, max_memories=40, num_indices=2)
     reference = BruteForceMemory(40, 2)
     for _ in range(3):
@@ -174,19 +174,19 @@ def test_state_dict_round_trip():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("added", [3, 5, 12])  # part full, exactly full, wrapped around
-def test_state_without_positions_gets_ages_in_fifo_order(added):
-    """Checkpoints written before pairs had positions still load, with the ages the FIFO order implies."""
+@pytest.mark.parametrize("dropped", ["positions", "total", "count"])
+def test_an_incomplete_state_is_refused_and_leaves_the_memory_unchanged(dropped):
+    """Only the released layout loads (the pre-positions one never shipped): a missing entry is a clear error."""
     memory = KNNMemory(dim=3, max_memories=5, num_indices=2)
-    memory.add(torch.randn(2, added, 2, 3))
-    old_style = {k: v for k, v in memory.state_dict().items() if k not in ("positions", "total")}
-    copy = KNNMemory(dim=3, max_memories=5, num_indices=2)
-    copy.load_state_dict(old_style)
-    queries = torch.randn(2, 4, 3)
-    held = min(added, 5)
-    _, _, ages = memory.search(queries, held, with_ages=True)
-    _, _, copy_ages = copy.search(queries, held, with_ages=True)
-    assert torch.equal(copy_ages, ages)
+    memory.add(torch.randn(2, 4, 2, 3))
+    before = {name: t.clone() for name, t in memory.state_dict().items()}
+    source = KNNMemory(dim=3, max_memories=5, num_indices=2)
+    source.add(torch.randn(2, 7, 2, 3))
+    state = {k: v for k, v in source.state_dict().items() if k != dropped}
+    with pytest.raises(ValueError, match="lacks"):
+        memory.load_state_dict(state)
+    for name, t in memory.state_dict().items():
+        assert torch.equal(t, before[name])
 
 
 @pytest.mark.parametrize(
@@ -298,7 +298,7 @@ def test_ivf_index_forgets_evicted_pairs_and_finds_their_replacements():
     memory = KNNMemory(dim=8, max_memories=64, num_indices=2, index="ivf", ivf_lists=4, ivf_probe=4, ivf_train_size=32)
     first = torch.nn.functional.normalize(torch.randn(2, 64, 2, 8), dim=-1)
     memory.add(first)
-    assert memory._ivf is not None and memory._ivf.ready
+    assert memory.backend.name == "ivf" and memory.backend.ready
     second = torch.nn.functional.normalize(torch.randn(2, 16, 2, 8), dim=-1)
     memory.add(second)  # overwrites the 16 oldest
     key_values, mask = memory.search(first[:, :16, 0], 1)  # evicted keys: their own pairs must not come back
@@ -328,7 +328,7 @@ def test_model_runs_with_the_ivf_index():
     assert knn[0].index == "ivf"
     for _ in range(6):
         logits, _ = model(torch.randint(0, 32, (2, 16)), knn_memories=knn)
-    assert knn[0]._ivf.ready and torch.isfinite(logits).all()
+    assert knn[0].backend.ready and torch.isfinite(logits).all()
 
 
 def test_model_gives_the_same_logits_with_the_flat_index():
@@ -355,7 +355,7 @@ def test_ivf_search_is_exact_for_a_stream_cleared_until_it_refills():
         m.add(pairs)
         m.clear([1])
         m.add(pairs[:, :20])
-    assert memory._ivf.usable(memory.count) == [0]
+    assert memory.backend.usable(memory.count) == [0]
     queries = torch.randn(2, 16, 8)
     got, got_mask = memory.search(queries, 8)
     want, want_mask = exact.search(queries, 8)

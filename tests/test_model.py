@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import tiny_model
 
 from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig, XLCache
-from memorizing_transformers_pytorch.model import relative_position_bucket
+from memorizing_transformers_pytorch.attention import relative_position_bucket
 
 
 def tokens(batch, n, num_tokens=32, low=2):
@@ -40,7 +40,7 @@ def test_backward_reaches_parameters_but_not_memories():
         loss, xl = model(x, knn_memories=knn, xl_memories=xl, labels=x)
         loss.backward()
     attn = model.layers[1].attn
-    assert attn.gate_bias.grad is not None and attn.gate_bias.grad.abs().sum() > 0
+    assert attn.gate.bias.grad is not None and attn.gate.bias.grad.abs().sum() > 0
     assert attn.log_scale.grad is not None
     assert not knn[0].keys.requires_grad and not knn[0].values.requires_grad
     assert all(not cache.keys.requires_grad for cache in xl)
@@ -100,7 +100,7 @@ def test_mlp_gate_sees_the_true_distance_of_each_memory(xl):
     model = tiny_model(knn_gate="mlp", xl_max_memories=xl, num_retrieved_memories=seq_len * (segments - 1) - xl)
     seen = []
     attn = model.layers[1].attn
-    attn.distance_mlp[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    attn.gate.mlp[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     knn, xl_memories = model.create_knn_memories(batch_size=2), None
     for _ in range(segments):
         seen.clear()
@@ -120,7 +120,7 @@ def test_mlp_gate_gets_gradients_and_changes_with_distance():
     model(tokens(2, 8), knn_memories=knn)
     loss, _ = model(tokens(2, 8), knn_memories=knn, labels=tokens(2, 8))
     loss.backward()
-    mlp = model.layers[1].attn.distance_mlp
+    mlp = model.layers[1].attn.gate.mlp
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp.parameters())
     bias = mlp(torch.log1p(torch.tensor([[1.0], [1000.0]])) / 8)
     assert bias.shape == (2, 4) and not torch.allclose(bias[0], bias[1])
@@ -130,7 +130,7 @@ def test_gate_forced_to_zero_matches_plain_attention():
     model = tiny_model()
     attn = model.layers[1].attn
     with torch.no_grad():
-        attn.gate_bias.fill_(-float("inf"))  # sigmoid(-inf) = 0
+        attn.gate.bias.fill_(-float("inf"))  # sigmoid(-inf) = 0
     knn = model.create_knn_memories(batch_size=2)
     model(tokens(2, 6), knn_memories=knn)
     x = tokens(2, 6)
@@ -149,12 +149,12 @@ def test_memory_rel_pos_bias_adds_the_farthest_buckets_bias_to_each_memory(gate)
     with torch.no_grad():
         biased.rel_pos.embedding.weight[-1] = torch.tensor([3.0, -2.0, 0.5, 6.0])
         reference.load_state_dict(biased.state_dict(), strict=False)
-        last = reference.layers[1].attn.distance_mlp[2]
+        last = reference.layers[1].attn.gate.mlp[2]
         last.weight.zero_()
         last.bias.copy_(biased.rel_pos.embedding.weight[-1])
         if gate == "mlp":
-            last.weight.copy_(biased.layers[1].attn.distance_mlp[2].weight)
-            last.bias.add_(biased.layers[1].attn.distance_mlp[2].bias)
+            last.weight.copy_(biased.layers[1].attn.gate.mlp[2].weight)
+            last.bias.add_(biased.layers[1].attn.gate.mlp[2].bias)
     first, x = tokens(2, 8), tokens(2, 8)
     outputs = []
     for model in (biased, reference):
@@ -200,7 +200,7 @@ def test_sdpa_local_attention_matches_a_manual_softmax():
 
 @pytest.mark.parametrize("num_queries,num_keys", [(1, 1), (1, 9), (5, 5), (3, 40), (40, 200)])
 def test_relative_position_bias_is_the_bucket_embedding_of_each_distance(num_queries, num_keys):
-    from memorizing_transformers_pytorch.model import RelativePositionBias
+    from memorizing_transformers_pytorch.attention import RelativePositionBias
 
     rel_pos = RelativePositionBias(heads=3, num_buckets=8, max_distance=16)
     torch.nn.init.normal_(rel_pos.embedding.weight)

@@ -7,19 +7,15 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from memorizing_transformers_pytorch.cli import main
+from experiments.__main__ import add_commands
+from experiments.recall import RecallTask, evaluate_recall, recall_document, training_document, wired_lookup_model
+from experiments.recall.task import KEY_SYMBOLS, SYMBOLS
+from memorizing_transformers_pytorch.cli import main as core_main
 from memorizing_transformers_pytorch.data import load_documents
-from memorizing_transformers_pytorch.recall import (
-    KEY_SYMBOLS,
-    SYMBOLS,
-    RecallTask,
-    copy_batch,
-    copy_warmup,
-    evaluate_recall,
-    recall_document,
-    training_document,
-    wired_lookup_model,
-)
+
+
+def main(argv):
+    core_main(argv, extend=add_commands)
 
 
 def statements(tokens, task):
@@ -91,30 +87,6 @@ def test_recall_source_splits_are_deterministic_and_different():
 def test_bad_recall_specs_are_rejected(spec, message):
     with pytest.raises(ValueError, match=message):
         RecallTask.parse(spec)
-
-
-def test_copy_batches_hold_a_string_and_its_copy_and_mask_the_copied_bytes():
-    tokens, mask = copy_batch(16, 64, 12, np.random.default_rng(0))
-    assert tokens.shape == mask.shape == (16, 64)
-    for row in range(16):
-        copied = mask[row].nonzero().flatten().tolist()
-        assert len(copied) == 11 and copied == list(range(copied[0], copied[0] + 11))
-        first = copied[0] - 1  # the copy's first byte is not predictable, so it is not masked
-        offsets = [o for o in range(12, 64 - 12 + 1) if first - o >= 0
-                   and torch.equal(tokens[row, first - o : first - o + 12], tokens[row, first : first + 12])]
-        assert offsets, row
-    assert set(tokens.flatten().tolist()) <= set(SYMBOLS.tolist()) | set(KEY_SYMBOLS.tolist())
-    with pytest.raises(ValueError, match="span"):
-        copy_batch(2, 64, 40, np.random.default_rng(0))
-
-
-def test_copy_warmup_trains_in_place_on_the_copied_bytes():
-    model = tiny_model(num_tokens=256)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    losses = copy_warmup(model, 3, batch_size=2, seq_len=32, span=8, progress=False)
-    assert len(losses) == 3 and all(np.isfinite(losses))
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not model.training
 
 
 def test_evaluate_recall_reports_every_distance():

@@ -28,9 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from memorizing_transformers_pytorch.recall import RecallTask, document_stream, recall_document  # noqa: E402
+
 from memorizing_transformers_pytorch import model as model_module  # noqa: E402
 from memorizing_transformers_pytorch.checkpoint import load_model  # noqa: E402
-from memorizing_transformers_pytorch.recall import RecallTask, document_stream, recall_document  # noqa: E402
 
 
 def main() -> None:

@@ -65,10 +65,10 @@ def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, da
     """Trains one variant (run in a child process): ``warmup_steps`` of ``recall.copy_warmup``, then ``steps``
     on the recall task from those weights."""
     import torch
+    from memorizing_transformers_pytorch.recall import RecallTask, copy_warmup
 
     from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig
     from memorizing_transformers_pytorch.checkpoint import latest_checkpoint, save_checkpoint
-    from memorizing_transformers_pytorch.recall import RecallTask, copy_warmup
     from memorizing_transformers_pytorch.train import TrainConfig, train
 
     torch.set_num_threads(1)
@@ -99,9 +99,9 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 def evaluate_one(name: str, out: Path, distances: list[int], documents: int, data: str) -> dict:
     import torch
+    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
 
     from memorizing_transformers_pytorch.checkpoint import load_model
-    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
 
     torch.set_num_threads(2)
     model = load_model(out / name)
@@ -126,9 +126,9 @@ def evaluation_ablations(out: Path, distances: list[int], documents: int, data: 
     """The trained ``memory`` variant evaluated with other memory sizes and numbers of neighbours k (same
     weights)."""
     import torch
+    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
 
     from memorizing_transformers_pytorch.checkpoint import load_model
-    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
 
     torch.set_num_threads(2)
     trained = load_model(out / "memory")
@@ -150,7 +150,6 @@ def evaluation_ablations(out: Path, distances: list[int], documents: int, data: 
 def wired_check(out: Path, distances: list[int], documents: int) -> dict:
     """The hand-wired lookup model (``recall.wired_lookup_model``): memory on vs off, 1- and 8-byte values."""
     import torch
-
     from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall, plot_recall, wired_lookup_model
 
     torch.set_num_threads(2)

@@ -1,0 +1,159 @@
+"""Generation with memory: read a long prompt a segment at a time into the memories, then sample.
+
+The stream is cut into segments exactly as in training, and each new token runs the model's own segment code
+on the partial segment (``PendingSegment``), so greedy decoding equals the argmax of a teacher-forced,
+segment-by-segment forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .attention import XLCache
+from .memory import KNNMemory
+
+if TYPE_CHECKING:
+    from .model import MemorizingTransformer
+
+__all__ = ["generate", "GenerationOutput", "PendingSegment", "sample"]
+
+
+class PendingSegment(NamedTuple):
+    """The part of the current segment read so far during generation (not yet in XL or kNN memory).
+
+    tokens: ``(B, t)``; keys, values: per layer ``(B, Hkv, t, Dh)``.
+    """
+
+    tokens: Tensor
+    keys: tuple[Tensor, ...]
+    values: tuple[Tensor, ...]
+
+    def layer(self, number: int) -> tuple[Tensor, Tensor]:
+        return self.keys[number - 1], self.values[number - 1]
+
+
+class GenerationOutput(NamedTuple):
+    """What ``generate`` returns; pass the memories and ``pending`` back in to continue."""
+
+    tokens: Tensor
+    knn_memories: Sequence[KNNMemory] | None
+    xl_memories: tuple[XLCache, ...] | None
+    pending: PendingSegment | None
+    logits: Tensor | None
+
+
+def sample(logits: Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> Tensor:
+    """One token per row from ``(B, V)`` logits; temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: MemorizingTransformer,
+    prompt: Tensor,
+    *,
+    max_new_tokens: int,
+    seq_len: int = 512,
+    knn_memories: Sequence[KNNMemory] | None = None,
+    xl_memories: Sequence[XLCache] | None = None,
+    pending: PendingSegment | None = None,
+    use_knn_memory: bool = True,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+    on_token: Callable[[Tensor], None] | None = None,
+) -> GenerationOutput:
+    """Reads ``prompt`` into the memories, then samples ``max_new_tokens`` tokens.
+
+    The stream is cut into segments of ``seq_len`` tokens exactly as in training
+    (counted from the start of the stream, or continuing ``pending``): long prompts
+    are read a segment at a time, and each new token then costs one position of
+    work per layer plus one memory search per memorizing layer. When a segment
+    fills, it moves into the XL cache and what leaves that goes to kNN memory.
+
+    Args:
+        prompt: ``(B, n)`` token ids (left-pad rows of different lengths with ``pad_id``).
+        max_new_tokens: tokens to generate per row.
+        seq_len: the segment length the model was trained with.
+        knn_memories, xl_memories, pending: state to continue from (a previous
+            ``GenerationOutput``'s); fresh kNN memories are made when None.
+        use_knn_memory: False turns the kNN memory off (memorizing layers attend
+            locally and to their XL cache only, as ``forward`` with ``knn_memories=None``).
+        temperature: 0 picks the argmax (greedy).
+        top_k, top_p: keep the k most likely tokens / the smallest set with
+            probability >= top_p before sampling.
+        eos_token_id: a row that produces it stops (later tokens are ``pad_id``,
+            or ``eos_token_id`` without one); generation ends when all rows stop.
+        on_token: called with each new ``(B,)`` token tensor (for streaming).
+
+    Returns:
+        ``GenerationOutput(tokens (B, <= max_new_tokens), knn_memories, xl_memories,
+        pending, logits (B, new, num_tokens) or None)``.
+    """
+    c = model.config
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if pending is not None and pending.tokens.shape[1] >= seq_len:
+        raise ValueError(f"the pending segment holds {pending.tokens.shape[1]} tokens, seq_len is {seq_len}")
+    model.check_inputs(prompt, knn_memories, xl_memories, None)
+    if not use_knn_memory and knn_memories is not None:
+        raise ValueError("use_knn_memory=False, but knn_memories were given")
+    B = prompt.shape[0]
+    if knn_memories is None and c.memorizing_layers and use_knn_memory:
+        knn_memories = model.create_knn_memories(batch_size=B)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, xl_memories, pending = model.read_segment(prompt, knn_memories, xl_memories, pending, seq_len)
+        next_logits = logits[:, -1]
+        new_tokens, all_logits = [], []
+        done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+        filler = c.pad_id if c.pad_id is not None else eos_token_id
+        for _ in range(max_new_tokens):
+            if return_logits:
+                all_logits.append(next_logits.float())
+            token = sample(next_logits.float(), temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                token = torch.where(done, torch.full_like(token, filler), token)
+                done |= token == eos_token_id
+            new_tokens.append(token)
+            if on_token is not None:
+                on_token(token)
+            if eos_token_id is not None and bool(done.all()):
+                break
+            logits, xl_memories, pending = model.read_segment(token[:, None], knn_memories, xl_memories, pending, seq_len)
+            next_logits = logits[:, -1]
+    finally:
+        model.train(was_training)
+    tokens = torch.stack(new_tokens, dim=1) if new_tokens else prompt.new_zeros(B, 0)
+    return GenerationOutput(tokens, knn_memories, xl_memories, pending,
+                            torch.stack(all_logits, dim=1) if return_logits and all_logits else None)
+
