@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from memorizing_transformers_pytorch import MemorizingTransformer
-from memorizing_transformers_pytorch.train import DEMO_MODEL
+from memorizing_transformers_pytorch.configs import CONFIGS
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     indexes = [name.strip() for name in args.knn_index.split(",") if name.strip()]
     cases = [(size, index) for size in (int(s) for s in args.sizes.split(",")) for index in (indexes if size else ["-"])]
     for size, index in cases:
-        model_config = {**DEMO_MODEL, "max_knn_memories": max(size, 32), "knn_index": "exact" if index == "-" else index}
+        model_config = {**CONFIGS["demo"], "max_knn_memories": max(size, 32), "knn_index": "exact" if index == "-" else index}
         model = MemorizingTransformer(**model_config).to(args.device).eval()
         knn = None
         if size:

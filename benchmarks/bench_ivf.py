@@ -128,21 +128,21 @@ def main() -> None:
             extra = torch.from_numpy(stream.pairs(size, 512))
         exact = KNNMemory(dim=dim, max_memories=size, num_indices=rows)
         exact.add(pairs)
-        truth = exact._top_indices(queries.unsqueeze(1), args.topk)
+        truth = exact.backend.search(exact.keys, exact.count, size, queries.unsqueeze(1), args.topk)
         for probe in (int(p) for p in args.probes.split(",")):
             started = time.perf_counter()
             ivf = KNNMemory(dim=dim, max_memories=size, num_indices=rows, index="ivf", ivf_lists=args.lists,
                             ivf_probe=probe)
             ivf.add(pairs)
             build = time.perf_counter() - started
-            assert ivf._ivf is not None and ivf._ivf.ready
+            assert ivf.backend.name == "ivf" and ivf.backend.ready
             times: dict[str, list[float]] = {"exact": [], "ivf": []}
             for _ in range(args.reps):  # alternate, so that drift hits both
                 for name, memory in (("exact", exact), ("ivf", ivf)):
                     t0 = time.perf_counter()
                     memory.search(queries, args.topk)
                     times[name].append(1000 * (time.perf_counter() - t0))
-            found = ivf._ivf.search(queries.unsqueeze(1), args.topk, list(range(rows)))
+            found = ivf.backend.search(ivf.keys, ivf.count, size, queries.unsqueeze(1), args.topk)  # every row is trained: all IVF
             hits = sum(len(set(found[r, 0, q].tolist()) & set(truth[r, 0, q].tolist()))
                        for r in range(rows) for q in range(args.queries))
             recall = hits / (rows * args.queries * args.topk)

@@ -60,6 +60,7 @@ class TrainConfig:
     min_lr_ratio: float = field(default=0.1, metadata=_help("final learning rate as a fraction of the peak"))
     warmup_steps: int = field(default=100, metadata=_help("linear warmup steps"))
     weight_decay: float = field(default=0.1, metadata=_help("AdamW weight decay (not on norms, biases, gates)"))
+    adam_beta2: float = field(default=0.95, metadata=_help("AdamW's second-moment decay (0.999 is torch's default)"))
     grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (0 = off)"))
     grad_accum: int = field(default=1, metadata=_help("consecutive segments per optimizer step"))
     bf16: bool = field(default=False, metadata=_help("bfloat16 autocast"))
@@ -83,6 +84,8 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.adam_beta2 < 1:
+            raise ValueError(f"adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
 
@@ -139,7 +142,7 @@ class Trainer:
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.95))
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, self.config.adam_beta2))
 
     @property
     def ddp_model(self) -> torch.nn.Module:
