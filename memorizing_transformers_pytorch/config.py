@@ -84,7 +84,7 @@ class MemorizingTransformerConfig:
             with its relative position bias at +10 for the token ``h + 1`` back and 0 elsewhere, so it
             attends almost only there (the bias stays learnable, and is shared by all layers). 0 (the
             default) starts every bias at random, as in the seed. Meant to hand a small model the tokens
-            before each position, which a lookup by content matches. Measured once (docs/recall.md): with 3
+            before each position, which a lookup by content matches. Measured once (dev/LOG.md): with 3
             such heads a width-128 model did *not* learn the copy warm-up in 6,000 steps (7.2 bits per
             copied byte, against 0.1 from a random start), so it is off by default.
         memory_rel_pos_bias: with the ``joint`` or ``mlp`` gate, add to every retrieved memory's logit the
