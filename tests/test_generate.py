@@ -4,18 +4,16 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from memorizing_transformers_pytorch.data import Batch
+from memorizing_transformers_pytorch.evaluate import read_stream
+
 PAD = 0
 
 
-def teacher_forced_logits(model, sequence, seq_len, max_knn_memories=None):
-    """Logits of a plain segment-by-segment forward pass over the whole sequence."""
-    knn = model.create_knn_memories(batch_size=sequence.shape[0], max_memories=max_knn_memories) \
-        if model.config.memorizing_layers else None
-    xl, outputs = None, []
-    for start in range(0, sequence.shape[1], seq_len):
-        logits, xl = model(sequence[:, start : start + seq_len], knn_memories=knn, xl_memories=xl)
-        outputs.append(logits)
-    return torch.cat(outputs, dim=1)
+def teacher_forced_logits(model, sequence, seq_len, memory_size=None):
+    """Logits of a plain segment-by-segment forward pass over the whole sequence (memory_size 0: memory off)."""
+    pieces = (Batch(piece, piece) for piece in sequence.split(seq_len, dim=1))
+    return torch.cat([logits for _, logits in read_stream(model, pieces, memory_size=memory_size)], dim=1)
 
 
 @pytest.mark.parametrize(
@@ -53,11 +51,7 @@ def test_generation_with_the_memory_off_matches_a_forward_pass_without_memory():
                          use_knn_memory=False)
     assert out.knn_memories is None
     sequence = torch.cat((prompt, out.tokens), dim=1)
-    xl, reference = None, []
-    for start in range(0, sequence.shape[1], seq_len):
-        logits, xl = model(sequence[:, start : start + seq_len], knn_memories=None, xl_memories=xl)
-        reference.append(logits)
-    predicted = torch.cat(reference, dim=1)[:, prompt.shape[1] - 1 : -1]
+    predicted = teacher_forced_logits(model, sequence, seq_len, memory_size=0)[:, prompt.shape[1] - 1 : -1]
     torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-4)
     with_memory = model.generate(prompt, max_new_tokens=9, seq_len=seq_len, temperature=0.0, return_logits=True)
     assert not torch.allclose(with_memory.logits, out.logits)  # the memory was read in the other run
