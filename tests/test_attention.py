@@ -24,6 +24,7 @@ def softmax(logits):
     return [w / sum(weights) for w in weights]
 
 
+@torch.no_grad()
 def mlp_bias(gate, distance, head):
     """The MLP gate's f_h(log(1 + d)), one scalar at a time."""
     first, _, last = gate.mlp

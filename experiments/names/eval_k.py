@@ -1,6 +1,7 @@
 """Held-out bits per byte of one trained model with other numbers of retrieved memories k (same weights).
 
-    python benchmarks/eval_k.py runs/long/memory --ks 1,4,8,32 --out k_sweep.json
+    python experiments/names/eval_k.py runs/long/memory --ks 1,4,8,32 --out k_sweep.json
+    python -m experiments.names.eval_k ...      # the same
 
 Documents: the ``--max-docs`` longest held-out test files of ``--data``, cut to ``--max-doc-bytes``.
 Also reports memory off. Prints one line per setting and writes a JSON object.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 sys.path.insert(0, str(ROOT))
 
 from memorizing_transformers_pytorch.checkpoint import load_model  # noqa: E402

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Gate ablation on the standard library at a fixed budget: sigmoid / joint / mlp, same model, data and steps.
-# Usage: bash benchmarks/ablate_gates.sh [STEPS] [THREADS]    (defaults: 300 steps, 1 thread; ~6 min per gate here)
-# Writes benchmarks/results/gates/<gate>/ (run folders with eval.json) and prints one table.
+# Usage: bash experiments/recall/ablate_gates.sh [STEPS] [THREADS]    (defaults: 300 steps, 1 thread; ~6 min per gate here)
+# Writes runs/gates/<gate>/ (run folders with eval.json; OUT=DIR writes elsewhere) and prints one table.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 STEPS=${1:-300}
 THREADS=${2:-1}
-OUT=benchmarks/results/gates
+OUT=${OUT:-runs/gates}
 PY=${PYTHON:-.venv/bin/python}
 for gate in sigmoid joint mlp; do
   if [ ! -f "$OUT/$gate/eval.json" ]; then

@@ -11,8 +11,12 @@ head with the largest learned temperature (the lookup head) and reports:
 (every retrieved memory's logit gets the relative position bias of the farthest bucket),
 for a model trained without it: what the untrained change does to the lookup.
 
-    python benchmarks/recall_attention.py runs/recall/memory --data recall:value_len=4 --k 1
-    python benchmarks/recall_attention.py runs/recall/memory --data recall:value_len=4 --k 1 --memory-bias far
+    python experiments/recall/attention_probe.py runs/recall/memory --data recall:value_len=4 --k 1
+    python experiments/recall/attention_probe.py runs/recall/memory --data recall:value_len=4 --k 1 --memory-bias far
+    python -m experiments.recall.attention_probe ...      # the same
+
+It records the joint softmax's logits by wrapping ``attention._joint_attention`` (which the
+joint gate calls) while the documents are read.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 sys.path.insert(0, str(ROOT))
 
-from memorizing_transformers_pytorch.recall import RecallTask, document_stream, recall_document  # noqa: E402
-
-from memorizing_transformers_pytorch import model as model_module  # noqa: E402
+from experiments.recall import RecallTask, document_stream, recall_document  # noqa: E402
+from memorizing_transformers_pytorch import attention as attention_module  # noqa: E402
 from memorizing_transformers_pytorch.checkpoint import load_model  # noqa: E402
+from memorizing_transformers_pytorch.evaluate import read_stream, segments  # noqa: E402
 
 
 def main() -> None:
@@ -55,28 +59,29 @@ def main() -> None:
     head = int(attention.log_scale.detach().flatten().argmax())
 
     captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    joint = model_module.Attention._joint_attention
+    joint = attention_module._joint_attention
 
-    def recording(self, q_scaled, keys, values, attn_mask, mem_keys, mem_values, mem_mask, mem_bias, dropout):
-        group = q_scaled.shape[1] // self.kv_heads
+    def recording(q_scaled, keys, values, attn_mask, reads, bias, dropout_p):
+        """The logits of the joint softmax (local, and retrieved with their bias), for the lookup head."""
+        group = q_scaled.shape[1] // keys.shape[1]
         local = q_scaled @ keys.repeat_interleave(group, dim=1).transpose(-1, -2) + attn_mask
-        memory = torch.einsum("bhnd,bhnkd->bhnk", q_scaled, mem_keys)
-        memory = (memory + (0 if mem_bias is None else mem_bias)).masked_fill(~mem_mask, float("-inf"))
+        memory = torch.einsum("bhnd,bhnkd->bhnk", q_scaled, reads.keys)
+        memory = (memory + (0 if bias is None else bias)).masked_fill(~reads.mask, float("-inf"))
         captured.append((local[:, head], memory[:, head]))
-        return joint(self, q_scaled, keys, values, attn_mask, mem_keys, mem_values, mem_mask, mem_bias, dropout)
+        return joint(q_scaled, keys, values, attn_mask, reads, bias, dropout_p)
 
-    model_module.Attention._joint_attention = recording
     task = RecallTask.parse(args.data)
     rng = np.random.default_rng([1234, args.distance])  # evaluate_recall's documents
     docs = [recall_document(task, args.distance, rng) for _ in range(args.documents)]
     stream = document_stream(docs, args.seq_len)
-    padded = stream.shape[1]
-    knn = model.create_knn_memories(batch_size=len(docs))
-    xl, argmax = None, []
-    with torch.no_grad():
-        for start in range(0, padded - 1, args.seq_len):
-            logits, xl = model(stream[:, start : start + args.seq_len], knn_memories=knn, xl_memories=xl)
+    argmax = []
+    # the joint gate calls the module's _joint_attention: record through it while the documents are read
+    attention_module._joint_attention = recording
+    try:
+        for _, logits in read_stream(model, segments(stream, args.seq_len), memory_size=None):
             argmax.append(logits.argmax(-1))
+    finally:
+        attention_module._joint_attention = joint
     predicted = torch.cat(argmax, dim=1).numpy()
     shares, margins, right = [], [], []
     for row, doc in enumerate(docs):

@@ -11,8 +11,9 @@ given), the model's argmax is either right or wrong. A wrong byte is counted as
 - ``end``: the statement's end, ``;``, a byte too early;
 - none of these (a byte may count as both ``repeat`` and ``context-1``).
 
-    python benchmarks/recall_errors.py runs/recall/memory
-    python benchmarks/recall_errors.py runs/recall/memory --data recall:value_len=4 --distances 88,2048
+    python experiments/recall/errors.py runs/recall/memory
+    python experiments/recall/errors.py runs/recall/memory --data recall:value_len=4 --distances 88,2048
+    python -m experiments.recall.errors ...      # the same
 
 Prints a table per distance; ``--json`` writes the counts.
 """
@@ -27,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 sys.path.insert(0, str(ROOT))
 
-from memorizing_transformers_pytorch.recall import RecallTask, document_stream, recall_document  # noqa: E402
-
+from experiments.recall import RecallTask, document_stream, recall_document  # noqa: E402
 from memorizing_transformers_pytorch.checkpoint import load_model  # noqa: E402
+from memorizing_transformers_pytorch.evaluate import read_stream, segments  # noqa: E402
 
 
 def followers(tokens: np.ndarray, end: int, context: int, skip: int) -> set[int]:
@@ -47,13 +48,7 @@ def classify(model, task: RecallTask, distance: int, documents: int, memory_size
     rng = np.random.default_rng([1234, distance])  # the documents of evaluate_recall's default seed
     docs = [recall_document(task, distance, rng) for _ in range(documents)]
     stream = document_stream(docs, seq_len)
-    padded = stream.shape[1]
-    use_memory = memory_size > 0 and len(model.config.memorizing_layers) > 0
-    knn = model.create_knn_memories(batch_size=len(docs), max_memories=memory_size) if use_memory else None
-    xl, argmax = None, []
-    for start in range(0, padded - 1, seq_len):
-        logits, xl = model(stream[:, start : start + seq_len], knn_memories=knn, xl_memories=xl)
-        argmax.append(logits.argmax(-1))
+    argmax = [logits.argmax(-1) for _, logits in read_stream(model, segments(stream, seq_len), memory_size=memory_size)]
     predicted = torch.cat(argmax, dim=1).numpy()  # predicted[row, i] is the guess for document byte i
     kinds = ("bytes", "wrong", "repeat", "context-1", "context-2", "end")
     counts = {kind: [0] * task.value_len for kind in kinds}

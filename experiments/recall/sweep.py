@@ -1,25 +1,28 @@
 """Long-range recall: does the model use what it read far outside its context?
 
 Trains small byte-level models for the same budget on the recall task
-(``memorizing_transformers_pytorch/recall.py``: key -> value bindings queried
+(``experiments/recall/task.py``: key -> value bindings queried
 later) and measures exact-match recall of the value, and bits per value byte, at
 binding-to-query distances from inside the local window to many times the local +
 XL context. Variants: the memorizing model (kNN memory), an XL-only model, a plain
 model, and ablations (gate, memorizing layer, neighbours k, training memory size).
 
-    python benchmarks/recall.py                      # the three main variants
-    python benchmarks/recall.py --variants all       # + ablations
-    python benchmarks/recall.py --variants memory,mlp_gate --steps 1000
+    python experiments/recall/sweep.py                      # the three main variants
+    python experiments/recall/sweep.py --variants all       # + ablations
+    python experiments/recall/sweep.py --variants memory,mlp_gate --steps 1000
+    python -m experiments.recall.sweep ...                  # the same
 
-Every variant first learns to copy (``recall.copy_warmup``: ``--warmup-steps`` of
-random strings copied 48-80 bytes later, loss on the copied bytes only), then trains
-``--steps`` on the recall task from those weights. Small models learn to copy there
-within a few thousand steps, abruptly; on the recall task alone they did not start in
-12,000 steps (see docs/recall.md). Both phases are the same for every variant, so the
-budget is equal.
+Run from the repository root. Every variant first learns to copy (the copy warm-up,
+``experiments/warmup``: ``--warmup-steps`` of the normal training loop on the data source
+``copy``, random strings copied 48-80 bytes later, loss on the copied bytes only, into
+``OUT/VARIANT.warmup``), then trains ``--steps`` on the recall task from those weights
+(``init_from``). Small models learn to copy there within a few thousand steps, abruptly;
+on the recall task alone they did not start in 12,000 steps (see
+experiments/recall/README.md). Both phases are the same for every variant, so the budget
+is equal.
 
-Each variant trains in its own process (``--jobs`` at a time, one thread each) and
-is skipped when its run folder already holds a finished checkpoint, and resumed
+Each variant trains in its own process (``--jobs`` at a time, one thread each); each
+phase is skipped when its run folder already holds a finished checkpoint, and resumed
 from its latest checkpoint when it holds an unfinished one, so an interrupted
 sweep continues where it stopped. Results: ``OUT/recall.json``,
 ``OUT/recall.png`` and a markdown table on stdout.
@@ -33,8 +36,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from memorizing_transformers_pytorch.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository root: ``experiments`` and the package import from it
 sys.path.insert(0, str(ROOT))
 
 SEQ_LEN = 128
@@ -61,14 +68,27 @@ VARIANTS = {
 MAIN = ("memory", "xl_only", "plain")
 
 
-def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, data: str, base: dict) -> None:
-    """Trains one variant (run in a child process): ``warmup_steps`` of ``recall.copy_warmup``, then ``steps``
-    on the recall task from those weights."""
-    import torch
-    from memorizing_transformers_pytorch.recall import RecallTask, copy_warmup
+def warmup_config(run_dir: Path, steps: int, seed: int) -> TrainConfig:
+    """The copy warm-up of every variant: ``steps`` of the normal training loop on the ``copy`` source (8 rows
+    of 128 random bytes holding a 48-byte string and its copy, loss on the copied bytes), AdamW at a constant
+    lr 2e-3 after 100 warmup steps, weight decay 0.01, beta2 0.999: the old ``recall.copy_warmup`` (same loss
+    curve)."""
+    from memorizing_transformers_pytorch.train import TrainConfig
 
-    from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig
-    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint, save_checkpoint
+    return TrainConfig(data="copy", run_dir=str(run_dir), seq_len=SEQ_LEN, batch_size=8, steps=steps, lr=2e-3,
+                       warmup_steps=100, min_lr_ratio=1.0, weight_decay=0.01, adam_beta2=0.999, seed=seed,
+                       checkpoint_every=500, log_every=50)
+
+
+def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, data: str, base: dict) -> None:
+    """Trains one variant (run in a child process): ``warmup_steps`` of the copy warm-up (``warmup_config``),
+    then ``steps`` on the recall task from those weights."""
+    import torch
+
+    import experiments.warmup  # noqa: F401  (registers the 'copy' data source)
+    from experiments.recall import RecallTask  # (and registers the 'recall' data source)
+    from memorizing_transformers_pytorch import MemorizingTransformerConfig
+    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
     from memorizing_transformers_pytorch.train import TrainConfig, train
 
     torch.set_num_threads(1)
@@ -77,13 +97,9 @@ def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, da
     memory = max(base["max_knn_memories"], RecallTask.parse(data).length)
     model_config = MemorizingTransformerConfig(**{**base, "max_knn_memories": memory, **overrides})
     warmup_dir = out / f"{name}.warmup"
-    if warmup_steps and latest_checkpoint(warmup_dir) is None:
-        torch.manual_seed(seed)
-        model = MemorizingTransformer(model_config)
-        started = time.perf_counter()
-        losses = copy_warmup(model, warmup_steps, batch_size=8, seq_len=SEQ_LEN, seed=seed, progress=False)
-        seconds = time.perf_counter() - started
-        save_checkpoint(warmup_dir, warmup_steps, model, state={"copy_bits": losses, "seconds": seconds})
+    if warmup_steps and not finished(warmup_dir, warmup_steps):
+        train(model_config, warmup_config(warmup_dir, warmup_steps, seed),
+              resume=latest_checkpoint(warmup_dir) is not None, progress=False)
     config = TrainConfig(data=data, run_dir=str(out / name), seq_len=SEQ_LEN, batch_size=8, steps=steps, lr=2e-3,
                          warmup_steps=100, checkpoint_every=500, log_every=50, seed=seed,
                          init_from=str(warmup_dir) if warmup_steps else "")
@@ -99,8 +115,8 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 def evaluate_one(name: str, out: Path, distances: list[int], documents: int, data: str) -> dict:
     import torch
-    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
 
+    from experiments.recall import RecallTask, evaluate_recall
     from memorizing_transformers_pytorch.checkpoint import load_model
 
     torch.set_num_threads(2)
@@ -111,23 +127,49 @@ def evaluate_one(name: str, out: Path, distances: list[int], documents: int, dat
     metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     result.update(description=description, config=model.config.to_dict(), final_train_loss=metrics[-1]["loss"],
                   train_seconds=metrics[-1]["elapsed_s"], steps=metrics[-1]["step"])
+    result.update(warmup_summary(out / f"{name}.warmup"))
+    return result
+
+
+def warmup_summary(warmup_dir: Path) -> dict:
+    """``warmup_steps``, ``warmup_seconds`` and ``warmup_copy_bits_last_100`` (mean bits per copied byte of the
+    last 100 steps) of a variant's copy warm-up, or nothing when it had none."""
     from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
 
-    warmup = latest_checkpoint(out / f"{name}.warmup")
-    if warmup is not None:
-        state = json.loads((warmup / "state.json").read_text())
+    latest = latest_checkpoint(warmup_dir)
+    if latest is None:
+        return {}
+    state = json.loads((latest / "state.json").read_text())
+    if "copy_bits" in state:  # a warm-up written by the old recall.copy_warmup: every step's bits, its seconds
         bits = state["copy_bits"]
-        result.update(warmup_steps=state["step"], warmup_seconds=state["seconds"],
-                      warmup_copy_bits_last_100=sum(bits[-100:]) / len(bits[-100:]))
-    return result
+        return dict(warmup_steps=state["step"], warmup_seconds=state["seconds"],
+                    warmup_copy_bits_last_100=sum(bits[-100:]) / len(bits[-100:]))
+    records = [json.loads(line) for line in (warmup_dir / "metrics.jsonl").read_text().splitlines()]
+    # The metrics hold the mean of each window of log_every (50) steps, not every step's loss: the last-100
+    # mean is the step-weighted mean of the last windows that cover 100 steps. That is exact when the windows
+    # end on 100 steps (steps a multiple of 50), and otherwise covers up to 49 more steps (an approximation).
+    # Records that a resumed run wrote again (steps after its checkpoint) supersede the earlier ones.
+    kept: list[dict] = []
+    for record in reversed(records):
+        if not kept or record["step"] < kept[-1]["step"]:
+            kept.append(record)
+    covered, bits = 0, 0.0
+    for record, before in zip(kept, [r["step"] for r in kept[1:]] + [0]):
+        window = record["step"] - before
+        covered, bits = covered + window, bits + window * record["bits_per_byte"]
+        if covered >= 100:
+            break
+    # elapsed_s counts from the start of the run's last process: the training time when it was not resumed
+    return dict(warmup_steps=state["step"], warmup_seconds=records[-1]["elapsed_s"],
+                warmup_copy_bits_last_100=bits / covered)
 
 
 def evaluation_ablations(out: Path, distances: list[int], documents: int, data: str) -> dict:
     """The trained ``memory`` variant evaluated with other memory sizes and numbers of neighbours k (same
     weights)."""
     import torch
-    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall
 
+    from experiments.recall import RecallTask, evaluate_recall
     from memorizing_transformers_pytorch.checkpoint import load_model
 
     torch.set_num_threads(2)
@@ -148,9 +190,10 @@ def evaluation_ablations(out: Path, distances: list[int], documents: int, data: 
 
 
 def wired_check(out: Path, distances: list[int], documents: int) -> dict:
-    """The hand-wired lookup model (``recall.wired_lookup_model``): memory on vs off, 1- and 8-byte values."""
+    """The hand-wired lookup model (``experiments/recall/wired.py``): memory on vs off, 1- and 8-byte values."""
     import torch
-    from memorizing_transformers_pytorch.recall import RecallTask, evaluate_recall, plot_recall, wired_lookup_model
+
+    from experiments.recall import RecallTask, evaluate_recall, plot_recall, wired_lookup_model
 
     torch.set_num_threads(2)
     model = wired_lookup_model(xl=XL)
@@ -173,7 +216,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000,
                         help="recall-task training steps per variant (batch 8 x 128 bytes)")
     parser.add_argument("--warmup-steps", type=int, default=6000,
-                        help="steps of recall.copy_warmup before the recall task, per variant (0 = none)")
+                        help="steps of the copy warm-up (experiments/warmup) before the recall task, per variant "
+                             "(0 = none)")
     parser.add_argument("--distances", default="88,176,352,704,1408,2048,2816,5632", help="binding-to-query distances")
     parser.add_argument("--data", default=DATA,
                         help="recall task for training (and the value format at evaluation); e.g. "
@@ -184,7 +228,7 @@ def main() -> None:
                              "num_retrieved_memories=8")
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at once (one thread each)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recall"))
+    parser.add_argument("--out", default=str(ROOT / "runs" / "recall"))
     parser.add_argument("--eval-ablations", action="store_true",
                         help="also evaluate the memory variant with other memory sizes and k (no training)")
     parser.add_argument("--wired", action="store_true",
@@ -248,7 +292,7 @@ def main() -> None:
                                         "warmup_steps": args.warmup_steps, "base_model": base},
                                        indent=2) + "\n")
 
-    from memorizing_transformers_pytorch.recall import plot_recall
+    from experiments.recall import plot_recall
 
     plot_recall({f"{n}: {r['description']}": r for n, r in results.items() if n in MAIN}, str(out / "recall.png"),
                 context=context)
