@@ -1,17 +1,18 @@
 """Checkpoints: a directory per step, written atomically, loaded without unpickling.
 
-Layout of ``RUN_DIR/checkpoints/step-000123/``:
-    model.safetensors     weights
-    config.json           model config
-    train_config.json     training config (when saved by training)
-    memories.safetensors  kNN memories and XL caches of the training streams
-    state.json            step, data position, metrics needed to continue
-    trainer.pt            optimizer, scheduler and RNG state (tensors only; loaded with weights_only)
+Layout of ``RUN_DIR/checkpoints/step-0000123/``:
+    model.safetensors           weights
+    config.json                 model config
+    train_config.json           training config (when saved by training)
+    state.json                  step, data position, world size
+    trainer.pt                  optimizer and scheduler state (tensors only; loaded with weights_only)
+    memories-rank{R}.safetensors  each process's own kNN memories, XL caches and RNG state (training)
 
-``RUN_DIR/checkpoints/latest`` names the newest complete checkpoint. Each checkpoint
-is written into a temporary directory and renamed into place, and ``latest`` is
-replaced with ``os.replace``, so a crash leaves either the old or the new
-checkpoint, never half of one.
+``RUN_DIR/checkpoints/latest`` names the newest complete checkpoint. A checkpoint is written into a
+temporary folder (``.step-0000123.tmp``; every process writes its own memory shard there, so no rank
+sends its memories to another), fsynced, renamed into place, and only then does ``latest`` move, with
+``os.replace``. A crash at any moment leaves the previous checkpoint loadable; the next save removes what a
+crash left behind. Anything unreadable raises ``CheckpointError``, one line naming the file.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .attention import XLCache
@@ -32,8 +35,22 @@ from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .memory import KNNMemory
 from .model import MemorizingTransformer
 
-__all__ = ["save_checkpoint", "load_model", "load_weights", "load_checkpoint", "latest_checkpoint", "resolve_checkpoint",
+__all__ = ["CheckpointError", "save_checkpoint", "temporary_folder", "prepare_checkpoint", "write_shard",
+           "commit_checkpoint", "abort_checkpoint", "load_model", "load_weights", "load_config", "load_state_dict_into",
+           "load_checkpoint", "load_trainer_state", "load_shard", "latest_checkpoint", "resolve_checkpoint",
            "memories_to_tensors", "memories_from_tensors"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated, corrupted or of another model; the message names it."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -45,18 +62,21 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def memories_to_tensors(knn_memories: list[KNNMemory] | None, xl_memories: tuple[XLCache, ...] | None) -> dict:
+# ------------------------------------------------------------------------------------------------ memories
+def memories_to_tensors(knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None
+                        ) -> dict[str, torch.Tensor]:
+    """The state of the memories as named tensors (no copies beyond what contiguity needs)."""
     tensors = {}
     for i, memory in enumerate(knn_memories or []):
         for name, tensor in memory.state_dict().items():
-            tensors[f"knn.{i}.{name}"] = tensor.detach().clone()
+            tensors[f"knn.{i}.{name}"] = tensor.detach()
     for i, cache in enumerate(xl_memories or ()):
         for name, tensor in cache._asdict().items():
-            tensors[f"xl.{i}.{name}"] = tensor.detach().clone()
+            tensors[f"xl.{i}.{name}"] = tensor.detach()
     return tensors
 
 
-def memories_from_tensors(tensors: dict, knn_memories: list[KNNMemory] | None) -> tuple[XLCache, ...] | None:
+def memories_from_tensors(tensors: dict, knn_memories: Sequence[KNNMemory] | None) -> tuple[XLCache, ...] | None:
     """Loads kNN memory state into ``knn_memories`` in place; returns the XL caches."""
     for i, memory in enumerate(knn_memories or []):
         memory.load_state_dict({k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"knn.{i}.")})
@@ -68,6 +88,69 @@ def memories_from_tensors(tensors: dict, knn_memories: list[KNNMemory] | None) -
     return tuple(xl) if xl else None
 
 
+# ----------------------------------------------------------------------------------------------------- save
+def temporary_folder(run_dir: str | Path, step: int) -> Path:
+    """Where step ``step``'s checkpoint is written before it is renamed into place."""
+    return Path(run_dir) / "checkpoints" / f".step-{step:07d}.tmp"
+
+
+def prepare_checkpoint(tmp: Path) -> None:
+    """Creates the empty temporary folder ``tmp`` (``temporary_folder``), after removing what an interrupted
+    save left behind (temporary folders and ``latest`` files). One process calls it; all then write into it."""
+    root = tmp.parent
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(".latest.*"):
+        stale.unlink(missing_ok=True)
+    tmp.mkdir()
+
+
+def write_shard(tmp: Path, rank: int, tensors: dict[str, torch.Tensor]) -> None:
+    """Writes one process's memories (and RNG state) as ``memories-rank{rank}.safetensors`` into ``tmp``."""
+    path = tmp / f"memories-rank{rank}.safetensors"
+    out, storages = {}, set()
+    for name, tensor in tensors.items():
+        tensor = tensor.contiguous().cpu()
+        if tensor.untyped_storage().data_ptr() in storages:  # e.g. layers' XL masks cut from one tensor
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        out[name] = tensor
+    save_file(out, path)
+    _fsync(path)
+
+
+def commit_checkpoint(tmp: Path, step: int, model: MemorizingTransformer, *, state: dict[str, Any],
+                      train_config: dict[str, Any] | None = None, trainer_state: dict[str, Any] | None = None,
+                      keep: int = 2) -> Path:
+    """Adds the weights, configs and state to ``tmp``, renames it to ``step-{step}``, then points ``latest``
+    at it and deletes all but the newest ``keep`` checkpoints."""
+    root = tmp.parent
+    final = root / f"step-{step:07d}"
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    (tmp / "config.json").write_text(model.config.to_json() + "\n")
+    if train_config is not None:
+        (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
+    for file in tmp.iterdir():
+        _fsync(file)
+    if final.exists():  # a checkpoint of this step that `latest` does not name (a crash after the rename)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    _write_text_atomic(root / "latest", final.name + "\n")
+    _fsync(root)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def abort_checkpoint(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -76,54 +159,46 @@ def save_checkpoint(
     state: dict[str, Any],
     train_config: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
-    memories: dict | None = None,
+    memories: dict[str, torch.Tensor] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Writes ``run_dir/checkpoints/step-{step}`` atomically and points ``latest`` at it.
-
-    Keeps the newest ``keep`` checkpoints and deletes older ones.
-    """
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    """Writes ``run_dir/checkpoints/step-{step}`` atomically in one process (``memories`` as rank 0's shard)
+    and points ``latest`` at it. On any error the temporary folder is removed and ``latest`` is unchanged."""
+    tmp = temporary_folder(run_dir, step)
+    prepare_checkpoint(tmp)
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, tmp / "model.safetensors")
-        (tmp / "config.json").write_text(model.config.to_json() + "\n")
-        if train_config is not None:
-            (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
         if memories:
-            save_file({k: v.cpu() for k, v in memories.items()}, tmp / "memories.safetensors")
-        if trainer_state is not None:
-            torch.save(trainer_state, tmp / "trainer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
-        for file in tmp.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            write_shard(tmp, 0, memories)
+        return commit_checkpoint(tmp, step, model, state=state, train_config=train_config,
+                                 trainer_state=trainer_state, keep=keep)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        abort_checkpoint(tmp)
         raise
-    _write_text_atomic(root / "latest", final.name + "\n")
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
+# ----------------------------------------------------------------------------------------------------- load
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+    """The newest complete checkpoint of a run, or None when the run has none.
+
+    Raises:
+        CheckpointError: ``latest`` names a checkpoint folder that does not exist.
+    """
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    name = pointer.read_text().strip()
+    path = pointer.parent / name
+    if not name or not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{pointer}: names {name!r}, which is not a complete checkpoint folder")
+    return path
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accepts a checkpoint directory or a run directory (its latest checkpoint)."""
+    """Accepts a checkpoint directory or a run directory (its latest checkpoint).
+
+    Raises:
+        FileNotFoundError: neither. CheckpointError: a dangling ``latest``.
+    """
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path
@@ -133,37 +208,113 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device=str(device))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(error).split())})") from None
+
+
+def load_config(checkpoint_dir: str | Path) -> MemorizingTransformerConfig:
+    """The model config in a checkpoint folder.
+
+    Raises:
+        CheckpointError: missing, not JSON, or not a valid config.
+    """
+    path = Path(checkpoint_dir) / "config.json"
+    try:
+        return MemorizingTransformerConfig.from_dict(_read_json(path))
+    except (TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: not a valid model config ({error})") from None
+
+
+def load_weights(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The weights in a checkpoint folder's ``model.safetensors``."""
+    return _read_safetensors(Path(checkpoint_dir) / "model.safetensors", device)
+
+
+def load_state_dict_into(model: MemorizingTransformer, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """``model.load_state_dict(weights)``, with a mismatch reported as one line naming the weights file."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise CheckpointError(f"{path / 'model.safetensors'}: weights do not fit the model of "
+                              f"{path / 'config.json'} ({first.rstrip('.')})") from None
+
+
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", **search: Any) -> MemorizingTransformer:
     """Builds the model from ``config.json`` and loads its safetensors weights.
 
     ``search``: other memory-search settings (``SEARCH_FIELDS``, e.g. ``num_retrieved_memories=2``); they
     change no weight.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``. CheckpointError: an unreadable or mismatched file.
+        ValueError: settings that are not search settings.
     """
     path = resolve_checkpoint(path)
-    config = MemorizingTransformerConfig.from_json(path / "config.json")
+    config = load_config(path)
     unknown = sorted(set(search) - set(SEARCH_FIELDS))
     if unknown:
         raise ValueError(f"load_model: {unknown} are not search settings ({', '.join(SEARCH_FIELDS)})")
     if search:
         config = dataclasses.replace(config, **search)
     model = MemorizingTransformer(config)
-    model.load_state_dict(load_weights(path))
+    load_state_dict_into(model, load_weights(path), path)
     return model.to(device)
 
 
-def load_weights(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The weights in a checkpoint folder's ``model.safetensors``."""
-    return load_file(Path(checkpoint_dir) / "model.safetensors", device=str(device))
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Everything a training run needs to resume: the path, state, configs, trainer state, memories."""
+    """A checkpoint's path, state (``state.json``) and training config, without weights or memories.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``. CheckpointError: an unreadable file.
+    """
     path = resolve_checkpoint(path)
-    result: dict[str, Any] = {"path": path, "state": json.loads((path / "state.json").read_text())}
+    result: dict[str, Any] = {"path": path}
+    state_path = path / "state.json"
+    result["state"] = _read_json(state_path) if state_path.is_file() else {}
     if (path / "train_config.json").is_file():
-        result["train_config"] = json.loads((path / "train_config.json").read_text())
-    if (path / "trainer.pt").is_file():
-        result["trainer_state"] = torch.load(path / "trainer.pt", weights_only=True)
-    if (path / "memories.safetensors").is_file():
-        result["memories"] = load_file(path / "memories.safetensors")
+        result["train_config"] = _read_json(path / "train_config.json")
     return result
+
+
+def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The optimizer and scheduler state of a training checkpoint (``trainer.pt``, tensors only).
+
+    Raises:
+        CheckpointError: missing or unreadable.
+    """
+    path = Path(checkpoint_dir) / "trainer.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (not a training checkpoint; --init-from starts from its weights)")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises several kinds for a truncated or foreign file
+        raise CheckpointError(f"{path}: not readable ({' '.join(str(error).split())[:200]})") from None
+
+
+def load_shard(checkpoint_dir: str | Path, rank: int) -> dict[str, torch.Tensor]:
+    """Process ``rank``'s memories and RNG state (``write_shard``).
+
+    Raises:
+        CheckpointError: the shard is missing or unreadable.
+    """
+    return _read_safetensors(Path(checkpoint_dir) / f"memories-rank{rank}.safetensors")

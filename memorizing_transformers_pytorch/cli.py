@@ -83,7 +83,10 @@ def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransf
     model_base = {**CONFIGS[args.preset], **_read_json(args.model_config, "model config")}
     model_values = _collect(args, MemorizingTransformerConfig, model_base)
     train_values = _collect(args, TrainConfig, _read_json(args.train_config, "training config"))
-    return MemorizingTransformerConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+    try:  # a value of the wrong type in a JSON config is the user's error, not a bug: report it in one line
+        return MemorizingTransformerConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+    except TypeError as error:
+        raise ValueError(f"invalid config: {error}") from None
 
 
 def _train_parser(sub: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
@@ -287,7 +290,7 @@ def main(argv: list[str] | None = None, *, extend: Callable[[argparse._SubParser
         torch.set_num_threads(args.threads)
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+    except (ValueError, OSError) as error:  # bad input (CheckpointError is a ValueError); bugs keep their traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     finally:

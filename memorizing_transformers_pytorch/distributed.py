@@ -19,12 +19,11 @@ What is sharded and what is replicated in training:
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["setup", "is_distributed", "rank", "world_size", "is_main", "mean", "sum_values", "gather_objects",
+__all__ = ["setup", "is_distributed", "rank", "world_size", "is_main", "mean", "sum_values", "all_succeeded",
            "barrier", "cleanup"]
 
 
@@ -82,13 +81,11 @@ def mean(value: float, device: torch.device | str = "cpu") -> float:
     return sum_values([value], device)[0] / world_size()
 
 
-def gather_objects(obj: Any) -> list[Any] | None:
-    """Every rank's ``obj`` on rank 0 (a list in rank order); None on the other ranks."""
+def all_succeeded(ok: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``ok`` is True on every rank (a vote, so that one rank's failure stops all of them)."""
     if not is_distributed():
-        return [obj]
-    out: list[Any] | None = [None] * world_size() if is_main() else None
-    dist.gather_object(obj, out, dst=0)
-    return out
+        return ok
+    return sum_values([0.0 if ok else 1.0], device)[0] == 0
 
 
 def barrier() -> None:

@@ -26,13 +26,22 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import (
+    CheckpointError,
+    abort_checkpoint,
+    commit_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    load_config,
+    load_shard,
+    load_state_dict_into,
+    load_trainer_state,
     load_weights,
     memories_from_tensors,
     memories_to_tensors,
+    prepare_checkpoint,
     resolve_checkpoint,
-    save_checkpoint,
+    temporary_folder,
+    write_shard,
 )
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .data import open_stream
@@ -163,10 +172,10 @@ class Trainer:
             FileNotFoundError: no checkpoint there. ValueError: another model.
         """
         source = resolve_checkpoint(path)
-        if not MemorizingTransformerConfig.from_json(source / "config.json").same_model(self.model_config):
-            raise ValueError(f"--init-from: the model config differs from the one in {source} (beyond the memory "
-                             f"search's settings: {', '.join(SEARCH_FIELDS)})")
-        self.model.load_state_dict(load_weights(source, self.device))
+        if not load_config(source).same_model(self.model_config):
+            raise ValueError(f"--init-from: the model config differs from {source / 'config.json'} (beyond the "
+                             f"memory search's settings: {', '.join(SEARCH_FIELDS)})")
+        load_state_dict_into(self.model, load_weights(source, self.device), source)
 
     def restore(self) -> None:
         """Continues from the run folder's latest checkpoint: weights, optimizer, schedule, RNG, data, memories.
@@ -179,22 +188,27 @@ class Trainer:
         if checkpoint_dir is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
         checkpoint = load_checkpoint(checkpoint_dir)
-        saved = MemorizingTransformerConfig.from_json(checkpoint_dir / "config.json")
-        if saved != self.model_config:
-            raise ValueError(f"--resume: the model config differs from the checkpoint's ({checkpoint_dir})")
+        if load_config(checkpoint_dir) != self.model_config:
+            raise ValueError(f"--resume: the model config differs from the checkpoint's ({checkpoint_dir / 'config.json'})")
         saved_world = checkpoint["state"].get("world_size", 1)
         if saved_world != self.world:
             raise ValueError(
                 f"--resume: the checkpoint was written by {saved_world} process(es), this run has {self.world}; "
                 "each process owns its document streams and memories, so resume with the same world size")
-        self.model.load_state_dict(load_weights(checkpoint_dir, self.device))
-        trainer = checkpoint["trainer_state"]
+        if "data" not in checkpoint["state"]:
+            raise CheckpointError(f"{checkpoint_dir / 'state.json'}: no data position (not a training checkpoint; "
+                                  "--init-from starts from its weights)")
+        trainer = load_trainer_state(checkpoint_dir)
+        shard = load_shard(checkpoint_dir, self.rank)
+        load_state_dict_into(self.model, load_weights(checkpoint_dir, self.device), checkpoint_dir)
         self.optimizer.load_state_dict(trainer["optimizer"])
         self.scheduler.load_state_dict(trainer["scheduler"])
-        torch.set_rng_state(trainer["rng"][self.rank])
+        torch.set_rng_state(shard.pop("rng"))
+        cuda_rng = shard.pop("cuda_rng", None)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
         self.stream.load_state_dict(checkpoint["state"]["data"])
-        saved_memories = {k: v[self.rows].to(self.device) for k, v in checkpoint.get("memories", {}).items()}
-        self.xl_memories = memories_from_tensors(saved_memories, self.knn_memories)
+        self.xl_memories = memories_from_tensors({k: v.to(self.device) for k, v in shard.items()}, self.knn_memories)
         self.step_count = checkpoint["state"]["step"]
 
     # --------------------------------------------------------------------------------------------- step
@@ -229,19 +243,44 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------- checkpoint
     def save(self) -> None:
-        """Rank 0 writes one checkpoint holding every rank's memories (in global row order) and RNG state."""
-        memories = {k: v.cpu() for k, v in memories_to_tensors(self.knn_memories, self.xl_memories).items()}
-        gathered = distributed.gather_objects((memories, torch.get_rng_state()))
-        if gathered is not None:
-            save_checkpoint(
-                self.run_dir, self.step_count, self.model,
-                state={"data": self.stream.state_dict(), "world_size": self.world},
+        """Writes a checkpoint: each rank its own memory shard (memories, XL caches, RNG state), rank 0 the
+        weights, optimizer and data position; rank 0 commits ``latest`` last.
+
+        Every phase ends with a vote: if any rank failed, all ranks raise (the temporary folder is removed and
+        the previous checkpoint stays), instead of the others waiting in a collective until a timeout.
+        """
+        main = self.rank == 0
+        tmp = temporary_folder(self.run_dir, self.step_count)
+        self._on_all_ranks(lambda: prepare_checkpoint(tmp) if main else None, "preparing the checkpoint folder")
+        try:
+            shard = memories_to_tensors(self.knn_memories, self.xl_memories)
+            shard["rng"] = torch.get_rng_state()
+            if self.device.type == "cuda":
+                shard["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            self._on_all_ranks(lambda: write_shard(tmp, self.rank, shard), "writing its memory shard")
+            self._on_all_ranks(lambda: commit_checkpoint(
+                tmp, self.step_count, self.model, state={"data": self.stream.state_dict(), "world_size": self.world},
                 train_config=self.config.to_dict(),
-                trainer_state={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                               "rng": [rng for _, rng in gathered]},
-                memories={k: torch.cat([m[k] for m, _ in gathered]) for k in memories},
-            )
-        distributed.barrier()
+                trainer_state={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            ) if main else None, "committing the checkpoint")
+        except BaseException:
+            if main:
+                abort_checkpoint(tmp)
+            raise
+
+    def _on_all_ranks(self, action: Any, what: str) -> Any:
+        """Runs ``action`` here, then lets every rank know whether every rank succeeded; raises if one did not."""
+        error: BaseException | None = None
+        result = None
+        try:
+            result = action()
+        except Exception as caught:
+            error = caught
+        if not distributed.all_succeeded(error is None, self.device):
+            if error is not None:
+                raise error
+            raise RuntimeError(f"another process failed while {what} (see its error); this one stops too")
+        return result
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self, *, fresh_metrics: bool = True) -> dict[str, Any]:

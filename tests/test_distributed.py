@@ -96,14 +96,24 @@ def test_evaluation_is_shared_across_ranks_and_reduced(two_ranks):
         assert result["eval_bits_per_byte"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_rank_zero_writes_one_checkpoint_with_every_ranks_memories(two_ranks, tmp_path):
-    corpus, out, _ = two_ranks
-    from memorizing_transformers_pytorch.checkpoint import load_checkpoint
+def test_each_rank_writes_its_own_memory_shard_and_rank_zero_the_rest(two_ranks, tmp_path):
+    """No rank sends its memories to another (the worker forbids gather_object): each writes its own shard."""
+    corpus, out, ranks = two_ranks
+    from safetensors.torch import load_file
+
+    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint, load_checkpoint, load_trainer_state
 
     checkpoint = load_checkpoint(out / "run")
     assert checkpoint["state"]["world_size"] == 2
-    assert checkpoint["memories"]["knn.0.count"].shape == (2 * ROWS_PER_RANK,)
-    assert len(checkpoint["trainer_state"]["rng"]) == 2
+    assert "rng" not in load_trainer_state(checkpoint["path"])  # each rank's RNG state is in its own shard
+    final = latest_checkpoint(out / "run")
+    for rank, result in enumerate(ranks):
+        shard = load_file(final / f"memories-rank{rank}.safetensors")
+        assert shard["knn.0.count"].shape == (ROWS_PER_RANK,) and shard["rng"].dtype == torch.uint8
+        for name, tensor in result["memories"].items():
+            assert torch.equal(shard[name], tensor), name
+    assert sorted(p.name for p in final.iterdir() if p.name.startswith("memories")) == [
+        "memories-rank0.safetensors", "memories-rank1.safetensors"]
     metrics = (out / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 6  # one writer
     # resuming with a different number of processes is refused, and nothing is written
@@ -111,6 +121,34 @@ def test_rank_zero_writes_one_checkpoint_with_every_ranks_memories(two_ranks, tm
     with pytest.raises(ValueError, match="same world size"):
         train(MODEL, train_config(corpus, out / "run", steps=8), resume=True, progress=False)
     assert sorted(p.name for p in (out / "run" / "checkpoints").iterdir()) == before
+
+
+def test_a_warmup_with_dropout_and_the_run_continuing_it_keep_every_rank_identical(two_ranks):
+    """The copy warm-up is a DDP run like any other, and --init-from loads weights before DDP wraps the model,
+    so dropout's different masks per rank never make the ranks' weights diverge."""
+    _, _, (rank0, rank1) = two_ranks
+    for name, tensor in rank0["continued_params"].items():
+        assert torch.equal(tensor, rank1["continued_params"][name]), name
+
+
+@pytest.mark.parametrize("mode, failing, phase", [("fail-commit", 0, "committing"), ("fail-shard", 1, "memory shard")])
+def test_a_failed_checkpoint_on_one_rank_stops_every_rank_and_keeps_the_previous_one(tmp_path, two_ranks, mode,
+                                                                                    failing, phase):
+    corpus, _, _ = two_ranks
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+               str(Path(__file__).parent / "distributed_worker.py"), str(corpus), str(out), mode]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)  # not the 30-minute timeout
+    text = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "disk full (injected)" in text  # the failing rank's own error
+    assert f"another process failed while {'committing the checkpoint' if failing == 0 else 'writing its memory shard'}" in text
+    from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
+
+    checkpoints = out / "run" / "checkpoints"
+    assert latest_checkpoint(out / "run") == checkpoints / "step-0000002"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-0000002"]  # no temporary folder left
 
 
 def test_the_documented_torchrun_command_trains_and_checkpoints(two_ranks, tmp_path):
@@ -128,4 +166,6 @@ def test_the_documented_torchrun_command_trains_and_checkpoints(two_ranks, tmp_p
     from memorizing_transformers_pytorch.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run)
-    assert checkpoint["state"]["world_size"] == 2 and checkpoint["memories"]["knn.0.count"].shape == (2,)
+    assert checkpoint["state"]["world_size"] == 2
+    assert sorted(p.name for p in checkpoint["path"].glob("memories-*")) == [
+        "memories-rank0.safetensors", "memories-rank1.safetensors"]

@@ -164,7 +164,7 @@ def test_training_with_memory_off_keeps_no_memories(tmp_path, corpus):
     train(MODEL, config(tmp_path, corpus, steps=2, knn_memory=False), progress=False)
     from safetensors.torch import load_file
 
-    memories = load_file(latest_checkpoint(tmp_path / "run") / "memories.safetensors")
+    memories = load_file(latest_checkpoint(tmp_path / "run") / "memories-rank0.safetensors")
     assert not any(name.startswith("knn.") for name in memories)
 
 
@@ -189,3 +189,22 @@ def test_init_from_starts_with_the_weights_of_another_run_and_refuses_a_differen
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(MODEL, config(tmp_path, corpus, run_dir=str(tmp_path / "fourth"), init_from=str(tmp_path / "none")),
               progress=False)
+
+
+def test_cli_reports_bad_input_in_one_line_but_lets_programming_errors_raise(tmp_path, corpus, capsys, monkeypatch):
+    """A user's mistake (here a config value of the wrong type) is one line and exit code 2; a bug (a TypeError
+    inside a command) keeps its traceback instead of being printed as if it were bad input."""
+    model_json = tmp_path / "model.json"
+    model_json.write_text(json.dumps({"dim": "wide"}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", corpus, "--run-dir", str(tmp_path / "r"), "--steps", "1", "--model-config", str(model_json)])
+    assert exit_info.value.code == 2 and "dim must be an int" in capsys.readouterr().err
+
+    from memorizing_transformers_pytorch import cli
+
+    def buggy(args):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(cli, "cmd_eval", buggy)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["eval", "--checkpoint", str(tmp_path)])
