@@ -64,3 +64,27 @@ def test_bf16_weights_and_generation_on_cuda():
     model = tiny_model(xl_max_memories=4, pad_id=0).cuda().to(torch.bfloat16)
     out = model.generate(torch.randint(3, 32, (2, 9), device="cuda"), max_new_tokens=12, seq_len=4, temperature=0.0)
     assert out.tokens.shape == (2, 12) and out.tokens.is_cuda
+
+
+def test_a_resumed_cuda_run_with_dropout_matches_an_uninterrupted_one(tmp_path):
+    """Checkpoints carry the CUDA RNG state, so dropout masks after a resume are the ones the run would have drawn."""
+    from memorizing_transformers_pytorch import MemorizingTransformerConfig
+    from memorizing_transformers_pytorch.train import TrainConfig, train
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(20):
+        (corpus / f"doc{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(10)))
+    model = MemorizingTransformerConfig(num_tokens=256, dim=32, depth=2, heads=2, dim_head=16, memorizing_layers=(2,),
+                                        max_knn_memories=64, num_retrieved_memories=4, xl_max_memories=16, pad_id=0,
+                                        clear_memories_on_sos_token_id=2, attn_dropout=0.3, ff_dropout=0.3)
+
+    def config(run):
+        return TrainConfig(data=str(corpus), run_dir=str(run), seq_len=16, batch_size=2, steps=6, warmup_steps=2,
+                           checkpoint_every=3, log_every=1, lr=3e-3, device="cuda")
+
+    full = train(model, config(tmp_path / "a"), progress=False)["losses"]
+    train(model, config(tmp_path / "b"), progress=False)
+    (tmp_path / "b" / "checkpoints" / "latest").write_text("step-0000003\n")
+    resumed = train(model, config(tmp_path / "b"), resume=True, progress=False)["losses"]
+    assert resumed == full[3:]
