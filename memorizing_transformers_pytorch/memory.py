@@ -163,16 +163,25 @@ class KNNMemory:
         num_new = mask.sum(1)  # (B,)
         keep = mask & (rank >= (num_new - M).unsqueeze(1))
         slot = (self.write_index.unsqueeze(1) + rank) % M  # (B, N)
-        rows, cols = keep.nonzero(as_tuple=True)
-        slots = slot[rows, cols]
-        # advanced indices around slices put the indexed axis first: (K, H, 2, D)
-        self.pairs[rows, :, :, slots] = pairs[rows, :, cols]
-        self.positions[rows, slots] = self.total[rows] + rank[rows, cols]
+        if N < M:
+            # No host sync: every candidate writes. One that is not kept targets the first slot after this call's
+            # writes (no kept pair writes there, as fewer than M are kept) and writes back what that slot holds.
+            slot = torch.where(keep, slot, ((self.write_index + num_new) % M).unsqueeze(1))
+            rows = torch.arange(B, device=slot.device).unsqueeze(1).expand(B, N)
+            # advanced indices around slices put the indexed axes first: (B, N, H, 2, D)
+            held = self.pairs[rows, :, :, slot]
+            self.pairs[rows, :, :, slot] = torch.where(keep[..., None, None, None], pairs.transpose(1, 2), held)
+            self.positions[rows, slot] = torch.where(keep, self.total.unsqueeze(1) + rank, self.positions[rows, slot])
+        else:  # a chunk at least as long as the ring: write the kept pairs only (a sync, rare)
+            rows, cols = keep.nonzero(as_tuple=True)
+            slots = slot[rows, cols]
+            self.pairs[rows, :, :, slots] = pairs[rows, :, cols]  # (K, H, 2, D)
+            self.positions[rows, slots] = self.total[rows] + rank[rows, cols]
         self.total = self.total + num_new
         self.write_index = (self.write_index + num_new) % M
         self.count = torch.clamp(self.count + num_new, max=M)
         self._held_bound = min(M, self._held_bound + N)
-        self.backend.added(self.pairs[:, :, 0], self.count, rows, slots)
+        self.backend.added(self.pairs[:, :, 0], self.count, keep, slot)
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
         self.pairs = torch.zeros(self.num_indices, self.heads, 2, self.max_memories, self.dim, device=device, dtype=dtype)

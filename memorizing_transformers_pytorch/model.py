@@ -299,7 +299,10 @@ class MemorizingTransformer(nn.Module):
             raise TypeError(f"x must hold integer token ids, got dtype {x.dtype}")
         if x.ndim != 2 or x.shape[1] == 0:
             raise ValueError(f"x must have shape (batch, seq_len) with seq_len >= 1, got {tuple(x.shape)}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= c.num_tokens):
+        # value checks read the tensor on the host: free on the CPU, a sync per call on an accelerator, where
+        # the data was built on the host (and checked there) and an id out of range still fails in the embedding
+        on_host = x.device.type == "cpu"
+        if on_host and x.numel() and (int(x.min()) < 0 or int(x.max()) >= c.num_tokens):
             raise ValueError(
                 f"token ids must be in [0, {c.num_tokens}), got values from {int(x.min())} to {int(x.max())}"
             )
@@ -310,7 +313,7 @@ class MemorizingTransformer(nn.Module):
             if labels.shape != x.shape:
                 raise ValueError(f"labels must have the shape of x {tuple(x.shape)}, got {tuple(labels.shape)}")
             bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= c.num_tokens))
-            if bad.any():
+            if on_host and bad.any():
                 raise ValueError(f"labels must be in [0, {c.num_tokens}) or {IGNORE_INDEX}, got {labels[bad][0].item()}")
         if knn_memories is not None:
             if len(knn_memories) != len(c.memorizing_layers):

@@ -52,8 +52,8 @@ class SearchBackend(Protocol):
         """
         ...
 
-    def added(self, keys: Tensor, count: Tensor, rows: Tensor, slots: Tensor) -> None:
-        """Pairs were written at ``(rows[i], slots[i])``."""
+    def added(self, keys: Tensor, count: Tensor, kept: Tensor, slots: Tensor) -> None:
+        """Pairs were written: candidate ``(b, n)`` at slot ``slots[b, n]`` where the ``(B, N)`` bool ``kept`` is True."""
         ...
 
     def cleared(self, rows: Tensor) -> None:
@@ -111,7 +111,7 @@ class ExactSearch:
     def search(self, keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int) -> Tensor:
         return exact_top_slots(keys, count, held, queries, k)
 
-    def added(self, keys: Tensor, count: Tensor, rows: Tensor, slots: Tensor) -> None:
+    def added(self, keys: Tensor, count: Tensor, kept: Tensor, slots: Tensor) -> None:
         pass
 
     def cleared(self, rows: Tensor) -> None:
@@ -206,8 +206,9 @@ class FaissIVFSearch:
             index.train(row_keys)
         index.add_with_ids(row_keys, np.arange(held, dtype=np.int64))
 
-    def added(self, keys: Tensor, count: Tensor, rows: Tensor, slots: Tensor) -> None:
-        rows_cpu, slots_cpu = rows.cpu().numpy(), slots.cpu().numpy().astype(np.int64)
+    def added(self, keys: Tensor, count: Tensor, kept: Tensor, slots: Tensor) -> None:
+        rows, cols = kept.nonzero(as_tuple=True)
+        rows_cpu, slots_cpu = rows.cpu().numpy(), slots[rows, cols].cpu().numpy().astype(np.int64)
         for row in np.unique(rows_cpu).tolist():
             row_slots = slots_cpu[rows_cpu == row]
             for head in range(self.heads):

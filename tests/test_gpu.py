@@ -88,3 +88,20 @@ def test_a_resumed_cuda_run_with_dropout_matches_an_uninterrupted_one(tmp_path):
     (tmp_path / "b" / "checkpoints" / "latest").write_text("step-0000003\n")
     resumed = train(model, config(tmp_path / "b"), resume=True, progress=False)["losses"]
     assert resumed == full[3:]
+
+
+def test_a_training_step_and_generation_make_no_host_sync_on_cuda():
+    """Token checks, memory writes (FIFO, masks), clears and search bounds stay on the device."""
+    model = tiny_model(xl_max_memories=8, pad_id=0, clear_memories_on_sos_token_id=1, knn_gate="mlp").cuda().train()
+    knn = model.create_knn_memories(batch_size=2)
+    x = torch.randint(2, 32, (2, 8), device="cuda")
+    x[0, 3] = 1  # a document starts in row 0
+    _, xl = model(x, knn_memories=knn)  # allocates the memory (first use may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            loss, xl = model(x, knn_memories=knn, xl_memories=xl, labels=x)
+            loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
