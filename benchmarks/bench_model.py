@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
     parser.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast for OUR model")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--knn-index", default="exact", choices=("exact", "flat", "ivf"),
-                        help="OUR memory's search: exact, or the faiss IVF index (256 lists, 16 probed)")
+    parser.add_argument("--knn-index", default="auto", choices=("auto", "exact", "flat", "ivf"),
+                        help="OUR memory's search: auto (the default: faiss's exact kernels on CPU), exact (torch), flat, or ivf")
     parser.add_argument("--json-name", help="file name under --out (default model.json, or model-DEVICE-AMP.json)")
     return parser
 

@@ -67,9 +67,10 @@ class MemorizingTransformerConfig:
             by a small per-head MLP of its log-distance from the query (see
             ``Attention``), so how far back a memory is, and how many valid
             memories there are, set how much memory is used.
-        knn_index: ``"exact"`` search; ``"flat"``: the same exact search by faiss's CPU kernels
-            (1.2-3.8x faster on CPU here; needs the ``[faiss]`` extra); or ``"ivf"``: approximate faiss IVF search on
-            CPU for large memories (``KNNMemory``'s ``index``; needs the ``[faiss]`` extra).
+        knn_index: the memory's search (``KNNMemory``'s ``index``): ``"auto"`` (default), the fastest exact
+            search (faiss's CPU kernels, torch on other devices); ``"exact"``: torch; ``"flat"``: faiss's exact
+            kernels on CPU (1.2-3.8x faster than torch here); ``"ivf"``: approximate faiss IVF search on CPU for
+            large memories.
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         knn_temperature_init: initial inverse temperature of the cosine-similarity
             logits in memorizing layers.
@@ -107,7 +108,7 @@ class MemorizingTransformerConfig:
     max_knn_memories: int = 16384
     num_retrieved_memories: int = 32
     knn_gate: Literal["sigmoid", "joint", "mlp"] = "sigmoid"
-    knn_index: Literal["exact", "flat", "ivf"] = "exact"
+    knn_index: Literal["auto", "exact", "flat", "ivf"] = "auto"
     knn_ivf_lists: int = 256
     knn_ivf_probe: int = 16
     knn_temperature_init: float = 10.0

@@ -63,9 +63,10 @@ class KNNMemory:
             batch row ``b``.
         heads: number of key/value heads H stored side by side per stream. With
             ``heads == 1`` the head axis may be left out of every call.
-        index: the search backend (``search.py``). ``"exact"`` (default): blocked exact search on the
-            memory's device. ``"flat"``: the same exact search by faiss's kernels on CPU (the ``[faiss]``
-            extra; 1.2-3.8x faster there), ``"exact"`` on other devices. ``"ivf"``: an approximate faiss
+        index: the search backend (``search.py``). ``"auto"`` (default): the fastest exact search, ``"flat"``
+            when faiss is installed, else ``"exact"``. ``"exact"``: blocked exact search with torch on the
+            memory's device. ``"flat"``: the same exact search by faiss's kernels on CPU (1.2-3.8x faster
+            there), ``"exact"`` on other devices. ``"ivf"``: an approximate faiss
             ``IndexIVFFlat`` per stream and head on CPU, for large memories; exact in what it holds after
             FIFO eviction, and exact search for a stream until it holds ``ivf_train_size`` pairs (default
             ``39 * ivf_lists``).
@@ -76,7 +77,7 @@ class KNNMemory:
         TypeError, ValueError: for arguments of the wrong type or range.
     """
 
-    def __init__(self, dim: int, max_memories: int, num_indices: int, *, heads: int = 1, index: str = "exact",
+    def __init__(self, dim: int, max_memories: int, num_indices: int, *, heads: int = 1, index: str = "auto",
                  ivf_lists: int = 256, ivf_probe: int = 16, ivf_train_size: int | None = None) -> None:
         self.dim = _check_positive_int("dim", dim)
         self.max_memories = _check_positive_int("max_memories", max_memories)

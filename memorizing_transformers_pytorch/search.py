@@ -9,8 +9,11 @@ Shapes:
     D feature dimension, k neighbours.
 
 Backends:
-    ``exact``: blocked torch matmul + running top-k on the memory's device (the default).
-    ``flat``:  the same exact search by faiss's blocked BLAS + heap kernels on CPU (``exact`` elsewhere).
+    ``auto``:  the fastest exact search available (the default): ``flat`` when faiss is installed (it is a
+               dependency), else ``exact``.
+    ``exact``: blocked torch matmul + running top-k on the memory's device.
+    ``flat``:  the same exact search by faiss's blocked BLAS + heap kernels on CPU, 1.2-3.8x faster there
+               (docs/benchmarks.md); on other devices it runs ``exact``.
     ``ivf``:   approximate faiss ``IndexIVFFlat`` per stream and head, on CPU, FIFO-exact in what it holds.
 """
 
@@ -25,7 +28,7 @@ from torch import Tensor
 __all__ = ["SearchBackend", "ExactSearch", "FaissFlatSearch", "FaissIVFSearch", "INDEXES", "make_backend",
            "exact_top_slots"]
 
-INDEXES = ("exact", "flat", "ivf")
+INDEXES = ("auto", "exact", "flat", "ivf")
 
 # Score blocks hold at most this many elements (float32: 32 MiB), which bounds the extra memory a search needs
 # whatever the memory size.
@@ -253,6 +256,11 @@ def make_backend(index: str, *, rows: int, heads: int, dim: int, max_memories: i
     Raises:
         ValueError: an unknown index or IVF settings out of range. ImportError: faiss missing for flat/ivf.
     """
+    if index == "auto":
+        try:
+            return FaissFlatSearch()
+        except ImportError:
+            return ExactSearch()
     if index == "exact":
         return ExactSearch()
     if index == "flat":
