@@ -20,3 +20,13 @@ def tiny_model(**overrides) -> MemorizingTransformer:
         if isinstance(module, MLPGate):  # zero-initialised; randomise so that tests see its effect
             torch.nn.init.normal_(module.mlp[2].weight)
     return model
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A folder of 40 small Python files (a document source for training and evaluation)."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"doc{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(10)))
+    return str(folder)

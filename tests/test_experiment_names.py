@@ -16,15 +16,6 @@ def main(argv):
     core_main(argv, extend=add_commands)
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for i in range(40):
-        (folder / f"doc{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(10)))
-    return str(folder)
-
-
 def test_long_range_name_cases_are_beyond_the_window():
     text = b"def compute_total(x):\n    pass\n" + b"# filler\n" * 500 + b"y = compute_total(3)\n" + b"z = compute_total(4)\n"
     cases = find_long_range_names(text, min_distance=4000)

@@ -18,15 +18,6 @@ MODEL = MemorizingTransformerConfig(
 )
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    for i in range(40):
-        (folder / f"doc{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(10)))
-    return str(folder)
-
-
 def config(tmp_path, corpus, **overrides):
     values = dict(data=corpus, run_dir=str(tmp_path / "run"), seq_len=16, batch_size=2, steps=6, warmup_steps=2,
                   checkpoint_every=3, log_every=1, lr=3e-3)
