@@ -361,3 +361,23 @@ def test_ivf_search_is_exact_for_a_stream_cleared_until_it_refills():
     want, want_mask = exact.search(queries, 8)
     torch.testing.assert_close(got[1], want[1])
     assert torch.equal(got_mask[1], want_mask[1])
+
+
+def test_auto_search_routes_segments_to_faiss_and_single_tokens_to_torch(monkeypatch):
+    """The default index: faiss's exact kernels for many queries on CPU, torch for a few; the same results."""
+    from memorizing_transformers_pytorch.search import AutoSearch, FaissFlatSearch
+
+    used = []
+    real_flat = FaissFlatSearch.search
+    monkeypatch.setattr(FaissFlatSearch, "search", lambda self, *a: used.append("flat") or real_flat(self, *a))
+    auto = KNNMemory(dim=16, max_memories=500, num_indices=2)
+    exact = KNNMemory(dim=16, max_memories=500, num_indices=2, index="exact")
+    assert isinstance(auto.backend, AutoSearch)
+    pairs = torch.randn(2, 400, 2, 16)
+    for memory in (auto, exact):
+        memory.add(pairs)
+    for queries, expected in ((4, []), (auto.backend.min_faiss_queries, ["flat"])):
+        used.clear()
+        q = torch.randn(2, queries, 16)
+        torch.testing.assert_close(auto.search(q, 8)[0], exact.search(q, 8)[0])
+        assert used == expected
