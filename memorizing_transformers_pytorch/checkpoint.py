@@ -7,6 +7,7 @@ Layout of ``RUN_DIR/checkpoints/step-000123/``:
     memories.safetensors  kNN memories and XL caches of the training streams
     state.json            step, data position, metrics needed to continue
     trainer.pt            optimizer, scheduler and RNG state (tensors only; loaded with weights_only)
+    tokenizer.json        the tokenizer of a token-level model (``checkpoint_tokenizer``); none for bytes
 
 ``RUN_DIR/checkpoints/latest`` names the newest complete checkpoint. Each checkpoint
 is written into a temporary directory and renamed into place, and ``latest`` is
@@ -31,9 +32,10 @@ from .attention import XLCache
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .memory import KNNMemory
 from .model import MemorizingTransformer
+from .tokenizer import BYTES, HuggingFaceTokenizer, Tokenizer, check_model_fits, check_same_tokenizer, load_tokenizer
 
 __all__ = ["save_checkpoint", "load_model", "load_weights", "load_checkpoint", "latest_checkpoint", "resolve_checkpoint",
-           "memories_to_tensors", "memories_from_tensors"]
+           "memories_to_tensors", "memories_from_tensors", "checkpoint_tokenizer"]
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -78,10 +80,12 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     memories: dict | None = None,
     keep: int = 2,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Writes ``run_dir/checkpoints/step-{step}`` atomically and points ``latest`` at it.
 
-    Keeps the newest ``keep`` checkpoints and deletes older ones.
+    Keeps the newest ``keep`` checkpoints and deletes older ones. ``files``: more text files to write into
+    the checkpoint, by name (e.g. ``tokenizer.json``).
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -98,6 +102,8 @@ def save_checkpoint(
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         for file in tmp.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -167,3 +173,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if (path / "memories.safetensors").is_file():
         result["memories"] = load_file(path / "memories.safetensors")
     return result
+
+
+def checkpoint_tokenizer(path: str | Path, tokenizer: str | Path | None = None) -> Tokenizer:
+    """The tokenizer of a checkpoint (or run folder): its ``tokenizer.json``, or bytes without one.
+
+    ``tokenizer``, a ``tokenizer.json`` or a folder holding one, may be given: it must have the checkpoint's
+    vocabulary (for a checkpoint without a tokenizer, the model's ``num_tokens`` and padding / document-start ids).
+
+    Raises:
+        ValueError: ``tokenizer`` does not match the checkpoint.
+    """
+    path = resolve_checkpoint(path)
+    stored = HuggingFaceTokenizer.from_file(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else None
+    if not tokenizer:
+        return stored or BYTES
+    given = load_tokenizer(tokenizer)
+    if stored is not None:
+        check_same_tokenizer(given, stored, f"--tokenizer {tokenizer} with the checkpoint {path}")
+    check_model_fits(given, MemorizingTransformerConfig.from_json(path / "config.json"), f"the checkpoint {path}")
+    return given
