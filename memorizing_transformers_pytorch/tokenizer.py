@@ -164,9 +164,9 @@ class HuggingFaceTokenizer:
         return self._tokenizer.to_str()
 
     def save(self, path: str | Path) -> Path:
-        """Writes the tokenizer as JSON to ``path`` (a file, or ``tokenizer.json`` in a folder that exists)."""
+        """Writes the tokenizer as JSON to ``path``: a ``.json`` file, or ``tokenizer.json`` in that folder."""
         path = Path(path)
-        file = path / "tokenizer.json" if path.is_dir() else path
+        file = path if path.suffix == ".json" and not path.is_dir() else path / "tokenizer.json"
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(self.to_json())
         return file

@@ -20,3 +20,9 @@ def tiny_model(**overrides) -> MemorizingTransformer:
         if isinstance(module, MLPGate):  # zero-initialised; randomise so that tests see its effect
             torch.nn.init.normal_(module.mlp[2].weight)
     return model
+
+
+@pytest.fixture(autouse=True)
+def _tokenization_cache(tmp_path_factory, monkeypatch):
+    """Tokenized corpora are cached under the session's temporary folder, never in the home folder."""
+    monkeypatch.setenv("MEMORIZING_TRANSFORMERS_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
