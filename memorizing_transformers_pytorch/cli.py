@@ -256,7 +256,8 @@ def cmd_tokenizer(args: argparse.Namespace) -> None:
     print(f"training a byte-level BPE of {args.vocab_size} tokens on {len(texts)} documents ({size / 1e6:.1f} MB) "
           f"of {args.data!r}, train split", file=sys.stderr)
     started = time.perf_counter()
-    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency, progress=True)
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                                progress=sys.stderr.isatty())
     trained_s = time.perf_counter() - started
     path = tokenizer.save(args.out)
     sample, sampled = [], 0

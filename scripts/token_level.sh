@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
 VOCAB=${VOCAB:-4096}
-STEPS=${STEPS:-800}
+STEPS=${STEPS:-600}
 OUT=${OUT:-runs/token}
 read -r -a MODEL <<< "${MODEL_ARGS:-}"
 MT=".venv/bin/memorizing-transformers"
@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 
 # 3. both runs at once; the tokenizer comes with the shards, and sets num_tokens and the special ids
 COMMON=(--data "shards:$OUT/shards" --preset demo --steps "$STEPS" --warmup-steps 100 --lr 2e-3 --checkpoint-every 200
-        --log-every 25 --threads 1 --max-minutes 55 "${MODEL[@]}")
+        --log-every 25 --threads 1 "${MODEL[@]}")
 $MT train "${COMMON[@]}" --run-dir "$OUT/memory" > "$OUT/memory.log" 2>&1 &
 $MT train "${COMMON[@]}" --memorizing-layers "" --run-dir "$OUT/baseline" > "$OUT/baseline.log" 2>&1 &
 wait
