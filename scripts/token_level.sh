@@ -2,8 +2,9 @@
 # The token-level recipe (not in CI): train a byte-level BPE on the standard library's train split, tokenize the
 # corpus once into shards, then train the demo-sized memorizing model and an XL-only baseline of the same size
 # (no memorizing layer) for the same number of steps, side by side with one thread each, and evaluate both on
-# the held-out test files: bits per byte and token perplexity, memory on / off / by size. On 2 CPU cores the
-# tokenizer and shards take about a minute, the two runs about 45 minutes, the evaluation about 20.
+# the held-out test files: bits per byte and token perplexity, memory on / off / by size. On 2 CPU cores shared
+# with other jobs the tokenizer and shards took about a minute, the two runs 30-36 minutes, the evaluation 26
+# (docs/token_level.md; results in docs/results/token_level_*).
 # VOCAB, STEPS, OUT and MODEL_ARGS (extra model flags for both runs) change it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
