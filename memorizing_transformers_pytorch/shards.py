@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .tokenizer import HuggingFaceTokenizer
 
@@ -141,6 +140,8 @@ def tokenize_documents(documents: Sequence[np.ndarray], tokenizer: HuggingFaceTo
                        progress: bool = True, description: str = "tokenizing") -> Iterator[np.ndarray]:
     """Token ids of byte documents (uint8 arrays of UTF-8 text, invalid bytes read as U+FFFD), in order, with a
     progress bar in bytes."""
+    from tqdm.auto import tqdm  # a training extra; reading shards needs only numpy
+
     bar = tqdm(total=sum(len(d) for d in documents), unit="B", unit_scale=True, desc=description, disable=not progress,
                leave=False)
     tokens = 0
