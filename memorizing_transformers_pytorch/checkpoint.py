@@ -7,6 +7,7 @@ Layout of ``RUN_DIR/checkpoints/step-0000123/``:
     state.json                  step, data position, world size
     trainer.pt                  optimizer and scheduler state (tensors only; loaded with weights_only)
     memories-rank{R}.safetensors  each process's own kNN memories, XL caches and RNG state (training)
+    tokenizer.json              the tokenizer of a token-level model (``checkpoint_tokenizer``); none for bytes
 
 ``RUN_DIR/checkpoints/latest`` names the newest complete checkpoint. A checkpoint is written into a
 temporary folder (``.step-0000123.tmp``; every process writes its own memory shard there, so no rank
@@ -34,11 +35,12 @@ from .attention import XLCache
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .memory import KNNMemory
 from .model import MemorizingTransformer
+from .tokenizer import BYTES, HuggingFaceTokenizer, Tokenizer, check_model_fits, check_same_tokenizer, load_tokenizer
 
 __all__ = ["CheckpointError", "save_checkpoint", "temporary_folder", "prepare_checkpoint", "write_shard",
            "commit_checkpoint", "abort_checkpoint", "load_model", "load_weights", "load_config", "load_state_dict_into",
            "load_checkpoint", "load_trainer_state", "load_shard", "latest_checkpoint", "resolve_checkpoint",
-           "memories_to_tensors", "memories_from_tensors"]
+           "memories_to_tensors", "memories_from_tensors", "checkpoint_tokenizer"]
 
 
 class CheckpointError(ValueError):
@@ -122,9 +124,9 @@ def write_shard(tmp: Path, rank: int, tensors: dict[str, torch.Tensor]) -> None:
 
 def commit_checkpoint(tmp: Path, step: int, model: MemorizingTransformer, *, state: dict[str, Any],
                       train_config: dict[str, Any] | None = None, trainer_state: dict[str, Any] | None = None,
-                      keep: int = 2) -> Path:
-    """Adds the weights, configs and state to ``tmp``, renames it to ``step-{step}``, then points ``latest``
-    at it and deletes all but the newest ``keep`` checkpoints."""
+                      keep: int = 2, files: dict[str, str] | None = None) -> Path:
+    """Adds the weights, configs, state and ``files`` (more text files by name, e.g. ``tokenizer.json``) to
+    ``tmp``, renames it to ``step-{step}``, then points ``latest`` at it and deletes all but the newest ``keep``."""
     root = tmp.parent
     final = root / f"step-{step:07d}"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
@@ -134,6 +136,8 @@ def commit_checkpoint(tmp: Path, step: int, model: MemorizingTransformer, *, sta
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     for file in tmp.iterdir():
         _fsync(file)
     if final.exists():  # a checkpoint of this step that `latest` does not name (a crash after the rename)
@@ -161,6 +165,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     memories: dict[str, torch.Tensor] | None = None,
     keep: int = 2,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Writes ``run_dir/checkpoints/step-{step}`` atomically in one process (``memories`` as rank 0's shard)
     and points ``latest`` at it. On any error the temporary folder is removed and ``latest`` is unchanged."""
@@ -170,7 +175,7 @@ def save_checkpoint(
         if memories:
             write_shard(tmp, 0, memories)
         return commit_checkpoint(tmp, step, model, state=state, train_config=train_config,
-                                 trainer_state=trainer_state, keep=keep)
+                                 trainer_state=trainer_state, keep=keep, files=files)
     except BaseException:
         abort_checkpoint(tmp)
         raise
@@ -318,3 +323,23 @@ def load_shard(checkpoint_dir: str | Path, rank: int) -> dict[str, torch.Tensor]
         CheckpointError: the shard is missing or unreadable.
     """
     return _read_safetensors(Path(checkpoint_dir) / f"memories-rank{rank}.safetensors")
+
+
+def checkpoint_tokenizer(path: str | Path, tokenizer: str | Path | None = None) -> Tokenizer:
+    """The tokenizer of a checkpoint (or run folder): its ``tokenizer.json``, or bytes without one.
+
+    ``tokenizer``, a ``tokenizer.json`` or a folder holding one, may be given: it must have the checkpoint's
+    vocabulary (for a checkpoint without a tokenizer, the model's ``num_tokens`` and padding / document-start ids).
+
+    Raises:
+        ValueError: ``tokenizer`` does not match the checkpoint.
+    """
+    path = resolve_checkpoint(path)
+    stored = HuggingFaceTokenizer.from_file(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else None
+    if not tokenizer:
+        return stored or BYTES
+    given = load_tokenizer(tokenizer)
+    if stored is not None:
+        check_same_tokenizer(given, stored, f"--tokenizer {tokenizer} with the checkpoint {path}")
+    check_model_fits(given, MemorizingTransformerConfig.from_json(path / "config.json"), f"the checkpoint {path}")
+    return given

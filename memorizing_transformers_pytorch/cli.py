@@ -1,4 +1,5 @@
-"""Command line: ``memorizing-transformers {train,eval,demo,generate} ...`` (or ``python -m memorizing_transformers_pytorch``).
+"""Command line: ``memorizing-transformers {train,eval,demo,generate,tokenizer,prepare} ...`` (or
+``python -m memorizing_transformers_pytorch``).
 
 Other programs extend it: ``main(argv, extend=...)`` lets them add subcommands (``python -m experiments``
 adds the recall and names experiments this way, and registers their data sources).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import sys
 import time
@@ -80,11 +82,18 @@ def _read_json(path: str | None, what: str) -> dict[str, Any]:
 
 
 def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransformerConfig, TrainConfig]:
+    """The preset, then the JSON files, then the tokenizer's num_tokens and ids, then single flags."""
+    from .data import source_tokenizer
+    from .tokenizer import BYTES
+
+    train_config = TrainConfig.from_dict(_collect(args, TrainConfig, _read_json(args.train_config, "training config")))
     model_base = {**CONFIGS[args.preset], **_read_json(args.model_config, "model config")}
+    tokenizer = source_tokenizer(train_config.data, train_config.tokenizer)
+    if tokenizer is not BYTES:
+        model_base.update(tokenizer.model_fields())
     model_values = _collect(args, MemorizingTransformerConfig, model_base)
-    train_values = _collect(args, TrainConfig, _read_json(args.train_config, "training config"))
     try:  # a value of the wrong type in a JSON config is the user's error, not a bug: report it in one line
-        return MemorizingTransformerConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+        return MemorizingTransformerConfig.from_dict(model_values), train_config
     except TypeError as error:
         raise ValueError(f"invalid config: {error}") from None
 
@@ -109,7 +118,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-sizes", default="0,1024,4096,16384,65536",
                        help="comma-separated kNN memory sizes per stream to evaluate (0 = memory off)")
     group.add_argument("--max-docs", type=int, default=16, help="evaluate the N longest documents (0 = all)")
-    group.add_argument("--max-doc-bytes", type=int, default=0, help="cut each document to this many bytes (0 = no cut)")
+    group.add_argument("--max-doc-bytes", type=int, default=0,
+                       help="cut each document to this many tokens (bytes for a byte-level model; 0 = no cut)")
     group.add_argument("--eval-batch-size", type=int, default=2, help="streams read in parallel")
     group.add_argument("--output", default=None, help="folder for eval.json and eval.png (default: the run folder)")
 
@@ -130,19 +140,25 @@ def parse_sizes(text: str, flag: str) -> list[int]:
 
 
 def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int, device: str) -> dict[str, Any]:
-    from .checkpoint import load_model
+    from .checkpoint import checkpoint_tokenizer, load_model
     from .data import load_documents
     from .evaluate import evaluate, format_table, save, select_documents
+    from .tokenizer import check_same_tokenizer
 
     device = str(distributed.setup(device))  # under torchrun, ranks share the documents and sum the results
+    tokenizer = checkpoint_tokenizer(checkpoint, getattr(args, "tokenizer", None))
     model = load_model(checkpoint, device=device)
-    baseline = load_model(args.baseline_checkpoint, device=device) if getattr(args, "baseline_checkpoint", None) else None
-    documents = select_documents(load_documents(data, args.split), max_docs=args.max_docs or None,
+    baseline = None
+    if getattr(args, "baseline_checkpoint", None):
+        check_same_tokenizer(checkpoint_tokenizer(args.baseline_checkpoint), tokenizer,
+                             f"--baseline-checkpoint {args.baseline_checkpoint} against {checkpoint}")
+        baseline = load_model(args.baseline_checkpoint, device=device)
+    documents = select_documents(load_documents(data, args.split, tokenizer), max_docs=args.max_docs or None,
                                  max_doc_bytes=args.max_doc_bytes or None)
     sizes = parse_sizes(args.memory_sizes, "--memory-sizes")
     started = time.perf_counter()
-    result = evaluate(model, documents, memory_sizes=sizes, baseline=baseline, batch_size=args.eval_batch_size,
-                      seq_len=seq_len, device=device)
+    result = evaluate(model, documents, memory_sizes=sizes, baseline=baseline, tokenizer=tokenizer,
+                      batch_size=args.eval_batch_size, seq_len=seq_len, device=device)
     result["checkpoint"] = str(checkpoint)
     result["eval_seconds"] = time.perf_counter() - started
     output = Path(args.output) if args.output else Path(checkpoint)
@@ -187,51 +203,94 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    import codecs
-
-    from .checkpoint import load_checkpoint, load_model
-    from .data import SOS_ID
+    from .checkpoint import checkpoint_tokenizer, load_checkpoint, load_model
 
     checkpoint = load_checkpoint(args.checkpoint)
     seq_len = args.seq_len or checkpoint.get("train_config", {}).get("seq_len", 512)
+    tokenizer = checkpoint_tokenizer(checkpoint["path"], args.tokenizer)
     model = load_model(checkpoint["path"], device=args.device)
     if args.prompt is not None and args.prompt_file is not None:
         raise ValueError("give either --prompt or --prompt-file, not both")
-    prompt = args.prompt.encode() if args.prompt is not None else b""
+    prompt = args.prompt if args.prompt is not None else ""
     if args.prompt_file is not None:
-        prompt = _read_bytes(args.prompt_file, "prompt file")
-    context = _read_bytes(args.context_file, "context file") if args.context_file else b""
-    stream = bytes([SOS_ID]) + context + prompt
-    tokens = torch.tensor([list(stream)], dtype=torch.long, device=args.device)
+        prompt = _read_text(args.prompt_file, "prompt file")
+    context = _read_text(args.context_file, "context file") if args.context_file else ""
+    stream = [tokenizer.sos_id, *tokenizer.encode(context + prompt).tolist()]
+    tokens = torch.tensor([stream], dtype=torch.long, device=args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     knn = None
     if model.config.memorizing_layers and args.memory_size != 0:
         knn = model.create_knn_memories(batch_size=1, max_memories=args.memory_size or None)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sys.stdout.write(prompt.decode("utf-8", errors="replace"))
+    decode = tokenizer.stream_decoder()
+    sys.stdout.write(prompt)
 
     def show(token: torch.Tensor) -> None:
-        sys.stdout.write(decoder.decode(bytes([int(token[0])])))
+        sys.stdout.write(decode(int(token[0])))
         sys.stdout.flush()
 
     started = time.perf_counter()
     out = model.generate(
         tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn, use_knn_memory=knn is not None,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=SOS_ID,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=tokenizer.sos_id,
         generator=generator, on_token=show,
     )
     elapsed = time.perf_counter() - started
-    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    sys.stdout.write("\n")
     held = f"kNN memory holds {[int(m.count[0]) for m in out.knn_memories]}" if out.knn_memories else "kNN memory off"
     print(f"[{len(stream)} tokens read, {out.tokens.shape[1]} generated in {elapsed:.1f}s; {held}]", file=sys.stderr)
 
 
-def _read_bytes(path: str, what: str) -> bytes:
+def _read_text(path: str, what: str) -> str:
+    """A file's text (UTF-8; invalid bytes read as U+FFFD)."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
-    return data.replace(b"\x00", b" ").replace(b"\x02", b" ")
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> None:
+    from .data import load_documents, source_tokenizer
+    from .tokenizer import BYTES, encoding_throughput, train_tokenizer
+
+    if source_tokenizer(args.data) is not BYTES:
+        raise ValueError(f"data source {args.data!r} holds token ids already; train a tokenizer on text")
+    texts = [d.tobytes().decode("utf-8", errors="replace") for d in load_documents(args.data, "train")]
+    size = sum(len(text.encode("utf-8")) for text in texts)
+    print(f"training a byte-level BPE of {args.vocab_size} tokens on {len(texts)} documents ({size / 1e6:.1f} MB) "
+          f"of {args.data!r}, train split", file=sys.stderr)
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                                progress=sys.stderr.isatty())
+    trained_s = time.perf_counter() - started
+    path = tokenizer.save(args.out)
+    sample, sampled = [], 0
+    for text in texts:  # throughput on the first --measure-mb of the split
+        if sampled >= args.measure_mb * 1e6:
+            break
+        sample.append(text)
+        sampled += len(text)
+    speed = encoding_throughput(tokenizer, sample)
+    print(json.dumps({"tokenizer": str(path), "num_tokens": tokenizer.num_tokens, "pad_id": tokenizer.pad_id,
+                      "sos_id": tokenizer.sos_id, "training_s": round(trained_s, 2),
+                      "encoding": {k: round(v, 3) if isinstance(v, float) else v for k, v in speed.items()}}))
+    print(f"wrote {path}: {tokenizer.num_tokens} tokens, trained in {trained_s:.1f}s; encodes {speed['tokens_per_s']:,.0f} "
+          f"tokens/s ({speed['bytes_per_token']:.2f} bytes per token)", file=sys.stderr)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from .data import prepare_shards
+    from .tokenizer import HuggingFaceTokenizer
+
+    tokenizer = HuggingFaceTokenizer.from_file(args.tokenizer)
+    started = time.perf_counter()
+    meta = prepare_shards(args.data, args.out, tokenizer, replace=args.force)
+    seconds = time.perf_counter() - started
+    tokens = sum(split["tokens"] for split in meta["splits"].values())
+    for name, split in meta["splits"].items():
+        print(f"{name}: {split['documents']} documents, {split['tokens']} tokens, {split['bytes']} bytes "
+              f"({split['bytes'] / max(1, split['tokens']):.2f} bytes per token)")
+    print(f"wrote {args.out} ({meta['dtype']}) in {seconds:.1f}s: {tokens / seconds:,.0f} tokens/s; "
+          f"train with --data shards:{args.out}")
 
 
 DEMO_TRAIN = dict(run_dir="runs/demo", steps=400, warmup_steps=50, checkpoint_every=100, lr=2e-3)
@@ -255,6 +314,8 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
                         formatter_class=HelpFormatter)
     ev.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (its latest checkpoint)")
     ev.add_argument("--baseline-checkpoint", default=None, help="a model trained without memorizing layers, to compare")
+    ev.add_argument("--tokenizer", default=None,
+                    help="tokenizer.json or a folder holding one (default: the checkpoint's; must match it)")
     ev.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
     ev.add_argument("--device", default="cpu", help="torch device")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -264,12 +325,14 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     gen = sub.add_parser("generate", help="read a context into memory, then generate text, streamed",
                          formatter_class=HelpFormatter)
     gen.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    gen.add_argument("--tokenizer", default=None,
+                     help="tokenizer.json or a folder holding one (default: the checkpoint's; must match it)")
     gen.add_argument("--prompt", default=None, help="prompt text")
     gen.add_argument("--prompt-file", default=None, help="read the prompt from this file")
     gen.add_argument("--context-file", default=None, help="read this file into memory before the prompt")
-    gen.add_argument("--max-new-tokens", type=int, default=256, help="bytes to generate")
+    gen.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate (bytes for a byte-level model)")
     gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)")
-    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely bytes")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     gen.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
     gen.add_argument("--memory-size", type=int, default=None,
                      help="kNN memory size (default: the trained size; 0 = memory off)")
@@ -278,6 +341,23 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     gen.add_argument("--device", default="cpu", help="torch device")
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     gen.set_defaults(func=cmd_generate)
+
+    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on a source's train split",
+                         formatter_class=HelpFormatter)
+    tok.add_argument("--data", default="stdlib", help="text source (as train's --data)")
+    tok.add_argument("--vocab-size", type=int, default=4096, help="tokens in all: 2 special, 256 bytes, the merges")
+    tok.add_argument("--min-frequency", type=int, default=2, help="merge only pairs seen this often")
+    tok.add_argument("--out", required=True, help="tokenizer.json to write (or a folder to write it into)")
+    tok.add_argument("--measure-mb", type=float, default=32.0, help="measure encoding throughput on this much of the split")
+    tok.set_defaults(func=cmd_tokenizer, threads=None)
+
+    prep = sub.add_parser("prepare", help="tokenize a text source once into token shards (read with --data shards:OUT)",
+                          formatter_class=HelpFormatter)
+    prep.add_argument("--data", default="stdlib", help="text source (as train's --data)")
+    prep.add_argument("--tokenizer", required=True, help="tokenizer.json or a folder holding one")
+    prep.add_argument("--out", required=True, help="folder to write the shards into")
+    prep.add_argument("--force", action="store_true", help="replace token shards already at --out")
+    prep.set_defaults(func=cmd_prepare, threads=None)
     if extend is not None:
         extend(sub)
     return parser

@@ -7,6 +7,10 @@
                 FFN 4096, the memory in layer 9, k = 32, a 512-token XL cache and a 65K memory, for a
                 32K-token vocabulary. Its token ids (padding 0, document start 1) are placeholders for a
                 tokenizer's own.
+
+Trained with a tokenizer (``--tokenizer``, or the tokenizer of ``--data shards:DIR``), a config takes its
+``num_tokens``, ``pad_id`` and ``clear_memories_on_sos_token_id`` from the tokenizer: ``--preset paper_base
+--tokenizer tok.json`` is the paper's model for that vocabulary. Other flags override single fields.
 """
 
 from __future__ import annotations

@@ -1,22 +1,26 @@
-"""Byte-level document sources and document-stream batching.
+"""Document sources and document-stream batching.
 
-Tokens are bytes (0..255). Two byte values are reserved and removed from document
-text: ``PAD_ID`` (0) marks padding and ``SOS_ID`` (2, ASCII "start of text") starts
-each document, so the model clears that row's memories when it sees it.
+Documents are arrays of token ids. Text sources give bytes (uint8, 0..255): two byte values are reserved and
+removed from the text, ``PAD_ID`` (0) marks padding and ``SOS_ID`` (2, ASCII "start of text") starts each
+document, so the model clears that row's memories when it sees it. Read with a tokenizer (``tokenizer.py``),
+the same text becomes token ids (tokenized once and cached, ``shards.tokenize_cached``) and the tokenizer's
+own padding and document-start ids take these places; token shards (``shards:DIR``) hold ids already.
 
-A ``DocumentStream`` gives each batch row its own stream of documents: row ``b``
-reads one document through consecutive segments, then the next, each prefixed by
-``SOS_ID``. Its position is plain data (``state_dict``) so training can resume.
+A ``DocumentStream`` gives each batch row its own stream of documents: row ``b`` reads one document through
+consecutive segments, then the next, each prefixed by the document-start id. Its position is plain data
+(``state_dict``) so training can resume.
 
-Sources are named in a registry (``SOURCES``): ``stdlib``, ``enwik8:PATH``, and a folder or glob of text
-files. Other code (e.g. ``experiments/``) adds its own with ``register_source``: either documents, which
-``DocumentStream`` batches, or a ``BatchStream`` of its own (for tasks whose labels are not simply the next
-byte of every position).
+Sources are named in a registry (``SOURCES``): ``stdlib``, ``enwik8:PATH``, ``jsonl:PATH[#FIELD]``,
+``parquet:PATH[#FIELD]``, ``hf:DIR[#FIELD]`` (a dataset saved by ``datasets``), ``shards:DIR`` (token shards
+written by ``prepare_shards``), and a folder or glob of text files. Other code (e.g. ``experiments/``) adds its
+own with ``register_source``: either documents, which ``DocumentStream`` batches, or a ``BatchStream`` of its
+own (for tasks whose labels are not simply the next byte of every position).
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import sysconfig
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -28,24 +32,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .shards import ShardDocuments, shard_tokenizer, tokenize_cached, tokenize_documents, write_shards
+from .tokenizer import (
+    BYTE_PAD_ID,
+    BYTE_SOS_ID,
+    BYTES,
+    HuggingFaceTokenizer,
+    Tokenizer,
+    byte_tokens,
+    check_same_tokenizer,
+    load_tokenizer,
+)
+
 __all__ = [
     "PAD_ID", "SOS_ID", "IGNORE_INDEX", "SPLITS", "Batch", "BatchStream", "DocumentStream", "Source", "SOURCES",
-    "register_source", "load_documents", "open_stream", "stdlib_documents", "folder_documents", "enwik8_documents",
+    "register_source", "load_documents", "open_stream", "source_tokenizer", "prepare_shards", "stdlib_documents",
+    "folder_documents", "enwik8_documents", "record_documents",
 ]
 
-PAD_ID = 0
-SOS_ID = 2
+PAD_ID = BYTE_PAD_ID
+SOS_ID = BYTE_SOS_ID
 IGNORE_INDEX = -100
 SPLITS = ("train", "valid", "test")
 ENWIK8_SPLIT = (90_000_000, 5_000_000, 5_000_000)
 ENWIK8_DOCUMENT_BYTES = 1 << 20
+RECORD_SUFFIXES = {"jsonl": (".jsonl", ".json", ".jsonl.gz", ".json.gz"), "parquet": (".parquet",)}
+DEFAULT_FIELD = "text"
 
-
-def _clean(data: bytes) -> np.ndarray:
-    """Bytes as uint8 tokens, with the reserved PAD/SOS bytes replaced by a space."""
-    tokens = np.frombuffer(data, dtype=np.uint8).copy()
-    tokens[(tokens == PAD_ID) | (tokens == SOS_ID)] = ord(" ")
-    return tokens
+_clean = byte_tokens  # bytes as uint8 tokens, the reserved PAD/SOS bytes replaced by a space
 
 
 def _split_of(name: str) -> str:
@@ -69,18 +83,29 @@ def stdlib_documents(split: str) -> list[np.ndarray]:
     return [_clean(p.read_bytes()) for p in files if _split_of(p.relative_to(root).as_posix()) == split]
 
 
-def folder_documents(pattern: str | Path, split: str) -> list[np.ndarray]:
-    """Text files under a folder (recursively) or matching a glob, one document per file."""
-    check_split(split)
+def _files(pattern: str | Path, suffixes: Sequence[str] = ()) -> tuple[Path, list[Path]]:
+    """The files under a folder (recursively; only those ending in ``suffixes`` if given) or matching a glob
+    (or naming one file), with the folder their names are taken relative to.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
     path = Path(pattern)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
         root = path
+        files = sorted(p for p in path.rglob("*") if p.is_file() and (not suffixes or p.name.endswith(tuple(suffixes))))
     else:
         root = Path(path.anchor) if path.is_absolute() else Path(".")
         files = sorted(p for p in root.glob(str(path.relative_to(root))) if p.is_file())
     if not files:
-        raise FileNotFoundError(f"no files found at {pattern}")
+        raise FileNotFoundError(f"no files found at {pattern}" + (f" (ending in {', '.join(suffixes)})" if suffixes else ""))
+    return root, files
+
+
+def folder_documents(pattern: str | Path, split: str) -> list[np.ndarray]:
+    """Text files under a folder (recursively) or matching a glob, one document per file."""
+    check_split(split)
+    root, files = _files(pattern)
     documents = []
     for file in files:
         if _split_of(file.relative_to(root).as_posix()) != split:
@@ -117,6 +142,119 @@ def enwik8_documents(path: str | Path, split: str) -> list[np.ndarray]:
     return [tokens[i : i + ENWIK8_DOCUMENT_BYTES] for i in range(0, len(tokens), ENWIK8_DOCUMENT_BYTES)]
 
 
+# ----------------------------------------------------------------------------- records: JSONL, Parquet, datasets
+def _parse_field(argument: str, kind: str) -> tuple[str, str]:
+    """``PATH[#FIELD]`` -> (PATH, FIELD); the field defaults to ``text``."""
+    path, _, field = argument.partition("#")
+    if not path:
+        raise ValueError(f"{kind} source: expected {kind}:PATH[#FIELD], got {kind}:{argument}")
+    return path, field or DEFAULT_FIELD
+
+
+def _record_text(value: Any, field: str, where: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: field {field!r} must hold text, got {type(value).__name__}")
+    return value
+
+
+def _jsonl_texts(file: Path, field: str) -> Iterator[str]:
+    """The ``field`` of each record of a JSON-lines file (plain or ``.gz``), blank lines skipped."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rt", encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{file} line {number} is not JSON: {error}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{file} line {number}: expected a JSON object per line, got {type(record).__name__}")
+            if field not in record:
+                raise ValueError(f"{file} line {number} has no field {field!r} (its fields: {', '.join(map(repr, record))}); "
+                                 f"name the text field with jsonl:PATH#FIELD")
+            yield _record_text(record[field], field, f"{file} line {number}")
+
+
+def _parquet_texts(file: Path, field: str) -> Iterator[str]:
+    """The ``field`` column of a Parquet file, read a row group at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(file)
+    except Exception as error:  # pyarrow's own error types
+        raise ValueError(f"{file} is not a Parquet file: {error}") from None
+    if field not in table.schema_arrow.names:
+        raise ValueError(f"{file} has no column {field!r} (its columns: {', '.join(map(repr, table.schema_arrow.names))}); "
+                         f"name the text column with parquet:PATH#FIELD")
+    row = 0
+    for batch in table.iter_batches(columns=[field]):
+        for value in batch.column(0).to_pylist():
+            yield _record_text(value, field, f"{file} row {row}")
+            row += 1
+
+
+def record_documents(kind: str, argument: str, split: str) -> list[np.ndarray]:
+    """One document per record of JSON-lines or Parquet files: ``PATH[#FIELD]``, where PATH is a file, a folder
+    (its ``.jsonl``/``.json``/``.jsonl.gz`` or ``.parquet`` files, recursively) or a glob, and FIELD the field
+    holding the text (``text`` by default). Records are split 90 / 5 / 5 by file name and record number.
+
+    Raises:
+        FileNotFoundError: no files. ValueError: a record without the field, a line that is not JSON. TypeError: a
+        field that is not text.
+    """
+    check_split(split)
+    pattern, field = _parse_field(argument, kind)
+    root, files = _files(pattern, RECORD_SUFFIXES[kind])
+    read = _jsonl_texts if kind == "jsonl" else _parquet_texts
+    documents = []
+    for file in files:
+        name = file.name if Path(pattern).is_file() else file.relative_to(root).as_posix()
+        for number, text in enumerate(read(file, field)):
+            if _split_of(f"{name}:{number}") == split and text:
+                documents.append(_clean(text.encode("utf-8")))
+    return documents
+
+
+HF_SPLITS = {"train": ("train",), "valid": ("validation", "valid", "dev"), "test": ("test",)}
+
+
+def saved_dataset_documents(argument: str, split: str) -> list[np.ndarray]:
+    """One document per record of a dataset saved by Hugging Face ``datasets`` (``save_to_disk``), read offline:
+    ``DIR[#FIELD]``. A ``DatasetDict`` gives its own train / validation / test splits; a single ``Dataset`` is
+    split 90 / 5 / 5 by record number.
+
+    Raises:
+        FileNotFoundError: no saved dataset there. ValueError: no such split, or no such column.
+    """
+    check_split(split)
+    path, field = _parse_field(argument, "hf")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"no saved dataset at {path} (a folder written by datasets' save_to_disk)")
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(path)
+    if isinstance(dataset, DatasetDict):
+        names = [name for name in HF_SPLITS[split] if name in dataset]
+        if not names:
+            raise ValueError(f"the dataset at {path} has no {split!r} split (named {' or '.join(HF_SPLITS[split])}); "
+                             f"it has {', '.join(dataset)}")
+        dataset, keep = dataset[names[0]], None
+    else:
+        keep = split
+    if field not in dataset.column_names:
+        raise ValueError(f"the dataset at {path} has no column {field!r} (its columns: {', '.join(dataset.column_names)}); "
+                         f"name the text column with hf:DIR#FIELD")
+    documents = []
+    for number, value in enumerate(dataset[field]):
+        text = _record_text(value, field, f"{path} record {number}")
+        if text and (keep is None or _split_of(str(number)) == keep):
+            documents.append(_clean(text.encode("utf-8")))
+    return documents
+
+
 @dataclass
 class Batch:
     """One segment per row: ``tokens`` and ``labels`` are ``(B, seq_len)``; labels are the next tokens, or
@@ -147,17 +285,27 @@ class BatchStream(Protocol):
 @dataclass(frozen=True)
 class Source:
     """A named data source. ``documents(argument, split)`` returns token arrays, one per document; a source
-    that makes its own batches gives ``stream(argument, split, batch_size=, seq_len=, seed=)`` instead."""
+    that makes its own batches gives ``stream(argument, split, batch_size=, seq_len=, seed=)`` instead. A source
+    of token ids (not bytes) names the tokenizer they were made with: ``tokenizer(argument)``."""
 
-    documents: Callable[[str, str], list[np.ndarray]] | None = None
+    documents: Callable[[str, str], Sequence[np.ndarray]] | None = None
     stream: Callable[..., BatchStream] | None = None
     help: str = ""
+    tokenizer: Callable[[str], Tokenizer] | None = None
 
 
 SOURCES: dict[str, Source] = {
     "stdlib": Source(documents=lambda argument, split: stdlib_documents(split),
                      help="this Python's standard-library .py files, one document per file"),
     "enwik8": Source(documents=enwik8_documents, help="enwik8:PATH, an enwik8-style file (raw or .gz)"),
+    "jsonl": Source(documents=lambda argument, split: record_documents("jsonl", argument, split),
+                    help="jsonl:PATH[#FIELD], JSON-lines files (a file, folder or glob), one document per record's FIELD (text)"),
+    "parquet": Source(documents=lambda argument, split: record_documents("parquet", argument, split),
+                      help="parquet:PATH[#FIELD], Parquet files, one document per row's FIELD (text)"),
+    "hf": Source(documents=saved_dataset_documents,
+                 help="hf:DIR[#FIELD], a Hugging Face dataset saved with save_to_disk, one document per record's FIELD (text)"),
+    "shards": Source(documents=lambda argument, split: ShardDocuments(argument, split), tokenizer=shard_tokenizer,
+                     help="shards:DIR, token shards written by `memorizing-transformers prepare` (with their tokenizer)"),
 }
 
 
@@ -180,36 +328,95 @@ def _lookup(source: str) -> tuple[Source | None, str]:
     return (SOURCES[name], argument) if name in SOURCES else (None, source)
 
 
-def load_documents(source: str, split: str) -> list[np.ndarray]:
-    """The non-empty documents of a source's split: a registered ``NAME[:ARGUMENT]``, or a folder / glob of text files.
+def source_tokenizer(source: str, tokenizer: str | Path | None = None) -> Tokenizer:
+    """The tokenizer to read ``source`` with: the one at ``tokenizer`` (a ``tokenizer.json`` or a folder holding
+    one), else the one a source of token ids was made with, else bytes.
 
     Raises:
-        ValueError: a source that makes batches rather than documents, or no non-empty document.
+        ValueError: ``tokenizer`` is not the one a source of token ids was made with.
+        FileNotFoundError: no tokenizer at that path.
+    """
+    registered, argument = _lookup(source)
+    made_with = registered.tokenizer(argument) if registered is not None and registered.tokenizer is not None else None
+    if not tokenizer:
+        return made_with or BYTES
+    given = load_tokenizer(tokenizer)
+    if made_with is not None:
+        check_same_tokenizer(given, made_with, f"--tokenizer {tokenizer} with data {source!r}")
+    return given
+
+
+def load_documents(source: str, split: str, tokenizer: Tokenizer | None = None, *, progress: bool = True) -> Sequence[np.ndarray]:
+    """The non-empty documents of a source's split: a registered ``NAME[:ARGUMENT]``, or a folder / glob of text
+    files; as bytes, or as the ids of ``tokenizer`` (the text tokenized once, then read from the cache).
+
+    ``tokenizer=None`` reads the source as it is: text as bytes, token shards as their ids.
+
+    Raises:
+        ValueError: a source that makes batches rather than documents; no non-empty document; token ids made with
+            another tokenizer.
         FileNotFoundError: a missing file or folder.
     """
     check_split(split)
     registered, argument = _lookup(source)
     if registered is None:
-        documents = folder_documents(argument, split)
+        documents: Sequence[np.ndarray] = folder_documents(argument, split)
     elif registered.documents is None:
-        raise ValueError(f"data source {source!r} makes its own batches; it has no documents to evaluate on")
+        raise ValueError(f"data source {source!r} makes its own batches; it has no documents to read")
     else:
         documents = registered.documents(argument, split)
-    documents = [d for d in documents if len(d)]
+    if registered is not None and registered.tokenizer is not None:  # token ids already
+        if tokenizer is not None:
+            check_same_tokenizer(tokenizer, registered.tokenizer(argument), f"data {source!r}")
+    elif isinstance(tokenizer, HuggingFaceTokenizer):
+        documents = [d for d in documents if len(d)]
+        if documents:
+            documents = tokenize_cached(documents, tokenizer, split=split, source=source, progress=progress)
+    if not isinstance(documents, ShardDocuments):  # shards hold no empty document
+        documents = [d for d in documents if len(d)]
     if not documents:
         raise ValueError(f"data source {source!r} has no non-empty documents in its {split!r} split")
     return documents
 
 
 def open_stream(source: str, split: str, *, batch_size: int, seq_len: int, repeat: bool = True,
-                seed: int = 0) -> BatchStream:
-    """The batches of a source: its own stream, or a ``DocumentStream`` over its documents."""
+                seed: int = 0, tokenizer: Tokenizer | None = None) -> BatchStream:
+    """The batches of a source: its own stream, or a ``DocumentStream`` over its documents read with
+    ``tokenizer`` (bytes by default; see ``load_documents``).
+
+    Raises:
+        ValueError: a tokenizer other than bytes for a source that makes its own (byte) batches.
+    """
     registered, argument = _lookup(source)
     if registered is not None and registered.stream is not None:
         check_split(split)
+        if tokenizer is not None and tokenizer is not BYTES:
+            raise ValueError(f"data source {source!r} makes its own byte batches; it takes no tokenizer")
         return registered.stream(argument, split, batch_size=batch_size, seq_len=seq_len, seed=seed)
-    return DocumentStream(load_documents(source, split), batch_size=batch_size, seq_len=seq_len, repeat=repeat,
-                          seed=seed)
+    if tokenizer is None:
+        tokenizer = source_tokenizer(source)
+    return DocumentStream(load_documents(source, split, tokenizer), batch_size=batch_size, seq_len=seq_len,
+                          repeat=repeat, seed=seed, sos_id=tokenizer.sos_id, pad_id=tokenizer.pad_id)
+
+
+def prepare_shards(source: str, out: str | Path, tokenizer: HuggingFaceTokenizer, *, replace: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+    """Tokenizes every split of a text source into a shard folder (``shards:OUT`` reads it); returns its meta.
+
+    Raises:
+        ValueError: a source of token ids already, or with no non-empty document in some split.
+        FileExistsError: ``out`` exists (and is not a shard folder to ``replace``).
+    """
+    registered, _ = _lookup(source)
+    if registered is not None and registered.tokenizer is not None:
+        raise ValueError(f"data source {source!r} holds token ids already")
+
+    def splits() -> Iterator[tuple[str, Iterator[np.ndarray]]]:
+        for split in SPLITS:
+            documents = load_documents(source, split)
+            yield split, tokenize_documents(documents, tokenizer, progress=progress, description=f"tokenizing {split}")
+
+    return write_shards(out, splits(), tokenizer, source=source, replace=replace)
 
 
 class DocumentStream:
@@ -226,10 +433,12 @@ class DocumentStream:
         seq_len: tokens per segment.
         repeat: loop forever over reshuffled epochs.
         seed: shuffling seed; with ``repeat=False`` the order is kept as given.
+        sos_id, pad_id: the ids that start each document and fill finished rows (bytes' by default; a
+            tokenizer's for its ids).
     """
 
     def __init__(self, documents: Sequence[np.ndarray], *, batch_size: int, seq_len: int,
-                 repeat: bool, seed: int = 0) -> None:
+                 repeat: bool, seed: int = 0, sos_id: int = SOS_ID, pad_id: int = PAD_ID) -> None:
         if not documents:
             raise ValueError("DocumentStream needs at least one document")
         if batch_size < 1 or seq_len < 1:
@@ -237,6 +446,7 @@ class DocumentStream:
         self.documents = documents
         self.batch_size, self.seq_len = batch_size, seq_len
         self.repeat, self.seed = repeat, seed
+        self.sos_id, self.pad_id = sos_id, pad_id
         self.epoch = 0
         self.cursor = 0  # next position in this epoch's order
         self.order = self._order(0)
@@ -258,7 +468,7 @@ class DocumentStream:
         document = self.documents[self.order[self.cursor]]
         self.cursor += 1
         self.documents_started += 1
-        return np.concatenate(([SOS_ID], document)).astype(np.int64)
+        return np.concatenate(([self.sos_id], document)).astype(np.int64)
 
     @property
     def exhausted(self) -> bool:
@@ -271,7 +481,7 @@ class DocumentStream:
 
     def next_batch(self) -> Batch:
         n = self.seq_len
-        tokens = np.full((self.batch_size, n), PAD_ID, dtype=np.int64)
+        tokens = np.full((self.batch_size, n), self.pad_id, dtype=np.int64)
         labels = np.full((self.batch_size, n), IGNORE_INDEX, dtype=np.int64)
         for row in range(self.batch_size):
             pieces = [self.pending[row]]

@@ -1,9 +1,11 @@
-"""Evaluation: bits per byte on held-out documents, with memory on, off, and at several sizes.
+"""Evaluation: bits per byte and token perplexity on held-out documents, with memory on, off, and at several sizes.
 
 ``read_stream`` is the one loop that reads segments with memories carried across them; evaluation here and
 the experiments' probes all go through it. Each document is read in order through the same segmenting as
-training. Bits per byte count every byte of every document (the start-of-document marker is not a byte of
-the document and is not scored).
+training. Every token of every document is scored once (the start-of-document marker is not part of the
+document and is not scored). Bits per byte divide the total loss in bits by the bytes of text the scored
+tokens stand for (``Tokenizer.token_bytes``; one per token for a byte-level model), so byte-level and
+token-level models compare; perplexity is ``exp`` of the mean loss per token.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -21,11 +23,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import IGNORE_INDEX, SOS_ID, Batch, DocumentStream
+from .data import IGNORE_INDEX, Batch, DocumentStream
 from .model import MemorizingTransformer
+from .tokenizer import BYTES, Tokenizer
 
-__all__ = ["read_stream", "segments", "token_log_probs", "bits_per_byte", "evaluate", "select_documents",
-           "format_table", "plot", "save"]
+__all__ = ["read_stream", "segments", "token_log_probs", "Score", "score", "bits_per_byte", "evaluate",
+           "select_documents", "document_bytes", "format_table", "plot", "save"]
 
 
 def segments(stream: Tensor, seq_len: int) -> Iterator[Batch]:
@@ -80,28 +83,48 @@ def token_log_probs(model: MemorizingTransformer, tokens: np.ndarray, *, memory_
 
 def select_documents(documents: Sequence[np.ndarray], *, max_docs: int | None, max_doc_bytes: int | None
                      ) -> list[np.ndarray]:
-    """The ``max_docs`` longest documents (memory matters most there), each cut to ``max_doc_bytes``."""
+    """The ``max_docs`` longest documents (memory matters most there), each cut to ``max_doc_bytes`` tokens
+    (bytes for a byte-level model)."""
     chosen = sorted(documents, key=len, reverse=True)[:max_docs] if max_docs else list(documents)
     return [d[:max_doc_bytes] if max_doc_bytes else d for d in chosen]
 
 
+class Score(NamedTuple):
+    """Totals over the scored tokens: the loss in bits, the number of tokens, and the bytes of text they stand for."""
+
+    bits: float
+    tokens: int
+    bytes: int
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.bits / max(1.0, self.bytes)
+
+    @property
+    def perplexity(self) -> float:
+        """``exp`` of the mean loss per token (per byte for a byte-level model)."""
+        return math.exp(self.bits * math.log(2) / max(1, self.tokens))
+
+
 @torch.no_grad()
-def bits_per_byte(
+def score(
     model: MemorizingTransformer,
     documents: Sequence[np.ndarray],
     *,
     memory_size: int | None,
+    tokenizer: Tokenizer = BYTES,
     batch_size: int = 2,
     seq_len: int = 512,
     device: str | torch.device = "cpu",
     progress: bool = False,
     description: str = "eval",
-) -> float:
-    """Bits per byte over ``documents``.
+) -> Score:
+    """The loss of ``model`` over ``documents`` (token id arrays of ``tokenizer``), read as streams.
 
     Args:
         memory_size: kNN memory capacity per stream; ``0`` turns the memory off;
             ``None`` uses the model's configured size.
+        tokenizer: what the ids are: their document-start and padding ids, and the bytes of text per token.
 
     Under ``torchrun`` each rank reads every ``world_size``-th document and the
     sums are reduced across ranks, so every rank returns the same total (every rank
@@ -110,24 +133,54 @@ def bits_per_byte(
     """
     documents = list(documents)[distributed.rank() :: distributed.world_size()]
     if not documents:  # more ranks than documents: this rank has nothing to read
-        return _reduced_ratio(0.0, 0, device)
-    stream = DocumentStream(documents, batch_size=batch_size, seq_len=seq_len, repeat=False)
-    total_bits, total_bytes = torch.zeros((), dtype=torch.float64, device=device), 0
+        return _reduced(0.0, 0, 0, device)
+    stream = DocumentStream(documents, batch_size=batch_size, seq_len=seq_len, repeat=False, sos_id=tokenizer.sos_id,
+                            pad_id=tokenizer.pad_id)
+    token_bytes = None if tokenizer.token_bytes is None else torch.as_tensor(tokenizer.token_bytes, device=device)
+    total_bits = torch.zeros((), dtype=torch.float64, device=device)
+    total_tokens = total_bytes = 0
     total = sum(len(d) + 1 for d in documents)
-    bar = tqdm(total=total, disable=not progress, unit="B", unit_scale=True, desc=description, leave=False)
+    bar = tqdm(total=total, disable=not progress, unit="tok", unit_scale=True, desc=description, leave=False)
     for batch, logits in read_stream(model, stream, memory_size=memory_size, device=device):
-        labels = batch.labels.masked_fill(batch.labels == SOS_ID, IGNORE_INDEX)
+        labels = batch.labels.masked_fill(batch.labels == tokenizer.sos_id, IGNORE_INDEX)
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
         total_bits += nll.double() / math.log(2)  # kept on the device: one host sync at the end
-        total_bytes += int((labels != IGNORE_INDEX).sum())
-        bar.update(int((batch.tokens != 0).sum()))
+        scored = labels != IGNORE_INDEX
+        count = int(scored.sum())
+        total_tokens += count
+        total_bytes += count if token_bytes is None else int(token_bytes[labels[scored]].sum())
+        bar.update(int((batch.tokens != tokenizer.pad_id).sum()))
     bar.close()
-    return _reduced_ratio(float(total_bits), total_bytes, device)
+    return _reduced(float(total_bits), total_tokens, total_bytes, device)
 
 
-def _reduced_ratio(bits: float, count: int, device: str | torch.device) -> float:
-    bits, count = distributed.sum_values([bits, float(count)], device)
-    return bits / max(1.0, count)
+def _reduced(bits: float, tokens: int, size: int, device: str | torch.device) -> Score:
+    bits, tokens, size = distributed.sum_values([bits, float(tokens), float(size)], device)
+    return Score(bits, int(tokens), int(size))
+
+
+def bits_per_byte(
+    model: MemorizingTransformer,
+    documents: Sequence[np.ndarray],
+    *,
+    memory_size: int | None,
+    tokenizer: Tokenizer = BYTES,
+    batch_size: int = 2,
+    seq_len: int = 512,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    description: str = "eval",
+) -> float:
+    """Bits per byte over ``documents`` (see ``score``)."""
+    return score(model, documents, memory_size=memory_size, tokenizer=tokenizer, batch_size=batch_size,
+                 seq_len=seq_len, device=device, progress=progress, description=description).bits_per_byte
+
+
+def document_bytes(documents: Sequence[np.ndarray], tokenizer: Tokenizer = BYTES) -> int:
+    """The bytes of text ``documents`` (token id arrays of ``tokenizer``) stand for."""
+    if tokenizer.token_bytes is None:
+        return int(sum(len(d) for d in documents))
+    return int(sum(int(tokenizer.token_bytes[np.asarray(d)].sum()) for d in documents))
 
 
 def evaluate(
@@ -136,56 +189,70 @@ def evaluate(
     *,
     memory_sizes: Sequence[int] = (0, 1024, 4096, 16384, 65536),
     baseline: MemorizingTransformer | None = None,
+    tokenizer: Tokenizer = BYTES,
     batch_size: int = 2,
     seq_len: int = 512,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The full table: with memory (trained size), without memory, the baseline, and by memory size."""
+    """The full table: with memory (trained size), without memory, the baseline, and by memory size; bits per
+    byte under ``bits_per_byte`` / ``by_memory_size``, token perplexity under ``perplexity`` /
+    ``perplexity_by_memory_size``. ``documents`` are ids of ``tokenizer``, which both models must share."""
 
-    def run(m: MemorizingTransformer, size: int | None, name: str) -> float:
-        return bits_per_byte(m, documents, memory_size=size, batch_size=batch_size, seq_len=seq_len,
-                             device=device, progress=progress and distributed.is_main(), description=name)
+    def run(m: MemorizingTransformer, size: int | None, name: str) -> Score:
+        return score(m, documents, memory_size=size, tokenizer=tokenizer, batch_size=batch_size, seq_len=seq_len,
+                     device=device, progress=progress and distributed.is_main(), description=name)
 
     trained_size = model.config.max_knn_memories
     by_size = {str(size): run(model, size, f"memory {size}") for size in memory_sizes}
-    with_memory = by_size.get(str(trained_size))
-    if with_memory is None:
-        with_memory = run(model, None, f"memory {trained_size}")
+    with_memory = by_size.get(str(trained_size)) or run(model, None, f"memory {trained_size}")
     without_memory = by_size["0"] if "0" in by_size else run(model, 0, "memory off")
+    scores = {"with_memory": with_memory, "without_memory": without_memory}
+    if baseline is not None:
+        scores["baseline"] = run(baseline, 0, "baseline")
     result: dict[str, Any] = {
-        "bits_per_byte": {"with_memory": with_memory, "without_memory": without_memory},
-        "by_memory_size": by_size,
+        "bits_per_byte": {name: s.bits_per_byte for name, s in scores.items()},
+        "by_memory_size": {size: s.bits_per_byte for size, s in by_size.items()},
+        "perplexity": {name: s.perplexity for name, s in scores.items()},
+        "perplexity_by_memory_size": {size: s.perplexity for size, s in by_size.items()},
         "trained_memory_size": trained_size,
         "documents": len(documents),
-        "bytes": int(sum(len(d) for d in documents)),
+        "tokens": int(sum(len(d) for d in documents)),
+        "bytes": document_bytes(documents, tokenizer),
+        "tokenizer": "bytes" if tokenizer is BYTES else {"num_tokens": tokenizer.num_tokens, "pad_id": tokenizer.pad_id,
+                                                         "sos_id": tokenizer.sos_id},
         "seq_len": seq_len,
         "batch_size": batch_size,
     }
+    bpb = result["bits_per_byte"]
+    result["memory_gain_percent"] = 100.0 * (bpb["without_memory"] - bpb["with_memory"]) / bpb["without_memory"]
     if baseline is not None:
-        result["bits_per_byte"]["baseline"] = run(baseline, 0, "baseline")
-    on, off = with_memory, without_memory
-    result["memory_gain_percent"] = 100.0 * (off - on) / off
-    if baseline is not None:
-        result["gain_over_baseline_percent"] = 100.0 * (result["bits_per_byte"]["baseline"] - on) / result[
-            "bits_per_byte"]["baseline"]
+        result["gain_over_baseline_percent"] = 100.0 * (bpb["baseline"] - bpb["with_memory"]) / bpb["baseline"]
     return result
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = ["| setting | bits per byte |", "|---|---|"]
-    bpb = result["bits_per_byte"]
-    lines.append(f"| with memory ({result['trained_memory_size']}) | {bpb['with_memory']:.4f} |")
-    lines.append(f"| memory off (same weights) | {bpb['without_memory']:.4f} |")
+    """The result as a markdown table: bits per byte and perplexity per setting (perplexity is per token; per
+    byte for a byte-level model)."""
+    bpb, ppl = result["bits_per_byte"], result.get("perplexity", {})
+    by_ppl = result.get("perplexity_by_memory_size", {})
+    lines = ["| setting | bits per byte | perplexity |", "|---|---|---|"]
+
+    def row(name: str, bits: float, perplexity: float | None) -> None:
+        lines.append(f"| {name} | {bits:.4f} | {'' if perplexity is None else f'{perplexity:.3f}'} |")
+
+    row(f"with memory ({result['trained_memory_size']})", bpb["with_memory"], ppl.get("with_memory"))
+    row("memory off (same weights)", bpb["without_memory"], ppl.get("without_memory"))
     if "baseline" in bpb:
-        lines.append(f"| baseline (no memorizing layer) | {bpb['baseline']:.4f} |")
+        row("baseline (no memorizing layer)", bpb["baseline"], ppl.get("baseline"))
     for size, value in result["by_memory_size"].items():
-        lines.append(f"| memory size {size} | {value:.4f} |")
+        row(f"memory size {size}", value, by_ppl.get(size))
     lines.append("")
     lines.append(f"memory on vs off: {result['memory_gain_percent']:+.2f}% bits per byte"
                  + (f"; vs baseline: {result['gain_over_baseline_percent']:+.2f}%"
                     if "gain_over_baseline_percent" in result else ""))
-    lines.append(f"({result['documents']} documents, {result['bytes']} bytes)")
+    tokens = f", {result['tokens']} tokens" if result.get("tokenizer", "bytes") != "bytes" else ""
+    lines.append(f"({result['documents']} documents, {result['bytes']} bytes{tokens})")
     return "\n".join(lines)
 
 

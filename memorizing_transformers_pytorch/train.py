@@ -44,8 +44,9 @@ from .checkpoint import (
     write_shard,
 )
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
-from .data import open_stream
+from .data import IGNORE_INDEX, open_stream, source_tokenizer
 from .model import MemorizingTransformer
+from .tokenizer import BYTES, HuggingFaceTokenizer, check_model_fits
 
 __all__ = ["TrainConfig", "Trainer", "train", "learning_rate_factor"]
 
@@ -60,7 +61,12 @@ class TrainConfig:
 
     data: str = field(default="stdlib", metadata=_help(
         "documents: 'stdlib' (this Python's standard library), a folder or glob of text files, enwik8:PATH, "
-        "or a source registered by other code (data.register_source; e.g. 'recall' and 'copy' under python -m experiments)"))
+        "jsonl:PATH[#FIELD], parquet:PATH[#FIELD], hf:DIR[#FIELD] (a saved Hugging Face dataset), shards:DIR (token "
+        "shards from `prepare`), or a source registered by other code (data.register_source; e.g. 'recall' and "
+        "'copy' under python -m experiments)"))
+    tokenizer: str = field(default="", metadata=_help(
+        "a tokenizer.json (or a folder holding one) to train at token level: it sets num_tokens and the padding and "
+        "document-start ids, and is stored in each checkpoint. Empty: bytes, or the tokenizer of shards:DIR"))
     run_dir: str = field(default="runs/demo", metadata=_help("where metrics and checkpoints are written"))
     seq_len: int = field(default=512, metadata=_help("tokens per segment"))
     batch_size: int = field(default=2, metadata=_help("document streams read in parallel"))
@@ -138,9 +144,13 @@ class Trainer:
             torch.manual_seed(config.seed + self.rank)
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate_factor(step, config))
+        self.tokenizer = source_tokenizer(config.data, config.tokenizer)
+        if self.tokenizer is not BYTES:
+            check_model_fits(self.tokenizer, model_config, f"training on {config.data!r}")
         # one global stream; this rank reads its own rows of it (see distributed.py)
         self.stream = open_stream(config.data, "train", batch_size=config.batch_size * self.world,
-                                  seq_len=config.seq_len, repeat=True, seed=config.seed)
+                                  seq_len=config.seq_len, repeat=True, seed=config.seed, tokenizer=self.tokenizer)
+        self.scored_tokens = self.scored_bytes = 0  # since the last metric line (token-level bits per byte)
         self.rows = slice(self.rank * config.batch_size, (self.rank + 1) * config.batch_size)
         self.knn_memories = self.model.create_knn_memories(batch_size=config.batch_size) if config.knn_memory else None
         self.xl_memories = None
@@ -219,6 +229,7 @@ class Trainer:
         step_loss = torch.zeros((), device=device)
         for micro in range(config.grad_accum):
             batch = self.stream.next_batch()
+            self._count_scored(batch.labels[self.rows])
             if batch.new_streams:  # rows start afresh: nothing carried over from the previous batch
                 self.xl_memories = None
                 if self.knn_memories is not None:
@@ -241,6 +252,18 @@ class Trainer:
         self.step_count += 1
         return step_loss
 
+    def _count_scored(self, labels: Tensor) -> None:
+        if self.tokenizer.token_bytes is not None:
+            scored = labels[labels != IGNORE_INDEX]
+            self.scored_tokens += len(scored)
+            self.scored_bytes += int(self.tokenizer.token_bytes[scored.numpy()].sum())
+
+    def _bytes_per_token(self) -> float:
+        """Bytes of text per scored token since the last call (1 for bytes)."""
+        ratio = self.scored_bytes / self.scored_tokens if self.scored_tokens and self.scored_bytes else 1.0
+        self.scored_tokens = self.scored_bytes = 0
+        return ratio
+
     # --------------------------------------------------------------------------------------- checkpoint
     def save(self) -> None:
         """Writes a checkpoint: each rank its own memory shard (memories, XL caches, RNG state), rank 0 the
@@ -262,6 +285,8 @@ class Trainer:
                 tmp, self.step_count, self.model, state={"data": self.stream.state_dict(), "world_size": self.world},
                 train_config=self.config.to_dict(),
                 trainer_state={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                files={"tokenizer.json": self.tokenizer.to_json()} if isinstance(self.tokenizer, HuggingFaceTokenizer)
+                else None,
             ) if main else None, "committing the checkpoint")
         except BaseException:
             if main:
@@ -313,12 +338,15 @@ class Trainer:
                 window_losses = [v / self.world for v in distributed.sum_values(torch.stack(window).tolist(), self.device)]
                 losses.extend(window_losses)
                 mean_loss = sum(window_losses) / len(window_losses)
+                bytes_per_token = self._bytes_per_token()
                 record = {
-                    "step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2),
+                    "step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2) / bytes_per_token,
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens_per_s": tokens_per_step * len(window) / (now - window_start),
                     "elapsed_s": now - started, "documents_started": self.stream.documents_started,
                 }
+                if self.tokenizer is not BYTES:
+                    record["bytes_per_token"] = bytes_per_token
                 if main:
                     with open(metrics_path, "a") as file:
                         file.write(json.dumps(record) + "\n")

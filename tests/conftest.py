@@ -30,3 +30,9 @@ def corpus(tmp_path):
     for i in range(40):
         (folder / f"doc{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(10)))
     return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def _tokenization_cache(tmp_path_factory, monkeypatch):
+    """Tokenized corpora are cached under the session's temporary folder, never in the home folder."""
+    monkeypatch.setenv("MEMORIZING_TRANSFORMERS_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
