@@ -164,6 +164,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .checkpoint import load_checkpoint
+    from .hf import is_hf_folder, run_eval
+
+    if is_hf_folder(args.checkpoint):  # a Hugging Face model folder (hf.py)
+        run_eval(args, parse_sizes(args.memory_sizes, "--memory-sizes"))
+        return
 
     checkpoint = load_checkpoint(args.checkpoint)
     train_config = checkpoint.get("train_config", {})
@@ -191,7 +196,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from .checkpoint import load_checkpoint, load_model
     from .data import SOS_ID
+    from .hf import is_hf_folder, run_generate
 
+    if is_hf_folder(args.checkpoint):  # a Hugging Face model folder (hf.py)
+        run_generate(args)
+        return
     checkpoint = load_checkpoint(args.checkpoint)
     seq_len = args.seq_len or checkpoint.get("train_config", {}).get("seq_len", 512)
     model = load_model(checkpoint["path"], device=args.device)
@@ -253,7 +262,8 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
 
     ev = sub.add_parser("eval", help="bits per byte with memory on/off and by memory size",
                         formatter_class=HelpFormatter)
-    ev.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (its latest checkpoint)")
+    ev.add_argument("--checkpoint", required=True,
+                    help="checkpoint folder, run folder (its latest checkpoint) or Hugging Face model folder")
     ev.add_argument("--baseline-checkpoint", default=None, help="a model trained without memorizing layers, to compare")
     ev.add_argument("--seq-len", type=int, default=None, help="segment length (default: the training run's)")
     ev.add_argument("--device", default="cpu", help="torch device")
@@ -263,7 +273,7 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
 
     gen = sub.add_parser("generate", help="read a context into memory, then generate text, streamed",
                          formatter_class=HelpFormatter)
-    gen.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    gen.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder or Hugging Face model folder")
     gen.add_argument("--prompt", default=None, help="prompt text")
     gen.add_argument("--prompt-file", default=None, help="read the prompt from this file")
     gen.add_argument("--context-file", default=None, help="read this file into memory before the prompt")
