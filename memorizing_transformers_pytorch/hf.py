@@ -360,7 +360,8 @@ class MemorizingHFModel(nn.Module):
         })
         model.set_attn_implementation(_register_attention(base))
         # the KV cache argument: ``cache`` in recent 5.x, ``past_key_values`` (deprecated there) before
-        self._cache_argument = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+        forward_arguments = inspect.signature(type(model.base_model).forward).parameters
+        self._cache_argument = "cache" if "cache" in forward_arguments else "past_key_values"
 
     # ------------------------------------------------------------------------------------ loading, saving
     @classmethod
@@ -517,18 +518,21 @@ class MemorizingHFModel(nn.Module):
         cache = None
         if not commit or pending is not None:
             cache = pending.cache if pending is not None else self._new_cache()
-        out = self.hf(input_ids=x, attention_mask=self._attention_mask(layout, start), position_ids=position_ids,
-                      use_cache=cache is not None, knn_segment=segment, **{self._cache_argument: cache})
+        # the base model, then the head: some 5.x causal-LM classes do not pass extra keywords down
+        hidden = self.hf.base_model(input_ids=x, attention_mask=self._attention_mask(layout, start),
+                                    position_ids=position_ids, use_cache=cache is not None, knn_segment=segment,
+                                    **{self._cache_argument: cache}).last_hidden_state
+        logits = self.hf.get_output_embeddings()(hidden)
         keys = [read.keys for read in reads.values()]
         values = [read.values for read in reads.values()]
         if pending is not None:
             keys = [torch.cat((earlier, k), dim=2) for earlier, k in zip(pending.keys, keys)]
             values = [torch.cat((earlier, v), dim=2) for earlier, v in zip(pending.values, values)]
         if not commit:
-            return out.logits, None, HFPendingSegment(tokens, cache, tuple(keys), tuple(values))
+            return logits, None, HFPendingSegment(tokens, cache, tuple(keys), tuple(values))
         for memory, k, v in zip(memories.values(), keys, values):
             write_memory(memory, k, v, layout.keep, layout.restart, past=None, xl_window=0, add=add_knn_memory)
-        return out.logits, None, None
+        return logits, None, None
 
     def _check_length(self, length: int) -> None:
         """Segments must fit the model's positions and sliding window (the 4-D mask does not apply a window)."""
