@@ -182,7 +182,11 @@ class SigmoidGate(nn.Module):
 
     def forward(self, q: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor, reads: MemoryReads,
                 dropout_p: float) -> Tensor:
-        local = _local_attention(q, keys, values, attn_mask, dropout_p)
+        return self.mix(_local_attention(q, keys, values, attn_mask, dropout_p), q, reads, dropout_p)
+
+    def mix(self, local: Tensor, q: Tensor, reads: MemoryReads, dropout_p: float) -> Tensor:
+        """Mixes a local attention output ``(B, H, n, Dh)`` computed elsewhere (e.g. by a pretrained model's own
+        attention, ``hf.py``) with the attention of the scaled queries ``q (B, H, n, Dh)`` over the memories."""
         logits = torch.einsum("bhnd,bhnkd->bhnk", q, reads.keys)
         if reads.bias is not None:
             logits = logits + reads.bias

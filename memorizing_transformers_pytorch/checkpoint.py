@@ -108,17 +108,23 @@ def prepare_checkpoint(tmp: Path) -> None:
     tmp.mkdir()
 
 
-def write_shard(tmp: Path, rank: int, tensors: dict[str, torch.Tensor]) -> None:
-    """Writes one process's memories (and RNG state) as ``memories-rank{rank}.safetensors`` into ``tmp``."""
-    path = tmp / f"memories-rank{rank}.safetensors"
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors on the CPU, each with storage of its own, as safetensors needs (e.g. layers' XL masks cut from
+    one tensor, or a Hugging Face model's tied input and output embeddings)."""
     out, storages = {}, set()
     for name, tensor in tensors.items():
-        tensor = tensor.contiguous().cpu()
-        if tensor.untyped_storage().data_ptr() in storages:  # e.g. layers' XL masks cut from one tensor
+        tensor = tensor.detach().contiguous().cpu()
+        if tensor.untyped_storage().data_ptr() in storages:
             tensor = tensor.clone()
         storages.add(tensor.untyped_storage().data_ptr())
         out[name] = tensor
-    save_file(out, path)
+    return out
+
+
+def write_shard(tmp: Path, rank: int, tensors: dict[str, torch.Tensor]) -> None:
+    """Writes one process's memories (and RNG state) as ``memories-rank{rank}.safetensors`` into ``tmp``."""
+    path = tmp / f"memories-rank{rank}.safetensors"
+    save_file(_unshared(tensors), path)
     _fsync(path)
 
 
@@ -129,7 +135,7 @@ def commit_checkpoint(tmp: Path, step: int, model: MemorizingTransformer, *, sta
     ``tmp``, renames it to ``step-{step}``, then points ``latest`` at it and deletes all but the newest ``keep``."""
     root = tmp.parent
     final = root / f"step-{step:07d}"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_file(_unshared(model.state_dict()), tmp / "model.safetensors")
     (tmp / "config.json").write_text(model.config.to_json() + "\n")
     if train_config is not None:
         (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
@@ -234,15 +240,16 @@ def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[st
         raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(error).split())})") from None
 
 
-def load_config(checkpoint_dir: str | Path) -> MemorizingTransformerConfig:
-    """The model config in a checkpoint folder.
+def load_config(checkpoint_dir: str | Path, config_class: Any = MemorizingTransformerConfig) -> Any:
+    """The model config in a checkpoint folder (of ``config_class``: another model's config, e.g.
+    ``hf.HFMemoryConfig``, for a checkpoint of a model given to ``Trainer``).
 
     Raises:
         CheckpointError: missing, not JSON, or not a valid config.
     """
     path = Path(checkpoint_dir) / "config.json"
     try:
-        return MemorizingTransformerConfig.from_dict(_read_json(path))
+        return config_class.from_dict(_read_json(path))
     except (TypeError, ValueError) as error:
         if isinstance(error, CheckpointError):
             raise

@@ -180,6 +180,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .checkpoint import load_checkpoint
+    from .hf import is_hf_folder, run_eval
+
+    if is_hf_folder(args.checkpoint):  # a Hugging Face model folder (hf.py)
+        run_eval(args, parse_sizes(args.memory_sizes, "--memory-sizes"))
+        return
 
     checkpoint = load_checkpoint(args.checkpoint)
     train_config = checkpoint.get("train_config", {})
@@ -204,7 +209,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from .checkpoint import checkpoint_tokenizer, load_checkpoint, load_model
+    from .hf import is_hf_folder, run_generate
 
+    if is_hf_folder(args.checkpoint):  # a Hugging Face model folder (hf.py)
+        run_generate(args)
+        return
     checkpoint = load_checkpoint(args.checkpoint)
     seq_len = args.seq_len or checkpoint.get("train_config", {}).get("seq_len", 512)
     tokenizer = checkpoint_tokenizer(checkpoint["path"], args.tokenizer)
@@ -246,6 +255,15 @@ def _read_text(path: str, what: str) -> str:
         return Path(path).read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    """A file's bytes, with the byte-level padding and document-start bytes (0, 2) read as spaces."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    return data.replace(b"\x00", b" ").replace(b"\x02", b" ")
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> None:
@@ -312,7 +330,8 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
 
     ev = sub.add_parser("eval", help="bits per byte with memory on/off and by memory size",
                         formatter_class=HelpFormatter)
-    ev.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder (its latest checkpoint)")
+    ev.add_argument("--checkpoint", required=True,
+                    help="checkpoint folder, run folder (its latest checkpoint) or Hugging Face model folder")
     ev.add_argument("--baseline-checkpoint", default=None, help="a model trained without memorizing layers, to compare")
     ev.add_argument("--tokenizer", default=None,
                     help="tokenizer.json or a folder holding one (default: the checkpoint's; must match it)")
@@ -324,7 +343,7 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
 
     gen = sub.add_parser("generate", help="read a context into memory, then generate text, streamed",
                          formatter_class=HelpFormatter)
-    gen.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    gen.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder or Hugging Face model folder")
     gen.add_argument("--tokenizer", default=None,
                      help="tokenizer.json or a folder holding one (default: the checkpoint's; must match it)")
     gen.add_argument("--prompt", default=None, help="prompt text")

@@ -8,7 +8,7 @@ segment-by-segment forward pass.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from .memory import KNNMemory
 if TYPE_CHECKING:
     from .model import MemorizingTransformer
 
-__all__ = ["generate", "GenerationOutput", "PendingSegment", "sample"]
+__all__ = ["generate", "read_in_segments", "GenerationOutput", "PendingSegment", "sample"]
 
 
 class PendingSegment(NamedTuple):
@@ -62,6 +62,26 @@ def sample(logits: Tensor, temperature: float, top_k: int | None = None, top_p: 
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def read_in_segments(model: Any, tokens: Tensor, knn_memories: Sequence[KNNMemory] | None,
+                     xl_memories: Sequence[XLCache] | None, pending: Any, seq_len: int) -> tuple[Tensor, Any, Any]:
+    """Feeds ``tokens (B, m)`` to ``model._extend_segment`` in segment-aligned pieces, committing each segment
+    that fills; returns the logits of the last piece, the XL caches and the pending (partial) segment.
+
+    ``model`` is a ``MemorizingTransformer`` or another model with the same ``_extend_segment`` (the Hugging
+    Face adapter, ``hf.MemorizingHFModel``), whose pending segment may be of its own type.
+    """
+    logits = None
+    position = 0
+    while position < tokens.shape[1]:
+        used = 0 if pending is None else pending.tokens.shape[1]
+        piece = tokens[:, position : position + seq_len - used]
+        position += piece.shape[1]
+        commit = used + piece.shape[1] == seq_len
+        logits, xl_memories, pending = model._extend_segment(piece, knn_memories, xl_memories, pending, commit=commit)
+    assert logits is not None
+    return logits, xl_memories, pending
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .attention import Attention, RelativePositionBias, XLCache, write_memory
 from .config import MemorizingTransformerConfig
-from .generation import GenerationOutput, PendingSegment, generate
+from .generation import GenerationOutput, PendingSegment, generate, read_in_segments
 from .memory import KNNMemory, KNNMemoryList
 
 __all__ = ["MemorizingTransformer", "XLCache", "IGNORE_INDEX"]
@@ -43,6 +43,24 @@ class DocumentLayout(NamedTuple):
     keep: Tensor
     restart: Tensor
     key_ok: Tensor
+
+
+def document_layout(x: Tensor, *, sos_id: int | None, eos_id: int | None, pad_id: int | None) -> DocumentLayout:
+    """Where documents begin and end in segment ``x (B, n)``: a start token (``sos_id``) begins a document, and
+    so does the token after an end token (``eos_id``); ``pad_id`` tokens are padding."""
+    starts = torch.zeros_like(x, dtype=torch.bool)
+    ends_segment = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if sos_id is not None:
+        starts |= x == sos_id
+    if eos_id is not None:
+        is_eos = x == eos_id
+        starts[:, 1:] |= is_eos[:, :-1]  # the token after an eos starts a document
+        ends_segment = is_eos[:, -1]
+    doc = starts.long().cumsum(dim=1)
+    last_doc = doc[:, -1] + ends_segment.long()
+    key_ok = x != pad_id if pad_id is not None else torch.ones_like(starts)
+    keep = (doc == last_doc[:, None]) & key_ok
+    return DocumentLayout(doc=doc, keep=keep, restart=last_doc > 0, key_ok=key_ok)
 
 
 class FeedForward(nn.Sequential):
@@ -236,35 +254,14 @@ class MemorizingTransformer(nn.Module):
         self, tokens: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None,
         pending: PendingSegment | None, seq_len: int,
     ) -> tuple[Tensor, tuple[XLCache, ...] | None, PendingSegment | None]:
-        """Feeds tokens through segment-aligned pieces, committing each segment that fills; returns the logits
-        of the last piece, the XL caches and the pending (partial) segment."""
-        logits = None
-        position = 0
-        while position < tokens.shape[1]:
-            used = 0 if pending is None else pending.tokens.shape[1]
-            piece = tokens[:, position : position + seq_len - used]
-            position += piece.shape[1]
-            commit = used + piece.shape[1] == seq_len
-            logits, xl_memories, pending = self._extend_segment(piece, knn_memories, xl_memories, pending,
-                                                                commit=commit)
-        assert logits is not None
-        return logits, xl_memories, pending
+        """Feeds tokens through segment-aligned pieces, committing each segment that fills: see
+        ``generation.read_in_segments``."""
+        return read_in_segments(self, tokens, knn_memories, xl_memories, pending, seq_len)
 
     def _document_layout(self, x: Tensor) -> DocumentLayout:
         c = self.config
-        starts = torch.zeros_like(x, dtype=torch.bool)
-        ends_segment = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        if c.clear_memories_on_sos_token_id is not None:
-            starts |= x == c.clear_memories_on_sos_token_id
-        if c.clear_memories_on_eos_token_id is not None:
-            is_eos = x == c.clear_memories_on_eos_token_id
-            starts[:, 1:] |= is_eos[:, :-1]  # the token after an eos starts a document
-            ends_segment = is_eos[:, -1]
-        doc = starts.long().cumsum(dim=1)
-        last_doc = doc[:, -1] + ends_segment.long()
-        key_ok = x != c.pad_id if c.pad_id is not None else torch.ones_like(starts)
-        keep = (doc == last_doc[:, None]) & key_ok
-        return DocumentLayout(doc=doc, keep=keep, restart=last_doc > 0, key_ok=key_ok)
+        return document_layout(x, sos_id=c.clear_memories_on_sos_token_id, eos_id=c.clear_memories_on_eos_token_id,
+                               pad_id=c.pad_id)
 
     def _attention_mask(self, layout: DocumentLayout, past: XLCache | None, start: int = 0) -> Tensor:
         """Additive mask ``(B, H, n - start, P + n)`` for the segment's queries from ``start`` on.
@@ -293,45 +290,11 @@ class MemorizingTransformer(nn.Module):
         labels: Tensor | None,
     ) -> None:
         c = self.config
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a tensor of token ids, got {type(x).__name__}")
-        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-            raise TypeError(f"x must hold integer token ids, got dtype {x.dtype}")
-        if x.ndim != 2 or x.shape[1] == 0:
-            raise ValueError(f"x must have shape (batch, seq_len) with seq_len >= 1, got {tuple(x.shape)}")
-        # value checks read the tensor on the host: free on the CPU, a sync per call on an accelerator, where
-        # the data was built on the host (and checked there) and an id out of range still fails in the embedding
-        on_host = x.device.type == "cpu"
-        if on_host and x.numel() and (int(x.min()) < 0 or int(x.max()) >= c.num_tokens):
-            raise ValueError(
-                f"token ids must be in [0, {c.num_tokens}), got values from {int(x.min())} to {int(x.max())}"
-            )
-        B = x.shape[0]
-        if labels is not None:
-            if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
-                raise TypeError("labels must be an integer tensor")
-            if labels.shape != x.shape:
-                raise ValueError(f"labels must have the shape of x {tuple(x.shape)}, got {tuple(labels.shape)}")
-            bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= c.num_tokens))
-            if on_host and bad.any():
-                raise ValueError(f"labels must be in [0, {c.num_tokens}) or {IGNORE_INDEX}, got {labels[bad][0].item()}")
+        check_tokens(x, labels, c.num_tokens)
         if knn_memories is not None:
-            if len(knn_memories) != len(c.memorizing_layers):
-                raise ValueError(
-                    f"expected {len(c.memorizing_layers)} kNN memories (one per memorizing layer), got {len(knn_memories)}"
-                )
-            for memory in knn_memories:
-                if not isinstance(memory, KNNMemory):
-                    raise TypeError(f"knn_memories must hold KNNMemory objects, got {type(memory).__name__}")
-                if memory.num_indices != B:
-                    raise ValueError(
-                        f"the kNN memories were created for batch size {memory.num_indices}, but x has batch size {B}"
-                    )
-                if memory.dim != c.dim_head or memory.heads != c.kv_heads:
-                    raise ValueError(
-                        f"kNN memory must have dim={c.dim_head} and heads={c.kv_heads}, "
-                        f"got dim={memory.dim} and heads={memory.heads}"
-                    )
+            check_knn_memories(knn_memories, count=len(c.memorizing_layers), batch_size=x.shape[0], dim=c.dim_head,
+                               heads=c.kv_heads)
+        B = x.shape[0]
         if xl_memories is not None:
             if len(xl_memories) != len(c.xl_memory_layers):
                 raise ValueError(f"expected {len(c.xl_memory_layers)} XL memories, got {len(xl_memories)}")
@@ -345,3 +308,49 @@ class MemorizingTransformer(nn.Module):
                         f"XL memories must have keys/values of shape (batch={B}, {c.kv_heads}, <= {c.xl_max_memories}, "
                         f"{c.dim_head}), got {tuple(cache.keys.shape)}"
                     )
+
+
+# -------------------------------------------------------------------------------------------- validation
+def check_tokens(x: Tensor, labels: Tensor | None, num_tokens: int) -> None:
+    """Validates a segment of token ids ``(B, n)`` and its labels (``IGNORE_INDEX`` allowed).
+
+    Raises:
+        TypeError, ValueError: what was expected, and what was given.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a tensor of token ids, got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"x must hold integer token ids, got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"x must have shape (batch, seq_len) with seq_len >= 1, got {tuple(x.shape)}")
+    # value checks read the tensor on the host: free on the CPU, a sync per call on an accelerator, where the
+    # data was built on the host (and checked there) and an id out of range still fails in the embedding
+    on_host = x.device.type == "cpu"
+    if on_host and x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_tokens):
+        raise ValueError(f"token ids must be in [0, {num_tokens}), got values from {int(x.min())} to {int(x.max())}")
+    if labels is not None:
+        if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError("labels must be an integer tensor")
+        if labels.shape != x.shape:
+            raise ValueError(f"labels must have the shape of x {tuple(x.shape)}, got {tuple(labels.shape)}")
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_tokens))
+        if on_host and bad.any():
+            raise ValueError(f"labels must be in [0, {num_tokens}) or {IGNORE_INDEX}, got {labels[bad][0].item()}")
+
+
+def check_knn_memories(knn_memories: Sequence[KNNMemory], *, count: int, batch_size: int, dim: int, heads: int) -> None:
+    """Validates the kNN memories given to ``forward``: one ``KNNMemory`` per memorizing layer, of this shape.
+
+    Raises:
+        TypeError, ValueError: what was expected, and what was given.
+    """
+    if len(knn_memories) != count:
+        raise ValueError(f"expected {count} kNN memories (one per memorizing layer), got {len(knn_memories)}")
+    for memory in knn_memories:
+        if not isinstance(memory, KNNMemory):
+            raise TypeError(f"knn_memories must hold KNNMemory objects, got {type(memory).__name__}")
+        if memory.num_indices != batch_size:
+            raise ValueError(
+                f"the kNN memories were created for batch size {memory.num_indices}, but x has batch size {batch_size}")
+        if memory.dim != dim or memory.heads != heads:
+            raise ValueError(f"kNN memory must have dim={dim} and heads={heads}, got dim={memory.dim} and heads={memory.heads}")

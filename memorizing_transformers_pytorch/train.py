@@ -132,14 +132,21 @@ class Trainer:
     alone writes metrics and checkpoints. A run resumes only with the world size that wrote it.
     """
 
-    def __init__(self, model_config: MemorizingTransformerConfig, config: TrainConfig, *, progress: bool = True) -> None:
+    def __init__(self, model_config: MemorizingTransformerConfig, config: TrainConfig, *, progress: bool = True,
+                 model: torch.nn.Module | None = None) -> None:
+        """``model``: train this model instead of a new ``MemorizingTransformer(model_config)``; it must take the
+        same ``forward`` arguments and have ``create_knn_memories`` and a ``config`` (with ``to_json`` and
+        ``from_dict``; ``model_config`` is then ``model.config``), e.g. a Hugging Face model with a kNN memory
+        (``hf.MemorizingHFModel``). Only its parameters with ``requires_grad`` are trained."""
+        if model is not None:
+            model_config = model.config
         self.model_config, self.config = model_config, config
         self.run_dir = Path(config.run_dir)
         self.device = distributed.setup(config.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.progress = progress and self.rank == 0
         torch.manual_seed(config.seed)
-        self.model = MemorizingTransformer(model_config).to(self.device)
+        self.model = (MemorizingTransformer(model_config) if model is None else model).to(self.device)
         if self.world > 1:  # same initial weights everywhere, different dropout masks per rank
             torch.manual_seed(config.seed + self.rank)
         self.optimizer = self._optimizer()
@@ -158,8 +165,9 @@ class Trainer:
         self._ddp: torch.nn.Module | None = None
 
     def _optimizer(self) -> torch.optim.AdamW:
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in trained if p.ndim >= 2]
+        no_decay = [p for p in trained if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, self.config.adam_beta2))
 
@@ -182,7 +190,7 @@ class Trainer:
             FileNotFoundError: no checkpoint there. ValueError: another model.
         """
         source = resolve_checkpoint(path)
-        if not load_config(source).same_model(self.model_config):
+        if not load_config(source, type(self.model_config)).same_model(self.model_config):
             raise ValueError(f"--init-from: the model config differs from {source / 'config.json'} (beyond the "
                              f"memory search's settings: {', '.join(SEARCH_FIELDS)})")
         load_state_dict_into(self.model, load_weights(source, self.device), source)
@@ -198,7 +206,7 @@ class Trainer:
         if checkpoint_dir is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
         checkpoint = load_checkpoint(checkpoint_dir)
-        if load_config(checkpoint_dir) != self.model_config:
+        if load_config(checkpoint_dir, type(self.model_config)) != self.model_config:
             raise ValueError(f"--resume: the model config differs from the checkpoint's ({checkpoint_dir / 'config.json'})")
         saved_world = checkpoint["state"].get("world_size", 1)
         if saved_world != self.world:
@@ -369,14 +377,15 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Trains (or resumes) a run and returns ``Trainer.run``'s summary.
+    """Trains (or resumes) a run and returns ``Trainer.run``'s summary (``model``: see ``Trainer``).
 
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``, or ``init_from`` without one.
         ValueError: resuming with a different model config or batch layout; ``init_from`` another model.
     """
-    trainer = Trainer(model_config, config, progress=progress)
+    trainer = Trainer(model_config, config, progress=progress, model=model)
     if resume:
         trainer.restore()
     elif config.init_from:

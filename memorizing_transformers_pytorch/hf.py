@@ -1,0 +1,761 @@
+"""A pretrained Hugging Face causal LM with a kNN memory: the paper's fine-tuning setting (§4.5).
+
+``MemorizingHFModel(model, HFMemoryConfig(...))`` gives chosen layers of a ``transformers`` model (Llama,
+Mistral, Qwen2, GPT-2) the same memory as our own model: one FIFO ``KNNMemory`` per layer and document stream,
+read, then written, a segment at a time, and cleared at a document's start token. The wrapper reads streams
+through the same interface as ``MemorizingTransformer`` (``forward``, ``create_knn_memories``, ``generate``), so
+``Trainer``, ``evaluate.read_stream`` and ``generation.generate`` take it as they are.
+
+How it hooks into ``transformers`` (5.x; tested with 5.24.0):
+
+- **No model code is copied.** The adapter registers an attention function in the library's own registry
+  (``AttentionInterface.register("memorizing_sdpa", ...)``, and the matching mask function) and switches the
+  model to it with ``set_attn_implementation``. The function calls the model's own attention (``sdpa`` or
+  ``eager``) unchanged, then, in a memorizing layer only, mixes in the memory read. Which layers read, and
+  their memories, arrive per call as one keyword argument (``knn_segment``) that ``transformers`` passes down
+  to every attention call.
+- **Local attention stays exactly as pretrained.** The paper normalises queries and keys in memory layers; a
+  pretrained layer was not trained that way, so only the *memory* path is normalised: each query, L2-normalised,
+  retrieves its top-k stored keys (L2-normalised), and the retrieved logits are cosine similarities times a
+  learned per-head inverse temperature (``knn_temperature_init``). The gate is the paper's: separate softmaxes,
+  ``out = local + sigmoid(b_h) * (memory - local)``, and a query with no valid memory gets ``local`` unchanged.
+  So with the memory off, or empty, the logits are the unmodified model's, whatever the gate's value.
+- **Positions under RoPE: keys are stored before rotation.** Each layer's queries and keys arrive rotated;
+  the adapter undoes the rotation of the segment's own positions (the inverse rotation, from the model's own
+  ``rotary_emb``) before normalising, and applies none to retrieved keys, so a memory scores as if it stood at
+  distance 0 from the query, wherever it was read. That is the paper's default (no position signal for
+  memories) and it keeps stored keys valid however far back they are. GPT-2's absolute positions enter the
+  hidden states, not the keys, so there is nothing to undo.
+- **Grouped-query attention.** A layer's memory stores its key/value heads (``KNNMemory(heads=
+  num_key_value_heads)``); the query heads that share a kv head search its memory together.
+- **Segments, no XL cache.** Each segment is a fresh forward pass of the model (positions restart at 0 in the
+  segment, and at each document start), so memory off is exactly the model reading the segment on its own. In
+  each memorizing layer the segment searches the memory first; its own (key, value) pairs are written after the
+  pass, so a segment never retrieves itself. The memory, not a Transformer-XL cache, carries the earlier
+  segments. Inside a segment, a document start clears that row's memory (after the read; tokens after the
+  start read none of it) and tokens after it do not attend to tokens before it (an explicit 4-D mask; without
+  a boundary or padding the model's own causal mask is used).
+- **Generation** reads a long prompt a segment at a time, then decodes with the model's own KV cache inside
+  the current segment; when the segment fills, its pairs go to the memory and the cache starts afresh. Greedy
+  decoding equals the argmax of a teacher-forced, segment-by-segment pass.
+
+The new parameters (per memorizing layer: the gate bias and the temperature) live in ``memory_layers``, apart
+from the Hugging Face model, so ``save_pretrained`` writes a folder that ``transformers`` loads as the plain
+model, plus ``memorizing.json`` (the memory config) and ``memorizing.safetensors`` (the new parameters).
+
+``transformers`` is imported only when a model is wrapped or loaded: the core package imports without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import SigmoidGate, retrieve, write_memory
+from .config import read_json_object
+from .generation import GenerationOutput, generate, read_in_segments
+from .memory import KNNMemory, KNNMemoryList
+from .model import IGNORE_INDEX, DocumentLayout, check_knn_memories, check_tokens, document_layout
+from .search import INDEXES
+
+__all__ = ["HFMemoryConfig", "MemorizingHFModel", "MemoryLayer", "HFPendingSegment", "SUPPORTED_MODEL_TYPES",
+           "MEMORY_CONFIG_FILE", "MEMORY_WEIGHTS_FILE", "is_hf_folder", "load_tokenizer", "check_tokenizer",
+           "unrotate", "run_eval", "run_generate"]
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+ATTENTION_BASES = ("sdpa", "eager")  # the model's own attention that the memory function wraps
+MEMORY_CONFIG_FILE = "memorizing.json"
+MEMORY_WEIGHTS_FILE = "memorizing.safetensors"
+# settings of the memory search: they change no weight (as config.SEARCH_FIELDS)
+SEARCH_FIELDS = ("max_knn_memories", "num_retrieved_memories", "knn_index", "knn_ivf_lists", "knn_ivf_probe")
+
+
+# ---------------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class HFMemoryConfig:
+    """The memory of a Hugging Face model: which layers read it, and how.
+
+    Args:
+        memorizing_layers: layer numbers from 1 to ``num_hidden_layers`` (``model.model.layers[number - 1]``;
+            the paper's layer 9 of 12 is 9). None: the layer three quarters up the stack, as our own model;
+            ``()``: none (the plain model, through this interface).
+        max_knn_memories: capacity of each stream's memory per layer (FIFO beyond it).
+        num_retrieved_memories: neighbours k retrieved per query.
+        knn_index: the search backend (``KNNMemory``'s ``index``): ``"exact"``, ``"flat"`` or ``"ivf"``.
+        knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
+        knn_temperature_init: initial per-head inverse temperature of the retrieved memories' cosine logits.
+        knn_gate_bias_init: initial per-head gate bias ``b_h``; a query with memories mixes in
+            ``sigmoid(b_h)`` of the memory read (0: one half, the paper's initialisation). It changes nothing
+            while the memory is off or empty.
+        clear_memories_on_sos_token_id: token that starts a document (clears that row's memory).
+        clear_memories_on_eos_token_id: token that ends a document.
+        pad_id: padding token: never attended to, never stored, ignored by the loss.
+    """
+
+    memorizing_layers: tuple[int, ...] | None = None
+    max_knn_memories: int = 16384
+    num_retrieved_memories: int = 32
+    knn_index: str = "exact"
+    knn_ivf_lists: int = 256
+    knn_ivf_probe: int = 16
+    knn_temperature_init: float = 10.0
+    knn_gate_bias_init: float = 0.0
+    clear_memories_on_sos_token_id: int | None = None
+    clear_memories_on_eos_token_id: int | None = None
+    pad_id: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_knn_memories", "num_retrieved_memories", "knn_ivf_lists", "knn_ivf_probe"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.num_retrieved_memories > self.max_knn_memories:
+            raise ValueError(f"num_retrieved_memories ({self.num_retrieved_memories}) must not exceed "
+                             f"max_knn_memories ({self.max_knn_memories})")
+        if self.knn_index not in INDEXES:
+            raise ValueError(f"knn_index must be one of {INDEXES}, got {self.knn_index!r}")
+        if not isinstance(self.knn_temperature_init, (int, float)) or not self.knn_temperature_init > 0:
+            raise ValueError(f"knn_temperature_init must be a positive number, got {self.knn_temperature_init!r}")
+        if not isinstance(self.knn_gate_bias_init, (int, float)) or not math.isfinite(self.knn_gate_bias_init):
+            raise ValueError(f"knn_gate_bias_init must be a finite number, got {self.knn_gate_bias_init!r}")
+        for name in ("clear_memories_on_sos_token_id", "clear_memories_on_eos_token_id", "pad_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a token id (an int >= 0) or None, got {value!r}")
+        if self.memorizing_layers is not None:
+            layers = self.memorizing_layers
+            layers = (layers,) if isinstance(layers, int) and not isinstance(layers, bool) else tuple(layers)
+            if any(isinstance(layer, bool) or not isinstance(layer, int) or layer < 1 for layer in layers):
+                raise ValueError(f"memorizing_layers must be layer numbers from 1 (model.layers[n - 1]), got {layers}")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"memorizing_layers must not repeat a layer, got {layers}")
+            object.__setattr__(self, "memorizing_layers", tuple(sorted(layers)))
+
+    def for_model(self, *, num_layers: int, vocab_size: int) -> HFMemoryConfig:
+        """This config with its layers resolved for a model of ``num_layers`` layers, checked against it.
+
+        Raises:
+            ValueError: a layer number out of range, or a token id outside the vocabulary.
+        """
+        layers = (max(1, (3 * num_layers) // 4),) if self.memorizing_layers is None else self.memorizing_layers
+        for layer in layers:
+            if not 1 <= layer <= num_layers:
+                raise ValueError(f"memorizing_layers must be layer numbers in 1..{num_layers} (the model's "
+                                 f"num_hidden_layers; layer number n is model.layers[n - 1]), got {layer}")
+        for name in ("clear_memories_on_sos_token_id", "clear_memories_on_eos_token_id", "pad_id"):
+            value = getattr(self, name)
+            if value is not None and value >= vocab_size:
+                raise ValueError(f"{name} must be a token id below the model's vocab_size={vocab_size}, got {value}")
+        return dataclasses.replace(self, memorizing_layers=tuple(layers))
+
+    def same_model(self, other: HFMemoryConfig) -> bool:
+        """Whether ``other`` describes the same parameters, up to the memory search's settings."""
+        return dataclasses.replace(self, **{name: getattr(other, name) for name in SEARCH_FIELDS}) == other
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HFMemoryConfig:
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown memory config keys: {unknown}")
+        data = dict(data)
+        if isinstance(data.get("memorizing_layers"), list):
+            data["memorizing_layers"] = tuple(data["memorizing_layers"])
+        return cls(**data)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> HFMemoryConfig:
+        return cls.from_dict(read_json_object(path, "memory config"))
+
+
+# ------------------------------------------------------------------------------------------ the memory read
+class MemoryLayer(nn.Module):
+    """The new parameters of one memorizing layer: the paper's sigmoid gate, and the per-head inverse temperature
+    of the retrieved memories' cosine logits."""
+
+    def __init__(self, heads: int, *, temperature_init: float, gate_bias_init: float) -> None:
+        super().__init__()
+        self.gate = SigmoidGate(heads)
+        nn.init.constant_(self.gate.bias, gate_bias_init)
+        self.log_scale = nn.Parameter(torch.full((heads, 1, 1), math.log(temperature_init)))
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def unrotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Undoes the Llama-family rotary embedding ``x * cos + rotate_half(x) * sin`` (up to the positive factor
+    ``attention_scaling ** 2`` that some RoPE variants put in ``cos`` and ``sin``; normalising removes it).
+
+    Args:
+        x: ``(B, H, n, Dh)`` rotated queries or keys; cos, sin: ``(B, 1, n, Dh)`` of their positions.
+    """
+    return x * cos - _rotate_half(x) * sin
+
+
+@dataclass
+class _LayerRead:
+    """One memorizing layer in one call: its parameters and memory in, the segment's pairs out."""
+
+    params: MemoryLayer
+    memory: KNNMemory | None
+    keys: Tensor | None = None  # (B, Hkv, m, Dh) normalised, before rotation
+    values: Tensor | None = None  # (B, Hkv, m, Dh)
+
+
+@dataclass
+class _SegmentRead:
+    """What the registered attention function needs in one call (passed as the ``knn_segment`` keyword).
+
+    layers: by Hugging Face ``layer_idx``; rotation: cos, sin ``(B, m, Dh)`` of the new tokens (None: no RoPE);
+    memory_ok: ``(B, m)`` queries that may read the memory (they continue the memory's document).
+    """
+
+    layers: dict[int, _LayerRead]
+    rotation: tuple[Tensor, Tensor] | None
+    memory_ok: Tensor
+    num_retrieved: int
+
+    def read(self, layer: _LayerRead, query: Tensor, key: Tensor, value: Tensor, local: Tensor,
+             dropout: float) -> Tensor:
+        """The memory read of one layer: records its new pairs, then mixes the memories into ``local``.
+
+        Args:
+            query: ``(B, H, m, Dh)`` and key, value: ``(B, Hkv, P + m, Dh)`` as the model's attention got them
+                (rotated; P: tokens in the model's KV cache); local: the model's own output ``(B, m, H, Dh)``.
+
+        Returns:
+            ``(B, m, H, Dh)``.
+        """
+        m = query.shape[2]
+        q, k = query.float(), key[:, :, -m:].float()
+        if self.rotation is not None:
+            cos, sin = (t.unsqueeze(1) for t in self.rotation)
+            q, k = unrotate(q, cos, sin), unrotate(k, cos, sin)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        layer.keys, layer.values = k.to(value.dtype).detach(), value[:, :, -m:].detach()
+        if layer.memory is None:
+            return local
+        reads = retrieve(layer.memory, q, self.num_retrieved, dtype=value.dtype, memory_ok=self.memory_ok)
+        scaled = (q * layer.params.log_scale.exp()).to(value.dtype)
+        mixed = layer.params.gate.mix(local.transpose(1, 2), scaled, reads, dropout)  # (B, H, m, Dh)
+        return mixed.transpose(1, 2).to(local.dtype)
+
+
+def _base_attention(base: str, module: nn.Module) -> Any:
+    """The model's own attention function called ``base``: ``eager`` is defined by each modeling file."""
+    if base == "eager":
+        return inspect.getmodule(module).eager_attention_forward  # type: ignore[union-attr]
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def _register_attention(base: str) -> str:
+    """Registers (once) the memory attention that wraps ``base``, and ``base``'s mask; returns its name."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    name = f"memorizing_{base}"
+    if name in ALL_ATTENTION_FUNCTIONS:
+        return name
+
+    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                  scaling: float | None = None, dropout: float = 0.0, knn_segment: _SegmentRead | None = None,
+                  **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        out, weights = _base_attention(base, module)(module, query, key, value, attention_mask, scaling=scaling,
+                                                     dropout=dropout, **kwargs)
+        layer = None if knn_segment is None else knn_segment.layers.get(module.layer_idx)
+        if layer is None:
+            return out, weights
+        return knn_segment.read(layer, query, key, value, out, dropout), weights
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    return name
+
+
+# ------------------------------------------------------------------------------------------------ the model
+class HFPendingSegment(NamedTuple):
+    """The part of the current segment read so far during generation (not yet in the kNN memory).
+
+    tokens: ``(B, t)``; cache: the model's KV cache of those tokens; keys, values: per memorizing layer
+    ``(B, Hkv, t, Dh)`` (keys normalised, before rotation).
+    """
+
+    tokens: Tensor
+    cache: Any
+    keys: tuple[Tensor, ...]
+    values: tuple[Tensor, ...]
+
+
+def _check_supported(model: Any) -> None:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"unsupported architecture {model_type!r} ({type(model).__name__}): the kNN-memory adapter "
+                         f"supports model types {SUPPORTED_MODEL_TYPES}")
+    if model.get_output_embeddings() is None:
+        raise ValueError(f"{type(model).__name__} has no language-model head: load it with "
+                         "AutoModelForCausalLM (e.g. LlamaForCausalLM, GPT2LMHeadModel)")
+
+
+class MemorizingHFModel(nn.Module):
+    """A Hugging Face causal LM whose memorizing layers also attend to a kNN memory of earlier segments.
+
+    Reads one segment per document stream, as ``MemorizingTransformer``: ``forward(x, knn_memories,
+    labels=...)`` returns ``(logits or loss, None)`` (there is no XL cache). Memory off is ``knn_memories=None``.
+
+    Args:
+        model: a ``transformers`` causal LM of a supported type (``SUPPORTED_MODEL_TYPES``) using ``sdpa`` or
+            ``eager`` attention. It is switched to the adapter's attention function (which calls the same
+            attention), so it is part of this model from then on.
+        config: the memory; None: ``HFMemoryConfig()`` (one layer three quarters up).
+
+    Raises:
+        ValueError: an unsupported architecture or attention implementation, a layer number out of range, a
+            token id outside the vocabulary.
+    """
+
+    def __init__(self, model: nn.Module, config: HFMemoryConfig | None = None) -> None:
+        super().__init__()
+        _check_supported(model)
+        hf_config = model.config
+        self.config = (config or HFMemoryConfig()).for_model(num_layers=hf_config.num_hidden_layers,
+                                                            vocab_size=hf_config.vocab_size)
+        base = hf_config._attn_implementation.removeprefix("memorizing_")
+        if base not in ATTENTION_BASES:
+            raise ValueError(f"the kNN-memory adapter wraps {ATTENTION_BASES} attention, but the model uses "
+                             f"{base!r}: load it with attn_implementation='sdpa'")
+        self.hf = model
+        self.heads = hf_config.num_attention_heads
+        self.kv_heads = getattr(hf_config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // self.heads
+        c = self.config
+        self.memory_layers = nn.ModuleDict({
+            str(layer): MemoryLayer(self.heads, temperature_init=c.knn_temperature_init,
+                                    gate_bias_init=c.knn_gate_bias_init)
+            for layer in c.memorizing_layers
+        })
+        model.set_attn_implementation(_register_attention(base))
+        # the KV cache argument: ``cache`` in recent 5.x, ``past_key_values`` (deprecated there) before
+        forward_arguments = inspect.signature(type(model.base_model).forward).parameters
+        self._cache_argument = "cache" if "cache" in forward_arguments else "past_key_values"
+
+    # ------------------------------------------------------------------------------------ loading, saving
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: HFMemoryConfig | None = None, **hf_kwargs: Any
+                        ) -> MemorizingHFModel:
+        """Loads a model folder (``save_pretrained`` of ``transformers`` or of this class), local files only.
+
+        The memory config is ``config``, else the folder's ``memorizing.json``, else ``HFMemoryConfig()``; the
+        new parameters come from the folder's ``memorizing.safetensors`` when it has them (``config`` may then
+        change only the search settings), else they start at their initial values.
+
+        Raises:
+            FileNotFoundError: no such folder. ValueError: not a Hugging Face model folder, an unsupported
+            architecture, or a ``config`` that does not fit the folder's memory parameters.
+        """
+        from transformers import AutoModelForCausalLM
+
+        path = Path(path)
+        model_type = _folder_model_type(path)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"unsupported architecture {model_type!r} in {path / 'config.json'}: the kNN-memory "
+                             f"adapter supports model types {SUPPORTED_MODEL_TYPES}")
+        saved = HFMemoryConfig.from_json(path / MEMORY_CONFIG_FILE) if (path / MEMORY_CONFIG_FILE).is_file() else None
+        hf_kwargs.setdefault("local_files_only", True)
+        model = cls(AutoModelForCausalLM.from_pretrained(path, **hf_kwargs), config or saved)
+        if saved is not None and (path / MEMORY_WEIGHTS_FILE).is_file():
+            if not model.config.same_model(saved):
+                raise ValueError(f"the memory config differs from {path / MEMORY_CONFIG_FILE} beyond the search "
+                                 f"settings ({', '.join(SEARCH_FIELDS)}), so its memory parameters do not fit")
+            model.load_memory_parameters(path / MEMORY_WEIGHTS_FILE)
+        return model
+
+    def save_pretrained(self, path: str | Path, *, train_config: dict[str, Any] | None = None) -> Path:
+        """Writes the Hugging Face folder (``transformers``' ``save_pretrained``: its config and safetensors
+        weights), ``memorizing.json`` and ``memorizing.safetensors``, and ``train_config.json`` if given (its
+        ``seq_len`` is the command line's default segment length)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.hf.save_pretrained(path)
+        self.config.to_json(path / MEMORY_CONFIG_FILE)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.memory_layers.state_dict().items()},
+                  path / MEMORY_WEIGHTS_FILE)
+        if train_config is not None:
+            (path / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+        return path
+
+    def load_memory_parameters(self, path: str | Path) -> None:
+        """Loads the new parameters from a ``memorizing.safetensors``.
+
+        Raises:
+            ValueError: the file does not hold this model's memory parameters.
+        """
+        from safetensors.torch import load_file
+
+        weights = load_file(path, device=str(self.hf.device))
+        try:
+            self.memory_layers.load_state_dict(weights)
+        except RuntimeError as error:
+            raise ValueError(f"{path}: not this model's memory parameters ({str(error).splitlines()[-1].strip()})"
+                             ) from None
+
+    # ------------------------------------------------------------------------------------------ training
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """The new parameters: each memorizing layer's gate bias and temperature."""
+        return list(self.memory_layers.parameters())
+
+    def train_only_memory_parameters(self) -> None:
+        """Freezes the pretrained weights, so that training (e.g. ``Trainer``) changes only the new parameters."""
+        for parameter in self.hf.parameters():
+            parameter.requires_grad_(False)
+        for parameter in self.memory_parameters():
+            parameter.requires_grad_(True)
+
+    # ---------------------------------------------------------------------------------------- memories
+    @property
+    def num_tokens(self) -> int:
+        return self.hf.config.vocab_size
+
+    def create_knn_memories(self, *, batch_size: int, max_memories: int | None = None) -> KNNMemoryList:
+        """One empty ``KNNMemory`` per memorizing layer (its key/value heads and head width), ``batch_size``
+        streams each; ``max_memories`` overrides the configured capacity."""
+        c = self.config
+        size = c.max_knn_memories if max_memories is None else max_memories
+        return KNNMemoryList(
+            KNNMemory(dim=self.head_dim, max_memories=size, num_indices=batch_size, heads=self.kv_heads,
+                      index=c.knn_index, ivf_lists=c.knn_ivf_lists, ivf_probe=c.knn_ivf_probe)
+            for _ in c.memorizing_layers
+        )
+
+    # ------------------------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor, knn_memories: Sequence[KNNMemory] | None = None, xl_memories: None = None,
+                labels: Tensor | None = None, add_knn_memory: bool = True) -> tuple[Tensor, None]:
+        """Read one segment of each document stream.
+
+        Args:
+            x: ``(B, n)`` token ids; row ``b`` continues the document stream of row ``b`` in the previous call.
+            knn_memories: from ``create_knn_memories(batch_size=B)``; searched, then written with this segment's
+                pairs. None: memory off (exactly the Hugging Face model on the segment).
+            xl_memories: must be None (no XL cache; the argument exists for ``MemorizingTransformer``'s callers).
+            labels: ``(B, n)`` targets; ``-100`` and ``pad_id`` are ignored.
+            add_knn_memory: write this segment's pairs to the memories.
+
+        Returns:
+            ``(logits (B, n, vocab_size), None)``, or ``(loss, None)`` when labels are given.
+
+        Raises:
+            TypeError, ValueError: invalid inputs; no memory is changed then.
+        """
+        self.check_inputs(x, knn_memories, xl_memories, labels)
+        logits, _, _ = self._extend_segment(x, knn_memories, None, None, commit=True, add_knn_memory=add_knn_memory)
+        if labels is None:
+            return logits, None
+        if self.config.pad_id is not None:
+            labels = labels.masked_fill(labels == self.config.pad_id, IGNORE_INDEX)
+        return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX), None
+
+    def check_inputs(self, x: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Any,
+                     labels: Tensor | None) -> None:
+        """Raises TypeError or ValueError for inputs ``forward`` cannot take."""
+        check_tokens(x, labels, self.num_tokens)
+        if xl_memories is not None:
+            raise ValueError("the Hugging Face adapter keeps no XL cache: xl_memories must be None")
+        if knn_memories is not None:
+            check_knn_memories(knn_memories, count=len(self.config.memorizing_layers), batch_size=x.shape[0],
+                               dim=self.head_dim, heads=self.kv_heads)
+
+    def _extend_segment(self, x: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: None,
+                        pending: HFPendingSegment | None, *, commit: bool, add_knn_memory: bool = True,
+                        ) -> tuple[Tensor, None, HFPendingSegment | None]:
+        """Runs tokens ``x (B, m)`` that continue the current segment (``pending`` holds its earlier part).
+
+        With ``commit`` the segment is complete and each memorizing layer writes its pairs to its memory (after
+        it has read); otherwise the grown segment is returned as the new pending one (``MemorizingTransformer.
+        _extend_segment``'s contract, which ``generation.read_in_segments`` drives).
+
+        Returns:
+            logits ``(B, m, vocab_size)``, None (no XL cache), the pending segment (None when committed).
+        """
+        c = self.config
+        start = 0 if pending is None else pending.tokens.shape[1]
+        tokens = x if pending is None else torch.cat((pending.tokens, x), dim=1)
+        self._check_length(tokens.shape[1])
+        layout = document_layout(tokens, sos_id=c.clear_memories_on_sos_token_id,
+                                 eos_id=c.clear_memories_on_eos_token_id, pad_id=c.pad_id)
+        position_ids = _positions_in_documents(layout.doc)[:, start:]
+        memories = dict(zip(c.memorizing_layers, knn_memories)) if knn_memories is not None else {}
+        reads = {layer - 1: _LayerRead(self.memory_layers[str(layer)], memory) for layer, memory in memories.items()}
+        segment = None
+        if reads:
+            segment = _SegmentRead(reads, self._rotation(position_ids), memory_ok=layout.doc[:, start:] == 0,
+                                   num_retrieved=c.num_retrieved_memories)
+        cache = None
+        if not commit or pending is not None:
+            cache = pending.cache if pending is not None else self._new_cache()
+        # the base model, then the head: some 5.x causal-LM classes do not pass extra keywords down
+        hidden = self.hf.base_model(input_ids=x, attention_mask=self._attention_mask(layout, start),
+                                    position_ids=position_ids, use_cache=cache is not None, knn_segment=segment,
+                                    **{self._cache_argument: cache}).last_hidden_state
+        logits = self.hf.get_output_embeddings()(hidden)
+        keys = [read.keys for read in reads.values()]
+        values = [read.values for read in reads.values()]
+        if pending is not None:
+            keys = [torch.cat((earlier, k), dim=2) for earlier, k in zip(pending.keys, keys)]
+            values = [torch.cat((earlier, v), dim=2) for earlier, v in zip(pending.values, values)]
+        if not commit:
+            return logits, None, HFPendingSegment(tokens, cache, tuple(keys), tuple(values))
+        for memory, k, v in zip(memories.values(), keys, values):
+            write_memory(memory, k, v, layout.keep, layout.restart, past=None, xl_window=0, add=add_knn_memory)
+        return logits, None, None
+
+    def _check_length(self, length: int) -> None:
+        """Segments must fit the model's positions and sliding window (the 4-D mask does not apply a window)."""
+        hf_config = self.hf.config
+        window = getattr(hf_config, "sliding_window", None)
+        if window is not None and length > window:
+            raise ValueError(f"a segment of {length} tokens is longer than the model's sliding window ({window}): "
+                             "use a shorter seq_len")
+        if hf_config.model_type == "gpt2" and length > hf_config.n_positions:
+            raise ValueError(f"a segment of {length} tokens is longer than GPT-2's n_positions "
+                             f"({hf_config.n_positions}): use a shorter seq_len")
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.hf.config)
+
+    def _rotation(self, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
+        """cos, sin ``(B, m, Dh)`` (float32) of the rotary embedding at ``position_ids``; None without RoPE."""
+        rotary = getattr(self.hf.base_model, "rotary_emb", None)
+        if rotary is None:
+            return None
+        return rotary(torch.empty(0, device=position_ids.device), position_ids)
+
+    def _attention_mask(self, layout: DocumentLayout, start: int) -> Tensor | None:
+        """Additive ``(B, 1, n - start, n)`` mask of the queries from ``start`` on, or None when the model's own
+        causal mask is the same (no document boundary inside the segment, no padding)."""
+        doc, key_ok = layout.doc, layout.key_ok
+        if bool((doc == doc[:, :1]).all()) and bool(key_ok.all()):
+            return None
+        positions = torch.arange(doc.shape[1], device=doc.device)
+        causal = positions[start:, None] >= positions[None, :]
+        self_key = positions[start:, None] == positions[None, :]
+        allowed = causal & (doc[:, start:, None] == doc[:, None, :]) & (key_ok[:, None, :] | self_key)
+        dtype = self.hf.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=doc.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+    # ---------------------------------------------------------------------------------------- generation
+    def read_segment(self, tokens: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: None,
+                     pending: HFPendingSegment | None, seq_len: int) -> tuple[Tensor, None, HFPendingSegment | None]:
+        """Feeds tokens through segment-aligned pieces: see ``generation.read_in_segments``."""
+        return read_in_segments(self, tokens, knn_memories, xl_memories, pending, seq_len)
+
+    def generate(self, prompt: Tensor, *, max_new_tokens: int, **options: Any) -> GenerationOutput:
+        """Reads ``prompt`` into the memories, then samples: see ``generation.generate`` (no ``xl_memories``)."""
+        return generate(self, prompt, max_new_tokens=max_new_tokens, **options)
+
+
+def _positions_in_documents(doc: Tensor) -> Tensor:
+    """``(B, n)`` each token's position in its document within the segment: 0 at the segment's start and at
+    each document start."""
+    index = torch.arange(doc.shape[1], device=doc.device).expand_as(doc)
+    starts = torch.zeros_like(doc, dtype=torch.bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    return index - torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+
+
+# ------------------------------------------------------------------------------------------------ folders
+def _folder_model_type(path: Path) -> Any:
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such model folder: {path}")
+    config = read_json_object(path / "config.json", "Hugging Face model config")
+    if "model_type" not in config:
+        raise ValueError(f"{path / 'config.json'} has no model_type: not a Hugging Face model folder")
+    return config["model_type"]
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a Hugging Face model folder (its ``config.json`` names a ``model_type``); reads only
+    that file, so a checkpoint of our own model answers False without importing ``transformers``."""
+    try:
+        return "model_type" in json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The folder's tokenizer (``AutoTokenizer``, local files only), or None when it has none (bytes)."""
+    path = Path(path)
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def check_tokenizer(tokenizer: Any, model: MemorizingHFModel) -> None:
+    """Checks that ``tokenizer``'s ids fit the model's vocabulary (None: bytes, which need 256 ids).
+
+    ``tokenizer``: a ``transformers`` tokenizer or a ``tokenizers.Tokenizer``.
+
+    Raises:
+        ValueError: the tokenizer has more ids than the model's embedding.
+    """
+    vocab = model.num_tokens
+    if tokenizer is None:
+        if vocab < 256:
+            raise ValueError(f"the model's vocabulary has {vocab} tokens, but without a tokenizer its input is "
+                             "bytes (256 ids): give the model folder its tokenizer")
+        return
+    size = tokenizer.get_vocab_size() if hasattr(tokenizer, "get_vocab_size") else len(tokenizer)
+    if size > vocab:
+        raise ValueError(f"tokenizer/model mismatch: the tokenizer has {size} tokens but the model's vocabulary has "
+                         f"{vocab}, so ids from {vocab} on would be out of range (a tokenizer of another model?)")
+
+
+# -------------------------------------------------------------------------------------------- command line
+def _cli_model(args: Any) -> tuple[MemorizingHFModel, Any, int]:
+    """The folder's model (byte-level: document and padding ids of our data), its tokenizer and segment length."""
+    from .data import PAD_ID, SOS_ID
+
+    folder = Path(args.checkpoint)
+    tokenizer_path = getattr(args, "tokenizer", None) or folder  # --tokenizer, where the command line has it
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = MemorizingHFModel.from_pretrained(folder)
+    check_tokenizer(tokenizer, model)
+    c = model.config
+    if c.clear_memories_on_sos_token_id is None:
+        sos = SOS_ID if tokenizer is None else tokenizer.bos_token_id
+        pad = PAD_ID if tokenizer is None else tokenizer.pad_token_id
+        model.config = dataclasses.replace(c, clear_memories_on_sos_token_id=sos, pad_id=c.pad_id if pad is None else pad)
+    seq_len = getattr(args, "seq_len", None)
+    if not seq_len and (folder / "train_config.json").is_file():
+        seq_len = read_json_object(folder / "train_config.json", "training config").get("seq_len")
+    seq_len = seq_len or 512
+    if model.hf.config.model_type == "gpt2":
+        seq_len = min(seq_len, model.hf.config.n_positions)
+    return model.to(args.device).eval(), tokenizer, seq_len
+
+
+def run_eval(args: Any, memory_sizes: Sequence[int]) -> dict[str, Any]:
+    """``eval --checkpoint HF_FOLDER``: bits per byte with the memory on, off and by size.
+
+    A byte-level folder (no tokenizer) is evaluated exactly as our own checkpoints (``evaluate.evaluate``);
+    with a tokenizer each document is read as one stream of its tokens, and its bits are divided by its bytes.
+    """
+    import time
+
+    from .data import load_documents
+    from .evaluate import evaluate, format_table, save, select_documents, token_log_probs
+
+    if getattr(args, "baseline_checkpoint", None):
+        raise ValueError("--baseline-checkpoint is not supported with a Hugging Face model folder: evaluate each "
+                         "folder on its own (memory size 0 is the same weights without memory)")
+    model, tokenizer, seq_len = _cli_model(args)
+    documents = select_documents(load_documents(args.eval_data or "stdlib", args.split), max_docs=args.max_docs or None,
+                                 max_doc_bytes=args.max_doc_bytes or None)
+    started = time.perf_counter()
+    if tokenizer is None:
+        result = evaluate(model, documents, memory_sizes=memory_sizes, batch_size=args.eval_batch_size,
+                          seq_len=seq_len, device=args.device)
+    else:
+        streams = []
+        for document in documents:
+            ids = tokenizer(bytes(document).decode("utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
+            streams.append(([model.config.clear_memories_on_sos_token_id] if tokenizer.bos_token_id is not None
+                            else []) + list(ids))
+        total_bytes = sum(len(d) for d in documents)
+        by_size = {}
+        for size in memory_sizes:
+            bits = sum(-float(token_log_probs(model, stream, memory_size=size, seq_len=seq_len, device=args.device)[0]
+                              .sum()) / math.log(2) for stream in streams)
+            by_size[str(size)] = bits / total_bytes
+        trained = str(model.config.max_knn_memories)
+        on = by_size.get(trained, by_size[str(max(memory_sizes))])
+        off = by_size.get("0", on)
+        result = {"bits_per_byte": {"with_memory": on, "without_memory": off}, "by_memory_size": by_size,
+                  "trained_memory_size": model.config.max_knn_memories, "documents": len(documents),
+                  "bytes": total_bytes, "seq_len": seq_len, "memory_gain_percent": 100.0 * (off - on) / off}
+    result["checkpoint"] = str(args.checkpoint)
+    result["eval_seconds"] = time.perf_counter() - started
+    json_path, png_path = save(result, args.output or args.checkpoint)
+    print(format_table(result))
+    print(f"wrote {json_path} and {png_path}")
+    return result
+
+
+def run_generate(args: Any) -> None:
+    """``generate --checkpoint HF_FOLDER``: reads the context into memory, then streams the continuation."""
+    import codecs
+    import time
+
+    from .cli import _read_bytes
+
+    model, tokenizer, seq_len = _cli_model(args)
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ValueError("give either --prompt or --prompt-file, not both")
+    prompt = args.prompt.encode() if args.prompt is not None else b""
+    if args.prompt_file is not None:
+        prompt = _read_bytes(args.prompt_file, "prompt file")
+    context = _read_bytes(args.context_file, "context file") if args.context_file else b""
+    sos = model.config.clear_memories_on_sos_token_id
+    if tokenizer is None:
+        ids = list(context + prompt)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        show = lambda token: decoder.decode(bytes([int(token[0])]))
+        eos = sos
+    else:
+        ids = tokenizer((context + prompt).decode("utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
+        generated: list[int] = []
+        shown = [""]
+
+        def show(token: Tensor) -> str:
+            generated.append(int(token[0]))
+            text = tokenizer.decode(generated)
+            new, shown[0] = text[len(shown[0]) :], text
+            return new
+
+        eos = tokenizer.eos_token_id
+    stream = ([sos] if sos is not None else []) + ids
+    tokens = torch.tensor([stream], dtype=torch.long, device=args.device)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    knn = None
+    if model.config.memorizing_layers and args.memory_size != 0:
+        knn = model.create_knn_memories(batch_size=1, max_memories=args.memory_size or None)
+    sys.stdout.write(prompt.decode("utf-8", errors="replace"))
+    started = time.perf_counter()
+    out = model.generate(tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn,
+                         use_knn_memory=knn is not None, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, eos_token_id=eos, generator=generator,
+                         on_token=lambda token: (sys.stdout.write(show(token)), sys.stdout.flush()))
+    sys.stdout.write("\n")
+    held = f"kNN memory holds {[int(m.count[0]) for m in out.knn_memories]}" if out.knn_memories else "kNN memory off"
+    print(f"[{len(stream)} tokens read, {out.tokens.shape[1]} generated in {time.perf_counter() - started:.1f}s; "
+          f"{held}]", file=sys.stderr)
