@@ -643,8 +643,11 @@ def check_tokenizer(tokenizer: Any, model: MemorizingHFModel) -> None:
 # -------------------------------------------------------------------------------------------- command line
 def _cli_model(args: Any) -> tuple[MemorizingHFModel, Any, int]:
     """The folder's model (byte-level: document and padding ids of our data), its tokenizer and segment length."""
+    import transformers
+
     from .data import PAD_ID, SOS_ID
 
+    transformers.utils.logging.disable_progress_bar()  # the command line prints its own progress
     folder = Path(args.checkpoint)
     tokenizer_path = getattr(args, "tokenizer", None) or folder  # --tokenizer, where the command line has it
     tokenizer = load_tokenizer(tokenizer_path)
