@@ -4,7 +4,6 @@ import argparse
 
 from memorizing_transformers_pytorch.cli import main
 
-from . import warmup  # noqa: F401  (registers the 'copy' data source)
 from .names.cli import add_names_command
 from .recall.cli import add_recall_command
 

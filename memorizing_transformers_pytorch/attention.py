@@ -361,6 +361,7 @@ class Attention(nn.Module):
         *,
         attn_mask: Tensor,
         past: tuple[Tensor, Tensor] | None = None,
+        key_input: Tensor | None = None,
         memory: KNNMemory | None = None,
         memory_ok: Tensor | None = None,
         memory_offset: Tensor | None = None,
@@ -372,6 +373,8 @@ class Attention(nn.Module):
             attn_mask: ``(B | 1, H | 1, n, P + n)`` float, added to the local logits.
             past: keys and values ``(B, Hkv, P, Dh)`` of the tokens before ``x`` that it may attend to
                 (XL cache, then the earlier part of the segment), or None.
+            key_input: ``(B, n, dim)`` what the keys are projected from instead of ``x`` (``token_shift``), or
+                None.
             memory, memory_ok, memory_offset, memory_bias: see ``memory_attention``; memory None = off.
 
         Returns:
@@ -382,6 +385,8 @@ class Attention(nn.Module):
         H, Hkv, Dh = self.heads, self.kv_heads, self.dim_head
         q = self.to_q(x).view(B, n, H, Dh).transpose(1, 2)  # (B, H, n, Dh)
         k, v = self.to_kv(x).view(B, n, 2, Hkv, Dh).permute(2, 0, 3, 1, 4)  # 2 x (B, Hkv, n, Dh)
+        if key_input is not None:
+            k = F.linear(key_input, self.to_kv.weight[: Hkv * Dh]).view(B, n, Hkv, Dh).transpose(1, 2)
         if self.memorizing:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         keys, values = k, v

@@ -194,16 +194,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .train import train
+    from .demo import run_demo_training
 
     model_config, train_config = _model_and_train_configs(args)
     started = time.perf_counter()
-    print(f"[demo] training on {train_config.data!r} for {train_config.steps} steps -> {train_config.run_dir}")
-    train(model_config, train_config)
+    memory_run, baseline_run = run_demo_training(model_config, train_config, copy_warmup_steps=args.copy_warmup_steps)
     trained = time.perf_counter() - started
     print(f"[demo] training took {trained:.0f}s; evaluating on held-out documents")
-    args.baseline_checkpoint = None
-    _run_eval(args, train_config.run_dir, train_config.data, train_config.seq_len, train_config.device)
+    args.baseline_checkpoint = str(baseline_run)
+    args.output = args.output or train_config.run_dir
+    _run_eval(args, str(memory_run), train_config.data, train_config.seq_len, train_config.device)
     print(f"[demo] total {time.perf_counter() - started:.0f}s")
 
 
@@ -311,7 +311,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"train with --data shards:{args.out}")
 
 
-DEMO_TRAIN = dict(run_dir="runs/demo", steps=400, warmup_steps=50, checkpoint_every=100, lr=2e-3)
+# the demo's recipe (demo.py): the small model with token shift, a copy warm-up, then 1,000 steps on the stdlib
+DEMO_DEFAULTS = dict(preset="small", token_shift=True, run_dir="runs/demo", steps=1000, warmup_steps=50,
+                     checkpoint_every=0, log_every=25, lr=2e-3, max_docs=4, max_doc_bytes=32768,
+                     memory_sizes="0,1024,4096,16384", copy_warmup_steps=600)
 
 
 def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = None) -> argparse.ArgumentParser:
@@ -324,9 +327,11 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     train_parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
     train_parser.set_defaults(func=cmd_train)
 
-    demo = _train_parser(sub, "demo", "train a small model on the standard library, then evaluate memory on/off")
+    demo = _train_parser(sub, "demo", "a copy warm-up, then a memory model and a baseline (memory off) trained side "
+                                      "by side on the standard library, then evaluated: memory on, off, by size")
+    demo.add_argument("--copy-warmup-steps", type=int, help="steps of the copy warm-up (copy_warmup.py) first; 0: none")
     add_eval_arguments(demo)
-    demo.set_defaults(func=cmd_demo, **DEMO_TRAIN, max_docs=4, max_doc_bytes=32768, memory_sizes="0,1024,4096,16384")
+    demo.set_defaults(func=cmd_demo, **DEMO_DEFAULTS)
 
     ev = sub.add_parser("eval", help="bits per byte with memory on/off and by memory size",
                         formatter_class=HelpFormatter)

@@ -306,7 +306,15 @@ SOURCES: dict[str, Source] = {
                  help="hf:DIR[#FIELD], a Hugging Face dataset saved with save_to_disk, one document per record's FIELD (text)"),
     "shards": Source(documents=lambda argument, split: ShardDocuments(argument, split), tokenizer=shard_tokenizer,
                      help="shards:DIR, token shards written by `memorizing-transformers prepare` (with their tokenizer)"),
+    "copy": Source(stream=lambda argument, split, **sizes: _copy_stream(argument, **sizes),
+                   help="copy[:span=N], the copy warm-up: random bytes holding a string and its copy (copy_warmup.py)"),
 }
+
+
+def _copy_stream(argument: str, **sizes: int) -> BatchStream:
+    from .copy_warmup import CopyStream, parse_span
+
+    return CopyStream(span=parse_span(argument), **sizes)
 
 
 def register_source(name: str, source: Source) -> None:

@@ -244,7 +244,7 @@ def format_table(result: dict[str, Any]) -> str:
     row(f"with memory ({result['trained_memory_size']})", bpb["with_memory"], ppl.get("with_memory"))
     row("memory off (same weights)", bpb["without_memory"], ppl.get("without_memory"))
     if "baseline" in bpb:
-        row("baseline (no memorizing layer)", bpb["baseline"], ppl.get("baseline"))
+        row("baseline (XL only, no kNN memory)", bpb["baseline"], ppl.get("baseline"))
     for size, value in result["by_memory_size"].items():
         row(f"memory size {size}", value, by_ppl.get(size))
     lines.append("")

@@ -84,8 +84,10 @@ class Block(nn.Module):
         self.ff_norm = nn.LayerNorm(config.dim)
         self.ff = FeedForward(config)
 
-    def forward(self, x: Tensor, **attention_args: Any) -> tuple[Tensor, Tensor, Tensor]:
-        out, k, v = self.attn(self.attn_norm(x), **attention_args)
+    def forward(self, x: Tensor, key_shift: Tensor | None = None, **attention_args: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """``key_shift`` (``token_shift``): added to ``x`` before the normalisation, for the keys only."""
+        key_input = None if key_shift is None else self.attn_norm(x + key_shift)
+        out, k, v = self.attn(self.attn_norm(x), key_input=key_input, **attention_args)
         x = x + out
         x = x + self.ff(self.ff_norm(x))
         return x, k, v
@@ -120,6 +122,7 @@ class MemorizingTransformer(nn.Module):
         c = config
         assert c.memorizing_layers is not None and c.xl_memory_layers is not None
         self.token_emb = nn.Embedding(c.num_tokens, c.dim)
+        self.previous_token_emb = nn.Embedding(c.num_tokens, c.dim) if c.token_shift else None
         self.rel_pos = RelativePositionBias(heads=c.heads, num_buckets=c.rel_pos_num_buckets,
                                             max_distance=c.rel_pos_max_distance)
         self.rel_pos.focus_on_previous_tokens(c.previous_token_heads)
@@ -128,7 +131,9 @@ class MemorizingTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(c.dim)
         self.to_logits = nn.Linear(c.dim, c.num_tokens, bias=False)
-        nn.init.normal_(self.token_emb.weight, std=0.02)
+        for embedding in (self.token_emb, self.previous_token_emb):
+            if embedding is not None:
+                nn.init.normal_(embedding.weight, std=0.02)
 
     # ----------------------------------------------------------- memories
     def create_knn_memories(self, *, batch_size: int, max_memories: int | None = None) -> KNNMemoryList:
@@ -208,6 +213,9 @@ class MemorizingTransformer(nn.Module):
         memory_ok = layout.doc[:, start:] == 0
         masks: dict[int, Tensor] = {}  # by XL length: every XL cache covers the same tokens
         h = self.token_emb(x)
+        key_shift = None
+        if self.previous_token_emb is not None:
+            key_shift = self._previous_token_embedding(tokens, layout.doc, start)
         new_xl, pending_keys, pending_values = [], [], []
         for number, block in enumerate(self.layers, start=1):
             xl = pasts.get(number)
@@ -225,7 +233,9 @@ class MemorizingTransformer(nn.Module):
                 steps = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device)
                 memory_offset = in_cache + steps.expand(x.shape[0], -1)
             memory_bias = self.rel_pos.farthest if number in memories and c.memory_rel_pos_bias else None
-            h, k, v = block(h, attn_mask=masks[P], past=past, memory=memories.get(number), memory_ok=memory_ok,
+            shift = key_shift if number in c.memorizing_layers else None
+            h, k, v = block(h, attn_mask=masks[P], past=past, key_shift=shift, memory=memories.get(number),
+                            memory_ok=memory_ok,
                             memory_offset=memory_offset, memory_bias=memory_bias)
             if pending is not None:
                 earlier_k, earlier_v = pending.layer(number)
@@ -244,6 +254,13 @@ class MemorizingTransformer(nn.Module):
             xl_out = tuple(xl_memories) if xl_memories else None
             return logits, xl_out, PendingSegment(tokens, tuple(pending_keys), tuple(pending_values))
         return logits, (tuple(new_xl) if c.xl_memory_layers else None), None
+
+    def _previous_token_embedding(self, tokens: Tensor, doc: Tensor, start: int) -> Tensor:
+        """``token_shift``: the embedding of each new token's predecessor, for ``tokens[:, start:]`` of the segment
+        read so far, zero at the segment's first token and at the first token of each document."""
+        previous = F.pad(tokens[:, :-1], (1, 0))[:, start:]
+        same_document = F.pad(doc[:, 1:] == doc[:, :-1], (1, 0), value=False)[:, start:]
+        return self.previous_token_emb(previous) * same_document.unsqueeze(-1)
 
     # --------------------------------------------------------- generation
     def generate(self, prompt: Tensor, *, max_new_tokens: int, **options: Any) -> GenerationOutput:

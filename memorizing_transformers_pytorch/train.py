@@ -328,7 +328,7 @@ class Trainer:
                 metrics_path.unlink()
         self.model.train()
         tokens_per_step = config.batch_size * self.world * config.seq_len * config.grad_accum
-        bar = tqdm(total=config.steps, initial=self.step_count, disable=not self.progress, unit="step",
+        bar = tqdm(total=config.steps, initial=self.step_count, disable=None if self.progress else True, unit="step",
                    dynamic_ncols=True)
         started = time.perf_counter()
         window_start = started

@@ -3,7 +3,7 @@
 # same XL cache but no memorizing layer, for the same number of steps, then evaluate both on held-out stdlib files.
 # On a 2-core machine the two runs train side by side with one thread each (about an hour), then evaluation
 # takes about 15 minutes. COPY_WARMUP=N first teaches both models to copy by content for N steps, the same for
-# both: the copy warm-up (experiments/warmup), a run of `python -m experiments train --data copy` into
+# both: the copy warm-up (memorizing_transformers_pytorch/copy_warmup.py), a run of `memorizing-transformers train --data copy` into
 # OUT/memory.warmup and OUT/baseline.warmup that the real runs continue with --init-from. MODEL_ARGS changes the
 # model for both (e.g. "--dim 128 --depth 2 --dim-head 32 --memorizing-layers 2"); SEQ_LEN and BATCH the segments.
 # A warm-up is skipped when its folder already holds a finished one (and resumed when it holds an unfinished one).

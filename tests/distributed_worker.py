@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import experiments.warmup  # noqa: F401  (registers the 'copy' data source)
 from memorizing_transformers_pytorch import distributed
 from memorizing_transformers_pytorch import train as train_module
 from memorizing_transformers_pytorch.checkpoint import memories_to_tensors

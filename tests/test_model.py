@@ -269,9 +269,9 @@ def test_kv_heads_grouped_query():
 SOS, EOS = 1, 0
 
 
-@pytest.mark.parametrize("xl_max_memories", [0, 4])
-def test_sos_clears_only_its_row_and_the_new_document_starts_fresh(xl_max_memories):
-    model = tiny_model(clear_memories_on_sos_token_id=SOS, xl_max_memories=xl_max_memories)
+@pytest.mark.parametrize("xl_max_memories, token_shift", [(0, False), (4, False), (4, True)])
+def test_sos_clears_only_its_row_and_the_new_document_starts_fresh(xl_max_memories, token_shift):
+    model = tiny_model(clear_memories_on_sos_token_id=SOS, xl_max_memories=xl_max_memories, token_shift=token_shift)
     knn = model.create_knn_memories(batch_size=2)
     xl = None
     for _ in range(2):
@@ -289,6 +289,45 @@ def test_sos_clears_only_its_row_and_the_new_document_starts_fresh(xl_max_memori
     # tokens from the SOS on see nothing of the old document: same as a fresh start
     fresh, _ = model(x[:1, 3:], knn_memories=model.create_knn_memories(batch_size=1))
     torch.testing.assert_close(logits[:1, 3:], fresh)
+
+
+def test_token_shift_adds_the_previous_tokens_embedding_within_segment_and_document():
+    model = tiny_model(token_shift=True, clear_memories_on_sos_token_id=SOS)
+    x = tokens(2, 7)
+    x[1, 4] = SOS
+    layout = model._document_layout(x)
+    shifted = model._previous_token_embedding(x, layout.doc, 0)
+    expected = torch.zeros(2, 7, model.config.dim)
+    for row in range(2):
+        for t in range(1, 7):  # naive: the predecessor's embedding, unless t starts the segment or a document
+            if not (row == 1 and t == 4):
+                expected[row, t] = model.previous_token_emb.weight[x[row, t - 1]]
+    torch.testing.assert_close(shifted, expected)
+    # the embedding of the tokens read so far is the same when they arrive one by one
+    torch.testing.assert_close(model._previous_token_embedding(x, layout.doc, 5), expected[:, 5:])
+
+
+def test_token_shift_keys_read_the_input_plus_the_previous_tokens_embedding():
+    model = tiny_model(token_shift=True)
+    block = model.layers[1]  # the memorizing layer
+    attn = block.attn
+    B, n, H, Dh = 2, 5, attn.kv_heads, attn.dim_head
+    x, shift = torch.randn(B, n, model.config.dim), torch.randn(B, n, model.config.dim)
+    _, k, v = block(x, key_shift=shift, attn_mask=torch.zeros(1, 1, n, n))
+    naive_k, _ = attn.to_kv(block.attn_norm(x + shift)).view(B, n, 2, H, Dh).unbind(2)
+    _, naive_v = attn.to_kv(block.attn_norm(x)).view(B, n, 2, H, Dh).unbind(2)
+    torch.testing.assert_close(k, torch.nn.functional.normalize(naive_k.transpose(1, 2), dim=-1))
+    torch.testing.assert_close(v, naive_v.transpose(1, 2))
+    # the model passes the previous token's embedding to memorizing layers only
+    seen = {}
+    for number, layer in enumerate(model.layers, start=1):
+        layer.register_forward_hook(lambda module, args, kwargs, out, number=number: seen.update(
+            {number: kwargs.get("key_shift")}), with_kwargs=True)
+    x_tokens = tokens(2, 6)
+    model(x_tokens)
+    assert seen[1] is None and seen[3] is None
+    expected = model._previous_token_embedding(x_tokens, model._document_layout(x_tokens).doc, 0)
+    torch.testing.assert_close(seen[2], expected)
 
 
 def test_eos_ends_the_document_after_the_token():

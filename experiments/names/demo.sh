@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generation with memory on real code (not in CI; 60-90 minutes on 2 CPU cores, most of it training).
 #  1. Train a small memorizing model on the standard library: the copy warm-up (COPY_WARMUP steps of
-#     `python -m experiments train --data copy`, experiments/warmup, into RUN.warmup), then STEPS steps from
+#     `memorizing-transformers train --data copy`, memorizing_transformers_pytorch/copy_warmup.py, into RUN.warmup), then STEPS steps from
 #     those weights (--init-from). Each is skipped when its folder already holds a finished run.
 #  2. Read a held-out stdlib file into memory up to a later use of a name defined far earlier (the first use of a
 #     name of 10+ bytes in the longest test file: a rule, not a chosen example), give the name's first two bytes,

@@ -13,7 +13,7 @@ model, and ablations (gate, memorizing layer, neighbours k, training memory size
     python -m experiments.recall.sweep ...                  # the same
 
 Run from the repository root. Every variant first learns to copy (the copy warm-up,
-``experiments/warmup``: ``--warmup-steps`` of the normal training loop on the data source
+``memorizing_transformers_pytorch/copy_warmup.py``: ``--warmup-steps`` of the normal training loop on the data source
 ``copy``, random strings copied 48-80 bytes later, loss on the copied bytes only, into
 ``OUT/VARIANT.warmup``), then trains ``--steps`` on the recall task from those weights
 (``init_from``). Small models learn to copy there within a few thousand steps, abruptly;
@@ -85,7 +85,6 @@ def train_one(name: str, out: Path, steps: int, warmup_steps: int, seed: int, da
     then ``steps`` on the recall task from those weights."""
     import torch
 
-    import experiments.warmup  # noqa: F401  (registers the 'copy' data source)
     from experiments.recall import RecallTask  # (and registers the 'recall' data source)
     from memorizing_transformers_pytorch import MemorizingTransformerConfig
     from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
@@ -216,7 +215,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000,
                         help="recall-task training steps per variant (batch 8 x 128 bytes)")
     parser.add_argument("--warmup-steps", type=int, default=6000,
-                        help="steps of the copy warm-up (experiments/warmup) before the recall task, per variant "
+                        help="steps of the copy warm-up (memorizing_transformers_pytorch/copy_warmup.py) before the recall task, per variant "
                              "(0 = none)")
     parser.add_argument("--distances", default="88,176,352,704,1408,2048,2816,5632", help="binding-to-query distances")
     parser.add_argument("--data", default=DATA,

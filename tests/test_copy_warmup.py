@@ -1,4 +1,4 @@
-"""The copy warm-up (experiments/warmup): a data source of the normal training loop, continued by --init-from."""
+"""The copy warm-up (memorizing_transformers_pytorch/copy_warmup.py): a data source of the normal training loop, continued by --init-from."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from experiments.recall.task import KEY_SYMBOLS, SYMBOLS
-from experiments.warmup import CopyStream, copy_batch, parse_span
+from memorizing_transformers_pytorch.copy_warmup import CopyStream, copy_batch, parse_span
 from memorizing_transformers_pytorch import MemorizingTransformerConfig
 from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
 from memorizing_transformers_pytorch.data import IGNORE_INDEX, open_stream

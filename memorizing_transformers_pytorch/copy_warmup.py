@@ -1,15 +1,17 @@
 """The copy warm-up: random bytes holding a string and its copy, the loss on the copied bytes only.
 
-Small byte-level models learn a content-based lookup (an "induction" circuit: a head that moves each token's
-predecessor forward, and a head in the next layer that matches it) abruptly after a few thousand steps of
-this task, and from there the recall task or real code trains within a few hundred steps; on those alone
-they did not start in 12,000 steps (experiments/recall/README.md). It is a data source of the normal training
-loop, ``--data copy[:span=48]``, whose batches are independent segments (``Batch.new_streams``): a warm-up
-run writes a checkpoint like any other, and the real run continues it with ``--init-from``::
+A kNN memory is only useful to a model that can copy by content (an "induction" circuit: each token's
+predecessor moved forward, and a head that matches it). Small byte-level models learn that circuit on this
+task, and from there real code or the recall task train within a few hundred steps; on those alone they
+did not start in 12,000 steps (dev/LOG.md). With ``token_shift`` (config.py) the circuit forms in about 400
+steps of this task, without it after 3,500-5,000 (seed-dependent). It is the data source ``--data
+copy[:span=48]`` of the normal training loop, whose batches are independent segments
+(``Batch.new_streams``): a warm-up run writes a checkpoint like any other, and the real run continues it with
+``--init-from`` (the demo does this; see ``cli.cmd_demo``)::
 
-    python -m experiments train --preset small --data copy --seq-len 128 --batch-size 8 --steps 6000 \
-        --lr 2e-3 --warmup-steps 100 --min-lr-ratio 1 --weight-decay 0.01 --run-dir runs/warmup
-    python -m experiments train --preset small --data recall --init-from runs/warmup ...
+    memorizing-transformers train --preset small --token-shift --data copy --seq-len 128 --batch-size 8 \
+        --steps 600 --lr 2e-3 --min-lr-ratio 1 --weight-decay 0.01 --adam-beta2 0.999 --run-dir runs/warmup
+    memorizing-transformers train --preset small --token-shift --init-from runs/warmup ...
 """
 
 from __future__ import annotations
@@ -20,21 +22,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memorizing_transformers_pytorch.data import IGNORE_INDEX, Batch, Source, register_source
+from .data import IGNORE_INDEX, Batch
 
-from ..recall.task import KEY_SYMBOLS, SYMBOLS
+__all__ = ["ALPHABET", "copy_batch", "CopyStream", "parse_span"]
 
-__all__ = ["copy_batch", "CopyStream", "parse_span"]
+# printable ASCII but ';' (the recall task's separator), then the 128 non-ASCII bytes
+ALPHABET = np.array([c for c in range(0x21, 0x7F) if c != ord(";")] + list(range(128, 256)), dtype=np.uint8)
 
 
 def copy_batch(batch_size: int, seq_len: int, span: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
     """Rows of random bytes, each holding a random string of ``span`` bytes and, ``span`` to ``seq_len - span``
     bytes later, its copy: ``(B, seq_len)`` tokens and a ``(B, seq_len)`` mask of the copied bytes after the
-    first (the ones predictable by copying). Bytes come from the recall task's key and value alphabets."""
+    first (the ones predictable by copying). Bytes come from ``ALPHABET``."""
     if not 1 <= span <= seq_len // 2:
         raise ValueError(f"copy warm-up: span must be in 1..seq_len // 2 = {seq_len // 2}, got {span}")
-    alphabet = np.concatenate((SYMBOLS, KEY_SYMBOLS))
-    tokens = alphabet[rng.integers(len(alphabet), size=(batch_size, seq_len))]
+    tokens = ALPHABET[rng.integers(len(ALPHABET), size=(batch_size, seq_len))]
     mask = np.zeros((batch_size, seq_len), dtype=bool)
     room = seq_len - 2 * span
     for row in range(batch_size):
@@ -83,10 +85,3 @@ class CopyStream:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.documents_started = state["documents_started"]
-
-
-def _open(argument: str, split: str, *, batch_size: int, seq_len: int, seed: int) -> CopyStream:
-    return CopyStream(span=parse_span(argument), batch_size=batch_size, seq_len=seq_len, seed=seed)
-
-
-register_source("copy", Source(stream=_open, help="copy[:span=N], the copy warm-up (experiments/warmup)"))
