@@ -107,6 +107,22 @@ def test_blocked_search_is_exact(monkeypatch):
         check_against(memory, reference, torch.randn(2, 11, 8), 5)
 
 
+@pytest.mark.parametrize("queries", [1, 3])
+def test_few_queries_search_is_exact_with_keys_streamed(monkeypatch, queries):
+    """The few-query formulation (keys @ queries^T, as for large memories in generation), in several memory blocks,
+    with rows holding different counts, against brute force."""
+    monkeypatch.setattr(search_module, "STREAMED_KEY_BYTES", 0)
+    monkeypatch.setattr(search_module, "MEMORY_BLOCK", 7)
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 64)  # all queries in one block, 10-32 keys
+    memory = KNNMemory(dim=8, max_memories=40, num_indices=2, index="exact")
+    reference = BruteForceMemory(40, 2)
+    for _ in range(3):
+        pairs, mask = torch.randn(2, 17, 2, 8), torch.rand(2, 17) < torch.tensor([[1.0], [0.6]])
+        memory.add(pairs, mask)
+        reference.add(pairs, mask)
+        check_against(memory, reference, torch.randn(2, queries, 8), 5)
+
+
 def test_fifo_overwrites_oldest_one_by_one():
     memory = KNNMemory(dim=1, max_memories=4, num_indices=1)
     for i in range(6):
