@@ -92,7 +92,7 @@ class HFMemoryConfig:
             ``()``: none (the plain model, through this interface).
         max_knn_memories: capacity of each stream's memory per layer (FIFO beyond it).
         num_retrieved_memories: neighbours k retrieved per query.
-        knn_index: the search backend (``KNNMemory``'s ``index``): ``"exact"``, ``"flat"`` or ``"ivf"``.
+        knn_index: the search backend (``KNNMemory``'s ``index``): ``"exact"``, ``"flat"``, ``"ivf"`` or ``"bf16"``.
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         knn_temperature_init: initial per-head inverse temperature of the retrieved memories' cosine logits.
         knn_gate_bias_init: initial per-head gate bias ``b_h``; a query with memories mixes in
