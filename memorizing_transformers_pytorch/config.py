@@ -71,8 +71,8 @@ class MemorizingTransformerConfig:
             search (faiss's CPU kernels, torch on other devices); ``"exact"``: torch; ``"flat"``: faiss's exact
             kernels on CPU (1.2-3.8x faster than torch here); ``"ivf"``: approximate faiss IVF search on CPU for
             large memories; ``"bf16"``: for GPUs, candidates (8k) scored in bfloat16 with torch, then re-ranked
-            exactly in float32 (recall 1.000 on random keys at 16K-64K; slower than ``"flat"`` on our CPU; see
-            docs/benchmarks.md).
+            exactly in float32 (recall@32 1.000 on random and clustered unit keys at 16K-64K, 0.9985 on
+            near-duplicate ones; 3-9x slower than ``"exact"`` on our CPU; see docs/benchmarks.md).
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         knn_temperature_init: initial inverse temperature of the cosine-similarity
             logits in memorizing layers.
