@@ -38,9 +38,9 @@ INDEXES = ("auto", "exact", "flat", "ivf", "bf16")
 # whatever the memory size. Memory blocks have MEMORY_BLOCK keys, or more when few queries leave room.
 SCORE_BLOCK_ELEMENTS = 1 << 23
 MEMORY_BLOCK = 16384
-# A few queries (generation) against keys too many for the CPU's caches: scores as keys @ queries^T, which reads
-# each key once. queries @ keys^T was measured 1.5-1.6x slower there (B x H x N x D = 1 x 4 x 64K x 64 and
-# 1 x 8 x 16K-64K x 128, 1-4 queries), but 1.2-1.4x faster for keys that fit in the caches (4-8 MiB).
+# A few queries (generation) against more keys than the CPU's caches hold: scores as keys @ queries^T, a product
+# over the keys as stored. queries @ keys^T was measured 1.5-1.8x slower there (B x H x N x D = 1 x 4 x 64K x 64
+# and 1 x 8 x 16K-64K x 128, one query per head), but 1.2-1.4x faster for keys that fit the caches (4-8 MiB).
 FEW_QUERIES = 4
 STREAMED_KEY_BYTES = 32 << 20
 # faiss's score blocks: 1,024 x 1,024 instead of its 4,096 x 1,024 default, 17-27% faster here at 16K-65K
