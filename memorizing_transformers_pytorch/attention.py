@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .config import KNN_GATES, MemorizingTransformerConfig
 from .memory import KNNMemory
 
-__all__ = ["Attention", "RelativePositionBias", "relative_position_bucket", "XLCache", "MemoryReads", "retrieve",
+__all__ = ["Attention", "RelativePositionBias", "relative_position_bucket", "XLCache", "PrefixBuffer", "MemoryReads", "retrieve",
            "memory_attention", "write_memory", "SigmoidGate", "JointGate", "MLPGate", "GATES", "make_gate"]
 
 
@@ -101,6 +101,37 @@ class XLCache(NamedTuple):
     keys: Tensor
     values: Tensor
     valid: Tensor
+
+
+class PrefixBuffer:
+    """A tensor that grows along ``dim`` up to ``capacity``, for reading a segment token by token.
+
+    The storage is allocated once, by the first ``append`` (in that tensor's dtype and on its device), and
+    each ``append`` writes in place, so a token copies only its own entries, never what came before. ``filled``
+    is a view of everything written. It is shared, not copied: the owner of a buffer continues it.
+    """
+
+    def __init__(self, capacity: int, *, dim: int) -> None:
+        self.capacity, self.dim = capacity, dim
+        self.length = 0
+        self.data: Tensor | None = None
+
+    def append(self, x: Tensor) -> Tensor:
+        """Writes ``x`` after what the buffer holds and returns ``filled``."""
+        if self.data is None:
+            shape = list(x.shape)
+            shape[self.dim] = self.capacity
+            self.data = x.new_empty(shape)
+        end = self.length + x.shape[self.dim]
+        assert end <= self.capacity, f"{end} entries do not fit a buffer of {self.capacity}"
+        self.data.narrow(self.dim, self.length, x.shape[self.dim]).copy_(x)
+        self.length = end
+        return self.filled
+
+    @property
+    def filled(self) -> Tensor:
+        assert self.data is not None, "nothing was appended"
+        return self.data.narrow(self.dim, 0, self.length)
 
 
 # ---------------------------------------------------------------------------------------------------- read
@@ -361,6 +392,7 @@ class Attention(nn.Module):
         *,
         attn_mask: Tensor,
         past: tuple[Tensor, Tensor] | None = None,
+        buffers: tuple[PrefixBuffer, PrefixBuffer] | None = None,
         key_input: Tensor | None = None,
         memory: KNNMemory | None = None,
         memory_ok: Tensor | None = None,
@@ -371,8 +403,11 @@ class Attention(nn.Module):
         Args:
             x: ``(B, n, dim)``, already normalised.
             attn_mask: ``(B | 1, H | 1, n, P + n)`` float, added to the local logits.
-            past: keys and values ``(B, Hkv, P, Dh)`` of the tokens before ``x`` that it may attend to
-                (XL cache, then the earlier part of the segment), or None.
+            past: keys and values ``(B, Hkv, P, Dh)`` of the tokens before ``x`` that it may attend to (the XL
+                cache), or None.
+            buffers: instead of ``past``, when a segment is read a piece at a time: key and value buffers
+                ``(B, Hkv, capacity, Dh)`` along dim 2 holding the ``P`` pairs before ``x`` (XL cache, then the
+                earlier part of the segment). This layer's new pairs are written into them.
             key_input: ``(B, n, dim)`` what the keys are projected from instead of ``x`` (``token_shift``), or
                 None.
             memory, memory_ok, memory_offset, memory_bias: see ``memory_attention``; memory None = off.
@@ -390,7 +425,10 @@ class Attention(nn.Module):
         if self.memorizing:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         keys, values = k, v
-        if past is not None:
+        if buffers is not None:
+            assert past is None
+            keys, values = buffers[0].append(k), buffers[1].append(v)  # (B, Hkv, P + n, Dh) views
+        elif past is not None:
             keys = torch.cat((past[0].to(k.dtype), k), dim=2)  # (B, Hkv, P + n, Dh)
             values = torch.cat((past[1].to(v.dtype), v), dim=2)
         # autocast may leave normalised queries in float32 and keys in bfloat16: attend in one dtype

@@ -1,8 +1,8 @@
 """Generation with memory: read a long prompt a segment at a time into the memories, then sample.
 
 The stream is cut into segments exactly as in training, and each new token runs the model's own segment code
-on the partial segment (``PendingSegment``), so greedy decoding equals the argmax of a teacher-forced,
-segment-by-segment forward pass.
+on the partial segment (``PendingSegment``, preallocated buffers that each token is written into), so greedy
+decoding equals the argmax of a teacher-forced, segment-by-segment forward pass.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .attention import XLCache
+from .attention import PrefixBuffer, XLCache
 from .memory import KNNMemory
 
 if TYPE_CHECKING:
@@ -25,14 +25,19 @@ __all__ = ["generate", "read_in_segments", "GenerationOutput", "PendingSegment",
 class PendingSegment(NamedTuple):
     """The part of the current segment read so far during generation (not yet in XL or kNN memory).
 
-    tokens: ``(B, t)``; keys, values: per layer ``(B, Hkv, t, Dh)``.
+    Its buffers are allocated for the whole segment when it starts and written in place as tokens are read, so
+    a token copies only its own keys and values. The model updates it in place and returns it: continue from
+    the latest one.
+
+    tokens: ``(B, seq_len)`` along dim 1, ``t`` filled. keys, values: per layer ``(B, Hkv, P + seq_len, Dh)``
+    along dim 2: the ``P`` pairs of the layer's XL cache (0 without one), then the segment's ``t``.
     """
 
-    tokens: Tensor
-    keys: tuple[Tensor, ...]
-    values: tuple[Tensor, ...]
+    tokens: PrefixBuffer
+    keys: tuple[PrefixBuffer, ...]
+    values: tuple[PrefixBuffer, ...]
 
-    def layer(self, number: int) -> tuple[Tensor, Tensor]:
+    def layer(self, number: int) -> tuple[PrefixBuffer, PrefixBuffer]:
         return self.keys[number - 1], self.values[number - 1]
 
 
@@ -70,16 +75,18 @@ def read_in_segments(model: Any, tokens: Tensor, knn_memories: Sequence[KNNMemor
     that fills; returns the logits of the last piece, the XL caches and the pending (partial) segment.
 
     ``model`` is a ``MemorizingTransformer`` or another model with the same ``_extend_segment`` (the Hugging
-    Face adapter, ``hf.MemorizingHFModel``), whose pending segment may be of its own type.
+    Face adapter, ``hf.MemorizingHFModel``), whose pending segment may be of its own type, with the tokens
+    read so far in a ``PrefixBuffer`` (``pending.tokens``).
     """
     logits = None
     position = 0
     while position < tokens.shape[1]:
-        used = 0 if pending is None else pending.tokens.shape[1]
+        used = 0 if pending is None else pending.tokens.length
         piece = tokens[:, position : position + seq_len - used]
         position += piece.shape[1]
         commit = used + piece.shape[1] == seq_len
-        logits, xl_memories, pending = model._extend_segment(piece, knn_memories, xl_memories, pending, commit=commit)
+        logits, xl_memories, pending = model._extend_segment(piece, knn_memories, xl_memories, pending, commit=commit,
+                                                             seq_len=seq_len)
     assert logits is not None
     return logits, xl_memories, pending
 
@@ -108,15 +115,19 @@ def generate(
     The stream is cut into segments of ``seq_len`` tokens exactly as in training
     (counted from the start of the stream, or continuing ``pending``): long prompts
     are read a segment at a time, and each new token then costs one position of
-    work per layer plus one memory search per memorizing layer. When a segment
-    fills, it moves into the XL cache and what leaves that goes to kNN memory.
+    work per layer plus one memory search per memorizing layer: its keys and
+    values are written into buffers allocated when the segment started, and
+    attention reads them in place. When a segment fills, it moves into the XL
+    cache and what leaves that goes to kNN memory.
 
     Args:
         prompt: ``(B, n)`` token ids (left-pad rows of different lengths with ``pad_id``).
         max_new_tokens: tokens to generate per row.
         seq_len: the segment length the model was trained with.
         knn_memories, xl_memories, pending: state to continue from (a previous
-            ``GenerationOutput``'s); fresh kNN memories are made when None.
+            ``GenerationOutput``'s); fresh kNN memories are made when None. The kNN
+            memories and the pending segment are updated in place: continue from
+            the latest state.
         use_knn_memory: False turns the kNN memory off (memorizing layers attend
             locally and to their XL cache only, as ``forward`` with ``knn_memories=None``).
         temperature: 0 picks the argmax (greedy).
@@ -141,8 +152,8 @@ def generate(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if pending is not None and pending.tokens.shape[1] >= seq_len:
-        raise ValueError(f"the pending segment holds {pending.tokens.shape[1]} tokens, seq_len is {seq_len}")
+    if pending is not None and pending.tokens.capacity != seq_len:
+        raise ValueError(f"the pending segment was read with seq_len {pending.tokens.capacity}, got seq_len {seq_len}")
     model.check_inputs(prompt, knn_memories, xl_memories, None)
     if not use_knn_memory and knn_memories is not None:
         raise ValueError("use_knn_memory=False, but knn_memories were given")

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import SigmoidGate, retrieve, write_memory
+from .attention import PrefixBuffer, SigmoidGate, retrieve, write_memory
 from .config import read_json_object
 from .generation import GenerationOutput, generate, read_in_segments
 from .memory import KNNMemory, KNNMemoryList
@@ -92,7 +92,7 @@ class HFMemoryConfig:
             ``()``: none (the plain model, through this interface).
         max_knn_memories: capacity of each stream's memory per layer (FIFO beyond it).
         num_retrieved_memories: neighbours k retrieved per query.
-        knn_index: the search backend (``KNNMemory``'s ``index``): ``"exact"``, ``"flat"`` or ``"ivf"``.
+        knn_index: the search backend (``KNNMemory``'s ``index``): ``"exact"``, ``"flat"``, ``"ivf"`` or ``"bf16"``.
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         knn_temperature_init: initial per-head inverse temperature of the retrieved memories' cosine logits.
         knn_gate_bias_init: initial per-head gate bias ``b_h``; a query with memories mixes in
@@ -299,16 +299,18 @@ def _register_attention(base: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ the model
 class HFPendingSegment(NamedTuple):
-    """The part of the current segment read so far during generation (not yet in the kNN memory).
+    """The part of the current segment read so far during generation (not yet in the kNN memory), updated in
+    place as ``generation.PendingSegment``.
 
-    tokens: ``(B, t)``; cache: the model's KV cache of those tokens; keys, values: per memorizing layer
-    ``(B, Hkv, t, Dh)`` (keys normalised, before rotation).
+    tokens: ``(B, seq_len)`` along dim 1, ``t`` filled; cache: the model's KV cache of those tokens (a
+    ``transformers`` ``DynamicCache``); keys, values: per memorizing layer ``(B, Hkv, seq_len, Dh)`` along dim 2
+    (keys normalised, before rotation).
     """
 
-    tokens: Tensor
+    tokens: PrefixBuffer
     cache: Any
-    keys: tuple[Tensor, ...]
-    values: tuple[Tensor, ...]
+    keys: tuple[PrefixBuffer, ...]
+    values: tuple[PrefixBuffer, ...]
 
 
 def _check_supported(model: Any) -> None:
@@ -491,33 +493,37 @@ class MemorizingHFModel(nn.Module):
                                dim=self.head_dim, heads=self.kv_heads)
 
     def _extend_segment(self, x: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: None,
-                        pending: HFPendingSegment | None, *, commit: bool, add_knn_memory: bool = True,
-                        ) -> tuple[Tensor, None, HFPendingSegment | None]:
+                        pending: HFPendingSegment | None, *, commit: bool, seq_len: int | None = None,
+                        add_knn_memory: bool = True) -> tuple[Tensor, None, HFPendingSegment | None]:
         """Runs tokens ``x (B, m)`` that continue the current segment (``pending`` holds its earlier part).
 
         With ``commit`` the segment is complete and each memorizing layer writes its pairs to its memory (after
-        it has read); otherwise the grown segment is returned as the new pending one (``MemorizingTransformer.
-        _extend_segment``'s contract, which ``generation.read_in_segments`` drives).
+        it has read); otherwise ``x`` is written into the pending segment, which a segment of ``seq_len`` tokens
+        starts (``MemorizingTransformer._extend_segment``'s contract, which ``generation.read_in_segments``
+        drives).
 
         Returns:
             logits ``(B, m, vocab_size)``, None (no XL cache), the pending segment (None when committed).
         """
         c = self.config
-        start = 0 if pending is None else pending.tokens.shape[1]
-        tokens = x if pending is None else torch.cat((pending.tokens, x), dim=1)
-        self._check_length(tokens.shape[1])
+        memories = dict(zip(c.memorizing_layers, knn_memories)) if knn_memories is not None else {}
+        if pending is None and not commit:
+            assert seq_len is not None and x.shape[1] < seq_len
+            pending = HFPendingSegment(PrefixBuffer(seq_len, dim=1), self._new_cache(),
+                                       tuple(PrefixBuffer(seq_len, dim=2) for _ in memories),
+                                       tuple(PrefixBuffer(seq_len, dim=2) for _ in memories))
+        start = 0 if pending is None else pending.tokens.length
+        self._check_length(start + x.shape[1])
+        tokens = x if pending is None else pending.tokens.append(x)
         layout = document_layout(tokens, sos_id=c.clear_memories_on_sos_token_id,
                                  eos_id=c.clear_memories_on_eos_token_id, pad_id=c.pad_id)
         position_ids = _positions_in_documents(layout.doc)[:, start:]
-        memories = dict(zip(c.memorizing_layers, knn_memories)) if knn_memories is not None else {}
         reads = {layer - 1: _LayerRead(self.memory_layers[str(layer)], memory) for layer, memory in memories.items()}
         segment = None
         if reads:
             segment = _SegmentRead(reads, self._rotation(position_ids), memory_ok=layout.doc[:, start:] == 0,
                                    num_retrieved=c.num_retrieved_memories)
-        cache = None
-        if not commit or pending is not None:
-            cache = pending.cache if pending is not None else self._new_cache()
+        cache = None if pending is None else pending.cache
         # the base model, then the head: some 5.x causal-LM classes do not pass extra keywords down
         hidden = self.hf.base_model(input_ids=x, attention_mask=self._attention_mask(layout, start),
                                     position_ids=position_ids, use_cache=cache is not None, knn_segment=segment,
@@ -526,10 +532,10 @@ class MemorizingHFModel(nn.Module):
         keys = [read.keys for read in reads.values()]
         values = [read.values for read in reads.values()]
         if pending is not None:
-            keys = [torch.cat((earlier, k), dim=2) for earlier, k in zip(pending.keys, keys)]
-            values = [torch.cat((earlier, v), dim=2) for earlier, v in zip(pending.values, values)]
+            keys = [buffer.append(k) for buffer, k in zip(pending.keys, keys)]
+            values = [buffer.append(v) for buffer, v in zip(pending.values, values)]
         if not commit:
-            return logits, None, HFPendingSegment(tokens, cache, tuple(keys), tuple(values))
+            return logits, None, pending
         for memory, k, v in zip(memories.values(), keys, values):
             write_memory(memory, k, v, layout.keep, layout.restart, past=None, xl_window=0, add=add_knn_memory)
         return logits, None, None

@@ -69,7 +69,8 @@ class KNNMemory:
             there), ``"exact"`` on other devices. ``"ivf"``: an approximate faiss
             ``IndexIVFFlat`` per stream and head on CPU, for large memories; exact in what it holds after
             FIFO eviction, and exact search for a stream until it holds ``ivf_train_size`` pairs (default
-            ``39 * ivf_lists``).
+            ``39 * ivf_lists``). ``"bf16"``: for GPUs, torch search in bfloat16 for ``8k`` candidates, re-ranked
+            exactly in float32 (``search.BFloat16Search``; keeps a bfloat16 copy of float32 keys).
         ivf_lists, ivf_probe: inverted lists per index and lists scanned per query
             (``ivf_probe == ivf_lists`` scans everything: exact).
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attention, RelativePositionBias, XLCache, write_memory
+from .attention import Attention, PrefixBuffer, RelativePositionBias, XLCache, write_memory
 from .config import MemorizingTransformerConfig
 from .generation import GenerationOutput, PendingSegment, generate, read_in_segments
 from .memory import KNNMemory, KNNMemoryList
@@ -191,41 +191,43 @@ class MemorizingTransformer(nn.Module):
 
     def _extend_segment(
         self, x: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None,
-        pending: PendingSegment | None, *, commit: bool, add_knn_memory: bool = True,
+        pending: PendingSegment | None, *, commit: bool, seq_len: int | None = None, add_knn_memory: bool = True,
     ) -> tuple[Tensor, tuple[XLCache, ...] | None, PendingSegment | None]:
         """Runs tokens ``x`` that continue the current segment (``pending`` holds its earlier part).
 
         With ``commit`` the segment is complete: each layer's XL cache rolls and the
         pairs that leave it go to the kNN memory (after the layer searched it).
-        Otherwise memories are untouched and the grown segment is returned as the
-        new pending segment. ``forward`` is the case ``pending=None, commit=True``.
+        Otherwise memories are untouched and ``x`` is written into the pending segment,
+        which a segment of ``seq_len`` tokens starts. ``forward`` is the case
+        ``pending=None, commit=True``.
 
         Returns:
             logits ``(B, m, num_tokens)`` for the new tokens, the XL caches (new ones
             when committed), and the pending segment (None when committed).
         """
         c = self.config
-        start = 0 if pending is None else pending.tokens.shape[1]
-        tokens = x if pending is None else torch.cat((pending.tokens, x), dim=1)
-        layout = self._document_layout(tokens)
         memories = dict(zip(c.memorizing_layers, knn_memories)) if knn_memories is not None else {}
         pasts = dict(zip(c.xl_memory_layers, xl_memories)) if xl_memories else {}
+        if pending is None and not commit:
+            assert seq_len is not None and x.shape[1] < seq_len
+            pending = self._start_segment(seq_len, pasts)
+        start = 0 if pending is None else pending.tokens.length
+        tokens = x if pending is None else pending.tokens.append(x)
+        layout = self._document_layout(tokens)
         memory_ok = layout.doc[:, start:] == 0
         masks: dict[int, Tensor] = {}  # by XL length: every XL cache covers the same tokens
         h = self.token_emb(x)
         key_shift = None
         if self.previous_token_emb is not None:
             key_shift = self._previous_token_embedding(tokens, layout.doc, start)
-        new_xl, pending_keys, pending_values = [], [], []
+        new_xl = []
         for number, block in enumerate(self.layers, start=1):
             xl = pasts.get(number)
             P = 0 if xl is None else xl.keys.shape[2]
             if P not in masks:
                 masks[P] = self._attention_mask(layout, xl, start)
-            past = None
-            if xl is not None or pending is not None:
-                parts = ([xl] if xl is not None else []) + ([pending.layer(number)] if pending is not None else [])
-                past = (torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2))
+            buffers = None if pending is None else pending.layer(number)
+            past = None if xl is None or buffers is not None else (xl.keys, xl.values)
             memory_offset = None
             if number in memories and c.knn_gate == "mlp":
                 # tokens from the newest memory to each query: the valid XL cache, then the segment so far
@@ -234,25 +236,21 @@ class MemorizingTransformer(nn.Module):
                 memory_offset = in_cache + steps.expand(x.shape[0], -1)
             memory_bias = self.rel_pos.farthest if number in memories and c.memory_rel_pos_bias else None
             shift = key_shift if number in c.memorizing_layers else None
-            h, k, v = block(h, attn_mask=masks[P], past=past, key_shift=shift, memory=memories.get(number),
-                            memory_ok=memory_ok,
-                            memory_offset=memory_offset, memory_bias=memory_bias)
-            if pending is not None:
-                earlier_k, earlier_v = pending.layer(number)
-                k, v = torch.cat((earlier_k, k.detach()), dim=2), torch.cat((earlier_v, v.detach()), dim=2)
+            h, k, v = block(h, key_shift=shift, attn_mask=masks[P], past=past, buffers=buffers,
+                            memory=memories.get(number), memory_ok=memory_ok, memory_offset=memory_offset,
+                            memory_bias=memory_bias)
             if commit:
+                if buffers is not None:  # the whole segment, after the XL cache
+                    assert buffers[0].length == P + tokens.shape[1]
+                    k, v = buffers[0].filled[:, :, P:], buffers[1].filled[:, :, P:]
                 window = c.xl_max_memories if number in c.xl_memory_layers else 0
                 new_cache = write_memory(memories.get(number), k, v, layout.keep, layout.restart, past=xl,
                                          xl_window=window, add=add_knn_memory)
                 if new_cache is not None:
                     new_xl.append(new_cache)
-            else:
-                pending_keys.append(k.detach())
-                pending_values.append(v.detach())
         logits = self.to_logits(self.norm(h))
         if not commit:
-            xl_out = tuple(xl_memories) if xl_memories else None
-            return logits, xl_out, PendingSegment(tokens, tuple(pending_keys), tuple(pending_values))
+            return logits, (tuple(xl_memories) if xl_memories else None), pending
         return logits, (tuple(new_xl) if c.xl_memory_layers else None), None
 
     def _previous_token_embedding(self, tokens: Tensor, doc: Tensor, start: int) -> Tensor:
@@ -261,6 +259,20 @@ class MemorizingTransformer(nn.Module):
         previous = F.pad(tokens[:, :-1], (1, 0))[:, start:]
         same_document = F.pad(doc[:, 1:] == doc[:, :-1], (1, 0), value=False)[:, start:]
         return self.previous_token_emb(previous) * same_document.unsqueeze(-1)
+
+    def _start_segment(self, seq_len: int, pasts: dict[int, XLCache]) -> PendingSegment:
+        """Empty buffers for a segment of ``seq_len`` tokens; each layer's key and value buffers start with
+        its XL cache."""
+        keys, values = [], []
+        for number in range(1, self.config.depth + 1):
+            xl = pasts.get(number)
+            P = 0 if xl is None else xl.keys.shape[2]
+            keys.append(PrefixBuffer(P + seq_len, dim=2))
+            values.append(PrefixBuffer(P + seq_len, dim=2))
+            if xl is not None:
+                keys[-1].append(xl.keys)
+                values[-1].append(xl.values)
+        return PendingSegment(PrefixBuffer(seq_len, dim=1), tuple(keys), tuple(values))
 
     # --------------------------------------------------------- generation
     def generate(self, prompt: Tensor, *, max_new_tokens: int, **options: Any) -> GenerationOutput:

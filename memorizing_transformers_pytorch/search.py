@@ -16,6 +16,9 @@ Backends:
     ``flat``:  the same exact search by faiss's blocked BLAS + heap kernels on CPU, 1.2-3.8x faster there
                (docs/benchmarks.md); on other devices it runs ``exact``.
     ``ivf``:   approximate faiss ``IndexIVFFlat`` per stream and head, on CPU, FIFO-exact in what it holds.
+    ``bf16``:  for accelerators: candidates scored in bfloat16 (from a bfloat16 copy of the keys), re-ranked
+               exactly in float32; what it returns is ordered by exact scores, and it misses a neighbour only when
+               bfloat16 rounding drops it from the candidates (recall in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,15 +29,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SearchBackend", "ExactSearch", "FaissFlatSearch", "AutoSearch", "FaissIVFSearch", "INDEXES", "make_backend",
-           "exact_top_slots"]
+__all__ = ["SearchBackend", "ExactSearch", "FaissFlatSearch", "AutoSearch", "FaissIVFSearch", "BFloat16Search",
+           "INDEXES", "make_backend", "exact_top_slots", "reranked_top_slots"]
 
-INDEXES = ("auto", "exact", "flat", "ivf")
+INDEXES = ("auto", "exact", "flat", "ivf", "bf16")
 
 # Score blocks hold at most this many elements (float32: 32 MiB), which bounds the extra memory a search needs
-# whatever the memory size.
+# whatever the memory size. Memory blocks have MEMORY_BLOCK keys, or more when few queries leave room.
 SCORE_BLOCK_ELEMENTS = 1 << 23
 MEMORY_BLOCK = 16384
+# A few queries (generation) against more keys than the CPU's caches hold: scores as keys @ queries^T, a product
+# over the keys as stored. queries @ keys^T was measured 1.5-1.8x slower there (B x H x N x D = 1 x 4 x 64K x 64
+# and 1 x 8 x 16K-64K x 128, one query per head), but 1.2-1.4x faster for keys that fit the caches (4-8 MiB).
+FEW_QUERIES = 4
+STREAMED_KEY_BYTES = 32 << 20
 # faiss's score blocks: 1,024 x 1,024 instead of its 4,096 x 1,024 default, 17-27% faster here at 16K-65K
 FAISS_QUERY_BLOCK = 1024
 
@@ -69,16 +77,20 @@ class SearchBackend(Protocol):
         ...
 
 
-def exact_top_slots(keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int) -> Tensor:
-    """Exact top-k slots by ``query . key`` (see ``SearchBackend.search``).
+def exact_top_slots(keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
+    """Exact top-k slots by ``query . key`` (see ``SearchBackend.search``), with scores computed in ``dtype``.
 
-    Scores are computed in float32, one block of queries x memories at a time, with a running top-k merge, so
-    no full score matrix is ever held.
+    Scores are computed one block of queries x memories at a time, with a running top-k merge, so no full score
+    matrix is ever held. A few queries against many keys (``FEW_QUERIES``, ``STREAMED_KEY_BYTES``) are scored as
+    keys @ queries^T.
     """
-    q = queries.float()
-    B, H, Q, _ = q.shape
-    mem_block = min(held, MEMORY_BLOCK)
+    q = queries.to(dtype)
+    B, H, Q, D = q.shape
+    mem_block = min(held, max(MEMORY_BLOCK, SCORE_BLOCK_ELEMENTS // (B * H * Q)))
     q_block = max(1, min(Q, SCORE_BLOCK_ELEMENTS // (B * H * mem_block)))
+    key_bytes = B * H * held * D * q.element_size()
+    streamed = Q <= FEW_QUERIES and q.device.type == "cpu" and key_bytes >= STREAMED_KEY_BYTES
     empty = torch.arange(held, device=q.device).view(1, 1, 1, held) >= count.view(B, 1, 1, 1)
     # usually no stream holds fewer than `held`; asking costs a device sync, which is free only on the CPU
     mask_empty = q.device.type != "cpu" or bool(empty.any())
@@ -89,7 +101,11 @@ def exact_top_slots(keys: Tensor, count: Tensor, held: int, queries: Tensor, k: 
         top_i: Tensor | None = None
         for m_start in range(0, held, mem_block):
             m_end = min(held, m_start + mem_block)
-            scores = torch.matmul(q_part, keys[:, :, m_start:m_end].float().transpose(-1, -2))
+            block = keys[:, :, m_start:m_end].to(dtype)
+            if streamed:
+                scores = torch.matmul(block, q_part.transpose(-1, -2)).transpose(-1, -2)  # (B, H, Q, m)
+            else:
+                scores = torch.matmul(q_part, block.transpose(-1, -2))
             if mask_empty:
                 scores.masked_fill_(empty[..., m_start:m_end], float("-inf"))
             s, i = scores.topk(min(k, m_end - m_start), dim=-1)
@@ -270,6 +286,74 @@ class FaissIVFSearch:
         return index
 
 
+def reranked_top_slots(keys: Tensor, keys16: Tensor, count: Tensor, held: int, queries: Tensor, k: int,
+                       candidates: int) -> tuple[Tensor, Tensor]:
+    """The top ``k`` by float32 scores among the top ``candidates`` slots by bfloat16 scores.
+
+    Args:
+        keys: ``(B, H, M, D)`` the stored keys (re-ranked in float32 from these).
+        keys16: the same keys in bfloat16 (the candidates are searched there).
+        count, held, queries, k: as ``SearchBackend.search``; ``k <= candidates``.
+
+    Returns:
+        scores ``(B, H, Q, k)`` float32, best first (``-inf`` where none), and their slots (``-1`` where none).
+    """
+    found = exact_top_slots(keys16, count, held, queries, min(candidates, held), dtype=torch.bfloat16)
+    B, H, Q, C = found.shape
+    D = keys.shape[-1]
+    q = queries.float()
+    # re-rank a block of queries at a time: the gathered candidate keys are (B, H, q_block, C, D)
+    q_block = max(1, min(Q, SCORE_BLOCK_ELEMENTS // (B * H * C * D)))
+    best_scores, best_slots = [], []
+    for start in range(0, Q, q_block):
+        slots = found[:, :, start : start + q_block]  # (B, H, q, C)
+        n = slots.shape[2]
+        rows = slots.clamp(min=0).reshape(B, H, n * C, 1).expand(-1, -1, -1, D)
+        candidate_keys = keys.gather(2, rows).view(B, H, n, C, D).float()
+        scores = torch.einsum("bhqd,bhqcd->bhqc", q[:, :, start : start + n], candidate_keys)
+        scores, best = scores.masked_fill(slots < 0, float("-inf")).topk(k, dim=-1)
+        best_scores.append(scores)
+        best_slots.append(slots.gather(-1, best).masked_fill(scores == float("-inf"), -1))
+    return torch.cat(best_scores, dim=2), torch.cat(best_slots, dim=2)
+
+
+class BFloat16Search:
+    """Exact-ish search with bfloat16 scores, for accelerators: the top ``candidates_per_k * k`` slots by
+    bfloat16 scores are re-ranked exactly in float32, and the best k returned (``reranked_top_slots``).
+
+    The candidates are scored from a bfloat16 copy of the keys, kept up to date by the hooks (none when the
+    memory stores bfloat16 itself); it costs half the float32 keys' memory. A true neighbour is missed only when
+    bfloat16 rounding puts it below ``candidates_per_k * k`` others.
+    """
+
+    name = "bf16"
+
+    def __init__(self, candidates_per_k: int = 8) -> None:
+        self.candidates_per_k = candidates_per_k
+        self.keys16: Tensor | None = None  # (B, H, M, D) bfloat16; None until the first add
+
+    def search(self, keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int) -> Tensor:
+        keys16 = keys if keys.dtype == torch.bfloat16 else self.keys16
+        assert keys16 is not None
+        return reranked_top_slots(keys, keys16, count, held, queries, k, self.candidates_per_k * k)[1]
+
+    def added(self, keys: Tensor, count: Tensor, kept: Tensor, slots: Tensor) -> None:
+        if keys.dtype == torch.bfloat16:
+            return
+        if self.keys16 is None:
+            self.keys16 = keys.to(torch.bfloat16)
+            return
+        # copy every slot the add may have touched, from the keys as they now are (untouched slots are unchanged)
+        rows = torch.arange(slots.shape[0], device=slots.device).unsqueeze(1).expand_as(slots)
+        self.keys16[rows, :, slots] = keys[rows, :, slots].to(torch.bfloat16)
+
+    def cleared(self, rows: Tensor) -> None:
+        pass  # slots beyond a stream's count are never searched
+
+    def loaded(self, keys: Tensor, count: Tensor) -> None:
+        self.keys16 = None if keys.dtype == torch.bfloat16 else keys.to(torch.bfloat16)
+
+
 def make_backend(index: str, *, rows: int, heads: int, dim: int, max_memories: int, ivf_lists: int = 256,
                  ivf_probe: int = 16, ivf_train_size: int | None = None) -> SearchBackend:
     """The backend named ``index`` (one of ``INDEXES``) for a memory of this shape.
@@ -283,6 +367,8 @@ def make_backend(index: str, *, rows: int, heads: int, dim: int, max_memories: i
         return ExactSearch()
     if index == "flat":
         return FaissFlatSearch()
+    if index == "bf16":
+        return BFloat16Search()
     if index == "ivf":
         for name, value in (("ivf_lists", ivf_lists), ("ivf_probe", ivf_probe)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -7,7 +7,7 @@ from conftest import tiny_model
 from memorizing_transformers_pytorch.data import Batch
 from memorizing_transformers_pytorch.evaluate import read_stream
 
-PAD = 0
+PAD, SOS = 0, 2
 
 
 def teacher_forced_logits(model, sequence, seq_len, memory_size=None):
@@ -70,6 +70,51 @@ def test_generation_continues_from_returned_state():
     together = model.generate(torch.cat((prompt, first.tokens, torch.tensor([[5]])), dim=1), max_new_tokens=4,
                               seq_len=seq_len, temperature=0.0)
     assert torch.equal(more.tokens, together.tokens)
+
+
+def test_generation_continued_over_calls_matches_teacher_forcing():
+    """Three calls, each continuing the state the previous one returned (a pending segment mid-way, then none at
+    a segment boundary), two rows, XL and kNN memories that overflow, and a document start fed mid-segment: the
+    logits of one teacher-forced, segment-by-segment pass over everything read."""
+    seq_len = 6
+    model = tiny_model(max_knn_memories=16, xl_max_memories=4, pad_id=PAD, clear_memories_on_sos_token_id=SOS)
+    prompt = torch.randint(3, 32, (2, 9))
+    prompt[1, :2] = PAD
+    calls = [(prompt, 6), (torch.tensor([[7, SOS, 8], [9, 10, 11]]), 18), (torch.tensor([[5], [6]]), 10)]
+    state, read, expected_positions, outputs, pending_lengths = {}, [], [], [], []
+    for feed, new_tokens in calls:
+        out = model.generate(feed, max_new_tokens=new_tokens, seq_len=seq_len, temperature=0.0, return_logits=True,
+                             **state)
+        state = dict(knn_memories=out.knn_memories, xl_memories=out.xl_memories, pending=out.pending)
+        before = sum(piece.shape[1] for piece in read)
+        expected_positions.append(range(before + feed.shape[1] - 1, before + feed.shape[1] - 1 + new_tokens))
+        read += [feed, out.tokens]
+        outputs.append(out)
+        pending_lengths.append(None if out.pending is None else out.pending.tokens.length)
+    assert pending_lengths == [3, None, 5]
+    reference = teacher_forced_logits(model, torch.cat(read, dim=1), seq_len)
+    for out, positions in zip(outputs, expected_positions):
+        predicted = reference[:, positions]
+        torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-4)
+        assert torch.equal(out.tokens, predicted.argmax(-1))
+    assert outputs[-1].knn_memories[0].count.tolist()[1] == 16  # the memory overflowed
+
+
+def test_each_token_is_written_into_the_pending_segments_buffers_in_place():
+    """Reading a token copies only its own keys and values: the buffers allocated when the segment started are
+    the ones the later tokens are written into."""
+    model = tiny_model(xl_max_memories=4)
+    first = model.generate(torch.randint(3, 32, (1, 10)), max_new_tokens=2, seq_len=8, temperature=0.0)
+    pending = first.pending
+    assert pending.tokens.length == 4 and pending.keys[0].length == 4 + 4  # XL cache, then the segment
+    storage = [buffer.data.data_ptr() for buffer in pending.keys + pending.values]
+    more = model.generate(torch.tensor([[5]]), max_new_tokens=2, seq_len=8, temperature=0.0,
+                          knn_memories=first.knn_memories, xl_memories=first.xl_memories, pending=pending)
+    assert more.pending is pending and pending.tokens.length == 7
+    assert [buffer.data.data_ptr() for buffer in pending.keys + pending.values] == storage
+    with pytest.raises(ValueError, match="seq_len"):
+        model.generate(torch.tensor([[5]]), max_new_tokens=1, seq_len=16, knn_memories=first.knn_memories,
+                       xl_memories=first.xl_memories, pending=pending)
 
 
 def test_long_prompt_fills_memory_before_the_first_token():

@@ -26,6 +26,19 @@ def test_memory_search_on_cuda_matches_cpu():
     torch.testing.assert_close(scores_gpu, scores_cpu, rtol=1e-4, atol=1e-4)
 
 
+def test_bf16_search_on_cuda_finds_the_float32_neighbours():
+    """The bf16 index on the GPU: recall >= 0.99 against float32 exact search on random unit keys."""
+    exact = KNNMemory(dim=64, max_memories=20000, num_indices=2, index="exact")
+    bf16 = KNNMemory(dim=64, max_memories=20000, num_indices=2, index="bf16")
+    pairs = torch.nn.functional.normalize(torch.randn(2, 16384, 2, 64, device="cuda"), dim=-1)
+    for memory in (exact, bf16):
+        memory.add(pairs)
+    queries = torch.nn.functional.normalize(torch.randn(2, 1, 512, 64, device="cuda"), dim=-1)
+    truth = exact.backend.search(exact.keys, exact.count, 16384, queries, 32)
+    found = bf16.backend.search(bf16.keys, bf16.count, 16384, queries, 32)
+    assert (found.unsqueeze(-1) == truth.unsqueeze(-2)).any(-1).float().mean().item() >= 0.99
+
+
 def test_model_on_cuda_matches_cpu_over_segments():
     model = tiny_model(xl_max_memories=8, pad_id=0, clear_memories_on_sos_token_id=1)
     gpu_model = tiny_model(xl_max_memories=8, pad_id=0, clear_memories_on_sos_token_id=1)

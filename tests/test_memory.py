@@ -107,6 +107,22 @@ def test_blocked_search_is_exact(monkeypatch):
         check_against(memory, reference, torch.randn(2, 11, 8), 5)
 
 
+@pytest.mark.parametrize("queries", [1, 3])
+def test_few_queries_search_is_exact_with_keys_streamed(monkeypatch, queries):
+    """The few-query formulation (keys @ queries^T, as for large memories in generation), in several memory blocks,
+    with rows holding different counts, against brute force."""
+    monkeypatch.setattr(search_module, "STREAMED_KEY_BYTES", 0)
+    monkeypatch.setattr(search_module, "MEMORY_BLOCK", 7)
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 64)  # all queries in one block, 10-32 keys
+    memory = KNNMemory(dim=8, max_memories=40, num_indices=2, index="exact")
+    reference = BruteForceMemory(40, 2)
+    for _ in range(3):
+        pairs, mask = torch.randn(2, 17, 2, 8), torch.rand(2, 17) < torch.tensor([[1.0], [0.6]])
+        memory.add(pairs, mask)
+        reference.add(pairs, mask)
+        check_against(memory, reference, torch.randn(2, queries, 8), 5)
+
+
 def test_fifo_overwrites_oldest_one_by_one():
     memory = KNNMemory(dim=1, max_memories=4, num_indices=1)
     for i in range(6):
@@ -381,3 +397,90 @@ def test_auto_search_routes_segments_to_faiss_and_single_tokens_to_torch(monkeyp
         q = torch.randn(2, queries, 16)
         torch.testing.assert_close(auto.search(q, 8)[0], exact.search(q, 8)[0])
         assert used == expected
+
+
+# ------------------------------------------------------------------------------------------------- bf16 search
+@settings(max_examples=40, deadline=None)
+@given(max_memories=st.integers(1, 10), operations=st.lists(operation, max_size=25))
+def test_bf16_search_follows_every_write_clear_and_reload(max_memories, operations):
+    """Keys and queries of small integers have exact bfloat16 scores, so the bf16 search with only k candidates
+    must find the exact top k: this checks that its bfloat16 copy of the keys follows every add (FIFO overwrites,
+    masks), clear and ``load_state_dict``."""
+    rows, dim = 3, 4
+
+    def bf16_memory():
+        memory = KNNMemory(dim=dim, max_memories=max_memories, num_indices=rows, index="bf16")
+        memory.backend = search_module.BFloat16Search(candidates_per_k=1)
+        return memory
+
+    memory, reference = bf16_memory(), BruteForceMemory(max_memories, rows)
+    for kind, arg, seed in operations:
+        generator = torch.Generator().manual_seed(seed)
+        if kind == "add":
+            pairs = torch.randint(-3, 4, (rows, arg, 2, dim), generator=generator).float()
+            mask = torch.rand(rows, arg, generator=generator) < 0.8
+            memory.add(pairs, mask=mask)
+            reference.add(pairs, mask)
+        elif kind == "clear":
+            memory.clear(arg)
+            reference.clear(arg)
+        else:
+            queries = torch.randint(-3, 4, (rows, 3, dim), generator=generator).float()
+            check_against(memory, reference, queries, arg)
+            reloaded = bf16_memory()
+            reloaded.load_state_dict(memory.state_dict())
+            check_against(reloaded, reference, queries, arg)
+
+
+def _recall(found: torch.Tensor, truth: torch.Tensor) -> float:
+    """Share of the true top-k slots ``(..., k)`` that were found."""
+    return (found.unsqueeze(-1) == truth.unsqueeze(-2)).any(-1).float().mean().item()
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), size=st.integers(200, 8192), dim=st.sampled_from([16, 32, 64]),
+       k=st.sampled_from([1, 4, 32]), unit=st.booleans())
+def test_bf16_search_recall_on_random_keys_and_exact_scores(seed, size, dim, k, unit):
+    """On random keys the bf16 search finds >= 99% of the float32 top k; what it returns carries the exact
+    float32 scores of the returned slots, best first."""
+    generator = torch.Generator().manual_seed(seed)
+    B, H, Q = 2, 2, 32
+    keys = torch.randn(B, H, size, dim, generator=generator)
+    queries = torch.randn(B, H, Q, dim, generator=generator)
+    if unit:
+        keys, queries = torch.nn.functional.normalize(keys, dim=-1), torch.nn.functional.normalize(queries, dim=-1)
+    count = torch.tensor([size, size - 100])  # the second row holds fewer than its capacity
+    k = min(k, size - 100)
+    candidates = search_module.BFloat16Search().candidates_per_k * k
+    scores, slots = search_module.reranked_top_slots(keys, keys.bfloat16(), count, size, queries, k, candidates)
+    truth = search_module.exact_top_slots(keys, count, size, queries, k)
+    assert _recall(slots, truth) >= 0.99
+    assert (slots >= 0).all() and (slots[1] < size - 100).all()
+    exact = (queries.unsqueeze(-2) * keys.gather(2, slots.reshape(B, H, -1, 1).expand(-1, -1, -1, dim))
+             .view(B, H, Q, k, dim)).sum(-1)
+    torch.testing.assert_close(scores, exact, rtol=0, atol=1e-5)
+    assert (scores[..., :-1] >= scores[..., 1:]).all()
+
+
+def test_bf16_index_returns_empty_slots_past_what_a_stream_holds():
+    memory = KNNMemory(dim=8, max_memories=16, num_indices=2, index="bf16")
+    memory.add(torch.randn(2, 5, 2, 8), mask=torch.tensor([[True] * 5, [True, True, False, False, False]]))
+    kv, mask = memory.search(torch.randn(2, 3, 8), 4)
+    assert mask[0].all() and mask[1, :, :2].all() and not mask[1, :, 2:].any()
+    assert (kv[1, :, 2:] == 0).all()
+
+
+def test_model_gives_the_same_logits_with_the_bf16_index_when_its_candidates_cover_the_memory():
+    """With 8k candidates >= the memory's size, the bf16 search re-ranks every pair in float32: exact."""
+    from conftest import tiny_model
+
+    exact = tiny_model(max_knn_memories=16, num_retrieved_memories=4)
+    bf16 = tiny_model(knn_index="bf16", max_knn_memories=16, num_retrieved_memories=4)
+    bf16.load_state_dict(exact.state_dict())
+    memories = [model.create_knn_memories(batch_size=2) for model in (exact, bf16)]
+    assert memories[1][0].index == "bf16"
+    for _ in range(4):
+        x = torch.randint(0, 32, (2, 16))
+        want, _ = exact(x, knn_memories=memories[0])
+        got, _ = bf16(x, knn_memories=memories[1])
+        torch.testing.assert_close(got, want)
