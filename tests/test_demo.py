@@ -1,0 +1,46 @@
+"""The demo command (demo.py): a copy warm-up, then a memory model and a memory-off baseline side by side."""
+
+import json
+
+import pytest
+
+from memorizing_transformers_pytorch.checkpoint import load_checkpoint, load_model
+from memorizing_transformers_pytorch.cli import main
+
+TINY = ["--preset", "tiny", "--num-tokens", "256", "--memorizing-layers", "1", "--xl-max-memories", "16",
+        "--seq-len", "16", "--steps", "3", "--warmup-steps", "1", "--copy-warmup-steps", "2",
+        "--max-docs", "2", "--max-doc-bytes", "96", "--memory-sizes", "0,32", "--split", "train"]
+
+
+def test_demo_trains_both_models_from_one_warmup_and_writes_the_comparison(corpus, tmp_path, capsys):
+    run = tmp_path / "demo"
+    main(["demo", "--data", corpus, "--run-dir", str(run), *TINY])
+    result = json.loads((run / "eval.json").read_text())
+    assert set(result["bits_per_byte"]) == {"with_memory", "without_memory", "baseline"}
+    assert set(result["by_memory_size"]) == {"0", "32"}
+    assert (run / "eval.png").exists()
+    memory, baseline, warmup = (load_checkpoint(run / name) for name in ("memory", "baseline", "warmup"))
+    assert memory["train_config"]["knn_memory"] and not baseline["train_config"]["knn_memory"]
+    assert memory["train_config"]["init_from"] == baseline["train_config"]["init_from"] == str(run / "warmup")
+    assert warmup["train_config"]["data"] == "copy"
+    model = load_model(run / "memory")
+    assert model.config.token_shift  # the demo's default recipe
+    printed = capsys.readouterr().out
+    assert "memory on vs off" in printed and "[demo] total" in printed
+    # a second demo replaces its own runs
+    main(["demo", "--data", corpus, "--run-dir", str(run), *TINY, "--copy-warmup-steps", "0"])
+    assert not (run / "warmup").exists()
+    assert load_checkpoint(run / "memory")["train_config"]["init_from"] == ""
+
+
+def test_demo_refuses_a_folder_it_did_not_make_and_bad_settings(corpus, tmp_path):
+    run = tmp_path / "taken"
+    (run / "memory").mkdir(parents=True)
+    (run / "memory" / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit):
+        main(["demo", "--data", corpus, "--run-dir", str(run), *TINY])
+    assert (run / "memory" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit):
+        main(["demo", "--data", corpus, "--run-dir", str(tmp_path / "other"), *TINY, "--copy-warmup-steps", "-1"])
+    with pytest.raises(SystemExit):
+        main(["demo", "--data", corpus, "--run-dir", str(tmp_path / "third"), *TINY, "--memorizing-layers", ""])
