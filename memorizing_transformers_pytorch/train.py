@@ -165,9 +165,11 @@ class Trainer:
         self._ddp: torch.nn.Module | None = None
 
     def _optimizer(self) -> torch.optim.AdamW:
-        trained = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in trained if p.ndim >= 2]
-        no_decay = [p for p in trained if p.ndim < 2]
+        trained = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        # matrices decay; norms, biases, the memory gates and the temperatures (shape (H, 1, 1)) do not
+        decays = [p.ndim >= 2 and ".gate." not in name and not name.endswith("log_scale") for name, p in trained]
+        decay = [p for (_, p), d in zip(trained, decays) if d]
+        no_decay = [p for (_, p), d in zip(trained, decays) if not d]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, self.config.adam_beta2))
 

@@ -34,6 +34,18 @@ def test_training_lowers_the_loss_and_logs_metrics(tmp_path, corpus):
     assert math.isclose(lines[0]["bits_per_byte"], lines[0]["loss"] / math.log(2))
 
 
+@pytest.mark.parametrize("gate", ["sigmoid", "mlp"])
+def test_weight_decay_spares_norms_biases_gates_and_temperatures(tmp_path, corpus, gate):
+    from memorizing_transformers_pytorch.train import Trainer
+
+    model_config = MemorizingTransformerConfig(**{**MODEL.to_dict(), "knn_gate": gate, "token_shift": True})
+    trainer = Trainer(model_config, config(tmp_path, corpus, weight_decay=0.1), progress=False)
+    decayed = {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    names = {name for name, p in trainer.model.named_parameters() if id(p) in decayed}
+    assert names == {name for name, p in trainer.model.named_parameters()
+                     if p.ndim == 2 and ".gate." not in name}  # every matrix but the gate's, nothing else
+
+
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path, corpus):
     full = train(MODEL, config(tmp_path / "a", corpus), progress=False)["losses"]
     cfg = config(tmp_path / "b", corpus)
