@@ -311,10 +311,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"train with --data shards:{args.out}")
 
 
-# the demo's recipe (demo.py): the small model with token shift, a copy warm-up, then 1,000 steps on the stdlib
-DEMO_DEFAULTS = dict(preset="small", token_shift=True, run_dir="runs/demo", steps=1000, warmup_steps=50,
-                     checkpoint_every=0, log_every=25, lr=2e-3, max_docs=4, max_doc_bytes=32768,
-                     memory_sizes="0,1024,4096,16384", copy_warmup_steps=600)
+# the demo's recipe (demo.py, dev/LOG.md 2026-12-02): the small model with its memorizing layer first and token
+# shift, so that a 400-step copy warm-up forms the copy circuit in it; then 1,500 steps on the standard library
+DEMO_DEFAULTS = dict(preset="small", memorizing_layers=(1,), token_shift=True, max_knn_memories=4096,
+                     run_dir="runs/demo", steps=1500, warmup_steps=50, checkpoint_every=0, log_every=25, lr=2e-3,
+                     max_docs=4, max_doc_bytes=32768, memory_sizes="0,1024,4096,16384", copy_warmup_steps=400)
 
 
 def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = None) -> argparse.ArgumentParser:
