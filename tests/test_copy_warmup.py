@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from experiments.recall.task import KEY_SYMBOLS, SYMBOLS
-from memorizing_transformers_pytorch.copy_warmup import CopyStream, copy_batch, parse_span
 from memorizing_transformers_pytorch import MemorizingTransformerConfig
 from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
+from memorizing_transformers_pytorch.copy_warmup import CopyStream, copy_batch, parse_span
 from memorizing_transformers_pytorch.data import IGNORE_INDEX, open_stream
 from memorizing_transformers_pytorch.train import TrainConfig, train
 
