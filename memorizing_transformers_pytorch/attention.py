@@ -394,6 +394,7 @@ class Attention(nn.Module):
         past: tuple[Tensor, Tensor] | None = None,
         buffers: tuple[PrefixBuffer, PrefixBuffer] | None = None,
         key_input: Tensor | None = None,
+        query_input: Tensor | None = None,
         memory: KNNMemory | None = None,
         memory_ok: Tensor | None = None,
         memory_offset: Tensor | None = None,
@@ -408,8 +409,8 @@ class Attention(nn.Module):
             buffers: instead of ``past``, when a segment is read a piece at a time: key and value buffers
                 ``(B, Hkv, capacity, Dh)`` along dim 2 holding the ``P`` pairs before ``x`` (XL cache, then the
                 earlier part of the segment). This layer's new pairs are written into them.
-            key_input: ``(B, n, dim)`` what the keys are projected from instead of ``x`` (``token_shift``), or
-                None.
+            key_input, query_input: ``(B, n, dim)`` what the keys / queries are projected from instead of ``x``
+                (``token_shift``), or None.
             memory, memory_ok, memory_offset, memory_bias: see ``memory_attention``; memory None = off.
 
         Returns:
@@ -418,7 +419,7 @@ class Attention(nn.Module):
         """
         B, n, _ = x.shape
         H, Hkv, Dh = self.heads, self.kv_heads, self.dim_head
-        q = self.to_q(x).view(B, n, H, Dh).transpose(1, 2)  # (B, H, n, Dh)
+        q = self.to_q(x if query_input is None else query_input).view(B, n, H, Dh).transpose(1, 2)  # (B, H, n, Dh)
         k, v = self.to_kv(x).view(B, n, 2, Hkv, Dh).permute(2, 0, 3, 1, 4)  # 2 x (B, Hkv, n, Dh)
         if key_input is not None:
             k = F.linear(key_input, self.to_kv.weight[: Hkv * Dh]).view(B, n, Hkv, Dh).transpose(1, 2)

@@ -90,15 +90,16 @@ class MemorizingTransformerConfig:
             before each position, which a lookup by content matches. Measured once (dev/LOG.md): with 3
             such heads a width-128 model did *not* learn the copy warm-up in 6,000 steps (7.2 bits per
             copied byte, against 0.1 from a random start), so it is off by default.
-        token_shift: memorizing layers project their keys from ``x + e(previous token)`` (before the layer's
-            normalisation), with ``e`` a learned embedding, zero for the first token of a segment and of a
-            document; queries and values read ``x``. A query for "this token" then matches the keys of the
-            tokens that followed it before, whose values hold them: the memorizing layer can copy by content
-            on its own (an induction head), and what it copies from its local context it copies from memory
-            too. With the memorizing layer first (``memorizing_layers=(1,)``), the only layer that sees the
-            previous token, the width-128 model learns the copy warm-up in about 200 steps instead of
-            3,500-5,000 (dev/LOG.md, 2026-12-02): the demo's recipe. Off by default (the seed's and the paper's
-            model has none).
+        token_shift: ``N`` (0 = off): in memorizing layers, the keys also see the ``N`` tokens before each
+            token and the queries the ``N - 1`` before: the key projection reads ``x + e_1(token 1 back) + ...
+            + e_N(token N back)``, the query projection ``x + f_1(token 1 back) + ... + f_{N-1}(...)`` (learned
+            embeddings, added before the layer's normalisation; a token outside the segment or the document
+            contributes nothing). A query for "these N tokens" then matches the keys of the tokens that followed
+            them before, whose values hold them: the memorizing layer can copy by content on its own (an
+            induction head over N tokens of context), and what it copies locally it copies from memory too.
+            With ``N = 1`` and the memorizing layer first (``memorizing_layers=(1,)``), the width-128 model
+            learns the copy warm-up in 150-200 steps instead of 3,500-5,000 (dev/LOG.md, 2026-12-02). Off by
+            default (the seed's and the paper's model has none).
         memory_rel_pos_bias: with the ``joint`` or ``mlp`` gate, add to every retrieved memory's logit the
             relative position bias of the farthest bucket, the one T5's bucketing gives any key
             ``rel_pos_max_distance`` or more tokens back (every memory is that far back when
@@ -132,7 +133,7 @@ class MemorizingTransformerConfig:
     rel_pos_max_distance: int = 128
     previous_token_heads: int = 0
     memory_rel_pos_bias: bool = False
-    token_shift: bool = False
+    token_shift: int = 0
 
     def __post_init__(self) -> None:
         _int("num_tokens", self.num_tokens, minimum=1)
@@ -145,8 +146,7 @@ class MemorizingTransformerConfig:
         if self.previous_token_heads > min(self.heads, self.rel_pos_num_buckets // 2 - 1):
             raise ValueError(f"previous_token_heads must be at most heads ({self.heads}) and below half of "
                              f"rel_pos_num_buckets ({self.rel_pos_num_buckets}), got {self.previous_token_heads}")
-        if not isinstance(self.token_shift, bool):
-            raise ValueError(f"token_shift must be true or false, got {self.token_shift!r}")
+        _int("token_shift", self.token_shift, minimum=0)
         if not isinstance(self.memory_rel_pos_bias, bool):
             raise ValueError(f"memory_rel_pos_bias must be true or false, got {self.memory_rel_pos_bias!r}")
         if self.memory_rel_pos_bias and self.knn_gate == "sigmoid":

@@ -84,10 +84,13 @@ class Block(nn.Module):
         self.ff_norm = nn.LayerNorm(config.dim)
         self.ff = FeedForward(config)
 
-    def forward(self, x: Tensor, key_shift: Tensor | None = None, **attention_args: Any) -> tuple[Tensor, Tensor, Tensor]:
-        """``key_shift`` (``token_shift``): added to ``x`` before the normalisation, for the keys only."""
+    def forward(self, x: Tensor, key_shift: Tensor | None = None, query_shift: Tensor | None = None,
+                **attention_args: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """``key_shift``, ``query_shift`` (``token_shift``): added to ``x`` before the normalisation, for the keys
+        or the queries only."""
         key_input = None if key_shift is None else self.attn_norm(x + key_shift)
-        out, k, v = self.attn(self.attn_norm(x), key_input=key_input, **attention_args)
+        query_input = None if query_shift is None else self.attn_norm(x + query_shift)
+        out, k, v = self.attn(self.attn_norm(x), key_input=key_input, query_input=query_input, **attention_args)
         x = x + out
         x = x + self.ff(self.ff_norm(x))
         return x, k, v
@@ -122,7 +125,9 @@ class MemorizingTransformer(nn.Module):
         c = config
         assert c.memorizing_layers is not None and c.xl_memory_layers is not None
         self.token_emb = nn.Embedding(c.num_tokens, c.dim)
-        self.previous_token_emb = nn.Embedding(c.num_tokens, c.dim) if c.token_shift else None
+        # token_shift: embeddings of the tokens 1..N back for the keys, 1..N-1 back for the queries
+        self.key_shift_emb = nn.ModuleList(nn.Embedding(c.num_tokens, c.dim) for _ in range(c.token_shift))
+        self.query_shift_emb = nn.ModuleList(nn.Embedding(c.num_tokens, c.dim) for _ in range(c.token_shift - 1))
         self.rel_pos = RelativePositionBias(heads=c.heads, num_buckets=c.rel_pos_num_buckets,
                                             max_distance=c.rel_pos_max_distance)
         self.rel_pos.focus_on_previous_tokens(c.previous_token_heads)
@@ -131,9 +136,8 @@ class MemorizingTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(c.dim)
         self.to_logits = nn.Linear(c.dim, c.num_tokens, bias=False)
-        for embedding in (self.token_emb, self.previous_token_emb):
-            if embedding is not None:
-                nn.init.normal_(embedding.weight, std=0.02)
+        for embedding in (self.token_emb, *self.key_shift_emb, *self.query_shift_emb):
+            nn.init.normal_(embedding.weight, std=0.02)
 
     # ----------------------------------------------------------- memories
     def create_knn_memories(self, *, batch_size: int, max_memories: int | None = None) -> KNNMemoryList:
@@ -217,9 +221,8 @@ class MemorizingTransformer(nn.Module):
         memory_ok = layout.doc[:, start:] == 0
         masks: dict[int, Tensor] = {}  # by XL length: every XL cache covers the same tokens
         h = self.token_emb(x)
-        key_shift = None
-        if self.previous_token_emb is not None:
-            key_shift = self._previous_token_embedding(tokens, layout.doc, start)
+        key_shift = self._shift_embedding(self.key_shift_emb, tokens, layout.doc, start)
+        query_shift = self._shift_embedding(self.query_shift_emb, tokens, layout.doc, start)
         new_xl = []
         for number, block in enumerate(self.layers, start=1):
             xl = pasts.get(number)
@@ -235,8 +238,8 @@ class MemorizingTransformer(nn.Module):
                 steps = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device)
                 memory_offset = in_cache + steps.expand(x.shape[0], -1)
             memory_bias = self.rel_pos.farthest if number in memories and c.memory_rel_pos_bias else None
-            shift = key_shift if number in c.memorizing_layers else None
-            h, k, v = block(h, key_shift=shift, attn_mask=masks[P], past=past, buffers=buffers,
+            shifts = (key_shift, query_shift) if number in c.memorizing_layers else (None, None)
+            h, k, v = block(h, *shifts, attn_mask=masks[P], past=past, buffers=buffers,
                             memory=memories.get(number), memory_ok=memory_ok, memory_offset=memory_offset,
                             memory_bias=memory_bias)
             if commit:
@@ -253,12 +256,18 @@ class MemorizingTransformer(nn.Module):
             return logits, (tuple(xl_memories) if xl_memories else None), pending
         return logits, (tuple(new_xl) if c.xl_memory_layers else None), None
 
-    def _previous_token_embedding(self, tokens: Tensor, doc: Tensor, start: int) -> Tensor:
-        """``token_shift``: the embedding of each new token's predecessor, for ``tokens[:, start:]`` of the segment
-        read so far, zero at the segment's first token and at the first token of each document."""
-        previous = F.pad(tokens[:, :-1], (1, 0))[:, start:]
-        same_document = F.pad(doc[:, 1:] == doc[:, :-1], (1, 0), value=False)[:, start:]
-        return self.previous_token_emb(previous) * same_document.unsqueeze(-1)
+    @staticmethod
+    def _shift_embedding(embeddings: nn.ModuleList, tokens: Tensor, doc: Tensor, start: int) -> Tensor | None:
+        """``token_shift``: for ``tokens[:, start:]`` of the segment read so far, the sum over ``i`` of
+        ``embeddings[i - 1]`` of the token ``i`` back, where that token is in the segment and the same document;
+        None without embeddings."""
+        total, n = None, tokens.shape[1]
+        for back, embedding in enumerate(embeddings, start=1):
+            previous = F.pad(tokens, (back, 0))[:, start:n]
+            same_document = F.pad(doc, (back, 0), value=-1)[:, start:n] == doc[:, start:]  # -1: before the segment
+            shifted = embedding(previous) * same_document.unsqueeze(-1)
+            total = shifted if total is None else total + shifted
+        return total
 
     def _start_segment(self, seq_len: int, pasts: dict[int, XLCache]) -> PendingSegment:
         """Empty buffers for a segment of ``seq_len`` tokens; each layer's key and value buffers start with

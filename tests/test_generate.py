@@ -25,7 +25,7 @@ def teacher_forced_logits(model, sequence, seq_len, memory_size=None):
         dict(xl_max_memories=6, knn_gate="mlp"),  # distances to memories, token by token
         dict(xl_max_memories=6, knn_gate="joint", memory_rel_pos_bias=True),
         dict(memorizing_layers=(), xl_max_memories=4),  # XL only
-        dict(xl_max_memories=6, token_shift=True),  # the previous token's embedding, token by token
+        dict(xl_max_memories=6, token_shift=3),  # the embeddings of the tokens before, token by token
     ],
 )
 def test_greedy_generation_matches_teacher_forcing(overrides):

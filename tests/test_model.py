@@ -269,7 +269,7 @@ def test_kv_heads_grouped_query():
 SOS, EOS = 1, 0
 
 
-@pytest.mark.parametrize("xl_max_memories, token_shift", [(0, False), (4, False), (4, True)])
+@pytest.mark.parametrize("xl_max_memories, token_shift", [(0, 0), (4, 0), (4, 3)])
 def test_sos_clears_only_its_row_and_the_new_document_starts_fresh(xl_max_memories, token_shift):
     model = tiny_model(clear_memories_on_sos_token_id=SOS, xl_max_memories=xl_max_memories, token_shift=token_shift)
     knn = model.create_knn_memories(batch_size=2)
@@ -291,43 +291,55 @@ def test_sos_clears_only_its_row_and_the_new_document_starts_fresh(xl_max_memori
     torch.testing.assert_close(logits[:1, 3:], fresh)
 
 
-def test_token_shift_adds_the_previous_tokens_embedding_within_segment_and_document():
-    model = tiny_model(token_shift=True, clear_memories_on_sos_token_id=SOS)
+@pytest.mark.parametrize("shift", [1, 3])
+def test_token_shift_embeds_the_tokens_before_within_segment_and_document(shift):
+    model = tiny_model(token_shift=shift, clear_memories_on_sos_token_id=SOS)
     x = tokens(2, 7)
     x[1, 4] = SOS
-    layout = model._document_layout(x)
-    shifted = model._previous_token_embedding(x, layout.doc, 0)
-    expected = torch.zeros(2, 7, model.config.dim)
-    for row in range(2):
-        for t in range(1, 7):  # naive: the predecessor's embedding, unless t starts the segment or a document
-            if not (row == 1 and t == 4):
-                expected[row, t] = model.previous_token_emb.weight[x[row, t - 1]]
-    torch.testing.assert_close(shifted, expected)
-    # the embedding of the tokens read so far is the same when they arrive one by one
-    torch.testing.assert_close(model._previous_token_embedding(x, layout.doc, 5), expected[:, 5:])
+    doc = model._document_layout(x).doc
+    for embeddings, count in ((model.key_shift_emb, shift), (model.query_shift_emb, shift - 1)):
+        assert len(embeddings) == count
+        expected = torch.zeros(2, 7, model.config.dim)
+        for row in range(2):
+            for t in range(7):  # naive: each token `back` positions before, if in the segment and the document
+                for back in range(1, count + 1):
+                    if t - back >= 0 and not (row == 1 and t - back < 4 <= t):
+                        expected[row, t] += embeddings[back - 1].weight[x[row, t - back]]
+        shifted = model._shift_embedding(embeddings, x, doc, 0)
+        if count == 0:
+            assert shifted is None
+            continue
+        torch.testing.assert_close(shifted, expected)
+        # the same when the last tokens arrive one at a time (generation)
+        torch.testing.assert_close(model._shift_embedding(embeddings, x, doc, 5), expected[:, 5:])
+        torch.testing.assert_close(model._shift_embedding(embeddings, x[:, :2], doc[:, :2], 0), expected[:, :2])
 
 
-def test_token_shift_keys_read_the_input_plus_the_previous_tokens_embedding():
-    model = tiny_model(token_shift=True)
+def test_token_shift_keys_and_queries_read_the_input_plus_the_shift():
+    model = tiny_model(token_shift=2)
     block = model.layers[1]  # the memorizing layer
     attn = block.attn
-    B, n, H, Dh = 2, 5, attn.kv_heads, attn.dim_head
-    x, shift = torch.randn(B, n, model.config.dim), torch.randn(B, n, model.config.dim)
-    _, k, v = block(x, key_shift=shift, attn_mask=torch.zeros(1, 1, n, n))
-    naive_k, _ = attn.to_kv(block.attn_norm(x + shift)).view(B, n, 2, H, Dh).unbind(2)
-    _, naive_v = attn.to_kv(block.attn_norm(x)).view(B, n, 2, H, Dh).unbind(2)
+    B, n, H, Hkv, Dh = 2, 5, attn.heads, attn.kv_heads, attn.dim_head
+    x, key_shift, query_shift = (torch.randn(B, n, model.config.dim) for _ in range(3))
+    captured = {}
+    attn.register_forward_hook(lambda module, args, kwargs, out: captured.update(kwargs), with_kwargs=True)
+    _, k, v = block(x, key_shift, query_shift, attn_mask=torch.zeros(1, 1, n, n))
+    naive_k, _ = attn.to_kv(block.attn_norm(x + key_shift)).view(B, n, 2, Hkv, Dh).unbind(2)
+    _, naive_v = attn.to_kv(block.attn_norm(x)).view(B, n, 2, Hkv, Dh).unbind(2)
     torch.testing.assert_close(k, torch.nn.functional.normalize(naive_k.transpose(1, 2), dim=-1))
     torch.testing.assert_close(v, naive_v.transpose(1, 2))
-    # the model passes the previous token's embedding to memorizing layers only
+    torch.testing.assert_close(captured["query_input"], block.attn_norm(x + query_shift))
+    # the model passes the shifts to memorizing layers only
     seen = {}
     for number, layer in enumerate(model.layers, start=1):
         layer.register_forward_hook(lambda module, args, kwargs, out, number=number: seen.update(
-            {number: kwargs.get("key_shift")}), with_kwargs=True)
+            {number: args[1:]}), with_kwargs=True)
     x_tokens = tokens(2, 6)
     model(x_tokens)
-    assert seen[1] is None and seen[3] is None
-    expected = model._previous_token_embedding(x_tokens, model._document_layout(x_tokens).doc, 0)
-    torch.testing.assert_close(seen[2], expected)
+    assert seen[1] == (None, None) and seen[3] == (None, None)
+    doc = model._document_layout(x_tokens).doc
+    torch.testing.assert_close(seen[2][0], model._shift_embedding(model.key_shift_emb, x_tokens, doc, 0))
+    torch.testing.assert_close(seen[2][1], model._shift_embedding(model.query_shift_emb, x_tokens, doc, 0))
 
 
 def test_eos_ends_the_document_after_the_token():

@@ -38,7 +38,7 @@ def test_training_lowers_the_loss_and_logs_metrics(tmp_path, corpus):
 def test_weight_decay_spares_norms_biases_gates_and_temperatures(tmp_path, corpus, gate):
     from memorizing_transformers_pytorch.train import Trainer
 
-    model_config = MemorizingTransformerConfig(**{**MODEL.to_dict(), "knn_gate": gate, "token_shift": True})
+    model_config = MemorizingTransformerConfig(**{**MODEL.to_dict(), "knn_gate": gate, "token_shift": 2})
     trainer = Trainer(model_config, config(tmp_path, corpus, weight_decay=0.1), progress=False)
     decayed = {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
     names = {name for name, p in trainer.model.named_parameters() if id(p) in decayed}
