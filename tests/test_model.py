@@ -319,7 +319,7 @@ def test_token_shift_keys_and_queries_read_the_input_plus_the_shift():
     model = tiny_model(token_shift=2)
     block = model.layers[1]  # the memorizing layer
     attn = block.attn
-    B, n, H, Hkv, Dh = 2, 5, attn.heads, attn.kv_heads, attn.dim_head
+    B, n, Hkv, Dh = 2, 5, attn.kv_heads, attn.dim_head
     x, key_shift, query_shift = (torch.randn(B, n, model.config.dim) for _ in range(3))
     captured = {}
     attn.register_forward_hook(lambda module, args, kwargs, out: captured.update(kwargs), with_kwargs=True)
