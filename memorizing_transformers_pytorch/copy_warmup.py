@@ -3,15 +3,16 @@
 A kNN memory is only useful to a model that can copy by content (an "induction" circuit: each token's
 predecessor moved forward, and a head that matches it). Small byte-level models learn that circuit on this
 task, and from there real code or the recall task train within a few hundred steps; on those alone they
-did not start in 12,000 steps (dev/LOG.md). With ``token_shift`` (config.py) the circuit forms in about 400
-steps of this task, without it after 3,500-5,000 (seed-dependent). It is the data source ``--data
-copy[:span=48]`` of the normal training loop, whose batches are independent segments
-(``Batch.new_streams``): a warm-up run writes a checkpoint like any other, and the real run continues it with
-``--init-from`` (the demo does this; see ``cli.cmd_demo``)::
+did not start in 12,000 steps (dev/LOG.md). With ``token_shift`` (config.py) and the memorizing layer
+first, the circuit forms in 150-200 steps of this task; without them after 3,500-5,000 (seed-dependent).
+It is the data source ``--data copy[:span=48]`` of the normal training loop, whose batches are independent
+segments (``Batch.new_streams``): a warm-up run writes a checkpoint like any other, and the real run
+continues it with ``--init-from`` (the demo does this: ``demo.py``)::
 
-    memorizing-transformers train --preset small --token-shift --data copy --seq-len 128 --batch-size 8 \
-        --steps 600 --lr 2e-3 --min-lr-ratio 1 --weight-decay 0.01 --adam-beta2 0.999 --run-dir runs/warmup
-    memorizing-transformers train --preset small --token-shift --init-from runs/warmup ...
+    memorizing-transformers train --preset small --memorizing-layers 1 --token-shift 1 --data copy \
+        --seq-len 128 --batch-size 8 --steps 400 --lr 2e-3 --min-lr-ratio 1 --weight-decay 0.01 \
+        --adam-beta2 0.999 --run-dir runs/warmup
+    memorizing-transformers train --preset small --memorizing-layers 1 --token-shift 1 --init-from runs/warmup ...
 """
 
 from __future__ import annotations
