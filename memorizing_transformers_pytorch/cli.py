@@ -312,8 +312,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 # the demo's recipe (demo.py, dev/LOG.md 2026-12-02): the small model with its memorizing layer first and token
-# shift, so that a 400-step copy warm-up forms the copy circuit in it; then 1,500 steps on the standard library
-DEMO_DEFAULTS = dict(preset="small", memorizing_layers=(1,), token_shift=1, max_knn_memories=4096,
+# shift over 3 tokens, so that a 400-step copy warm-up forms the copy circuit in it; then 1,500 steps on the stdlib
+DEMO_DEFAULTS = dict(preset="small", memorizing_layers=(1,), token_shift=3, max_knn_memories=4096,
                      run_dir="runs/demo", steps=1500, warmup_steps=50, checkpoint_every=0, log_every=25, lr=2e-3,
                      max_docs=4, max_doc_bytes=32768, memory_sizes="0,1024,4096,16384", copy_warmup_steps=400)
 
