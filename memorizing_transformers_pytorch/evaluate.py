@@ -140,7 +140,7 @@ def score(
     total_bits = torch.zeros((), dtype=torch.float64, device=device)
     total_tokens = total_bytes = 0
     total = sum(len(d) + 1 for d in documents)
-    bar = tqdm(total=total, disable=not progress, unit="tok", unit_scale=True, desc=description, leave=False)
+    bar = tqdm(total=total, disable=None if progress else True, unit="tok", unit_scale=True, desc=description, leave=False)
     for batch, logits in read_stream(model, stream, memory_size=memory_size, device=device):
         labels = batch.labels.masked_fill(batch.labels == tokenizer.sos_id, IGNORE_INDEX)
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")

@@ -142,7 +142,7 @@ def tokenize_documents(documents: Sequence[np.ndarray], tokenizer: HuggingFaceTo
     progress bar in bytes."""
     from tqdm.auto import tqdm  # a training extra; reading shards needs only numpy
 
-    bar = tqdm(total=sum(len(d) for d in documents), unit="B", unit_scale=True, desc=description, disable=not progress,
+    bar = tqdm(total=sum(len(d) for d in documents), unit="B", unit_scale=True, desc=description, disable=None if progress else True,
                leave=False)
     tokens = 0
     for start in range(0, len(documents), batch):

@@ -63,7 +63,7 @@ def name_recall(model: MemorizingTransformer, documents: Sequence[np.ndarray], *
     if not 0 <= prefix < MIN_NAME_LENGTH:
         raise ValueError(f"names: prefix must be in 0..{MIN_NAME_LENGTH - 1} (names have >= {MIN_NAME_LENGTH} bytes), got {prefix}")
     records: list[dict[str, Any]] = []
-    for index, document in enumerate(tqdm(documents, disable=not progress, desc="documents", leave=False)):
+    for index, document in enumerate(tqdm(documents, disable=None if progress else True, desc="documents", leave=False)):
         cases = find_long_range_names(document.tobytes(), min_distance=min_distance)
         if not cases:
             continue

@@ -61,7 +61,7 @@ def evaluate_recall(
     """
     use_memory = memory_size != 0 and len(model.config.memorizing_layers) > 0
     results: dict[str, Any] = {}
-    for distance in tqdm(distances, disable=not progress, desc="distances", leave=False):
+    for distance in tqdm(distances, disable=None if progress else True, desc="distances", leave=False):
         rng = np.random.default_rng([seed, distance])
         docs = [recall_document(task, distance, rng) for _ in range(documents)]
         measured = np.concatenate([d.distances for d in docs])

@@ -64,6 +64,8 @@ VARIANTS = {
     "prev_tokens": ({"previous_token_heads": 3}, 16384, "3 heads start as previous-token heads (1, 2, 3 back)"),
     "memory_bias": ({"memory_rel_pos_bias": True}, 16384, "memories get the farthest bucket's position bias"),
     "train_mem_512": ({"max_knn_memories": 512}, 16384, "trained with a 512-pair memory, evaluated with 16K"),
+    "shift3": ({"memorizing_layers": (1,), "token_shift": 3}, 16384,
+               "kNN memory in layer 1 of 2, keys see 3 tokens back, queries 2 (token_shift=3)"),
 }
 MAIN = ("memory", "xl_only", "plain")
 
@@ -121,8 +123,13 @@ def evaluate_one(name: str, out: Path, distances: list[int], documents: int, dat
     torch.set_num_threads(2)
     model = load_model(out / name)
     _, memory_size, description = VARIANTS[name]
-    result = evaluate_recall(model, RecallTask.parse(data), distances, documents=documents, memory_size=memory_size,
+    task = RecallTask.parse(data)
+    result = evaluate_recall(model, task, distances, documents=documents, memory_size=memory_size,
                              seq_len=SEQ_LEN, batch_size=16)
+    if memory_size:  # the same weights with the memory off: what the memory itself adds
+        off = evaluate_recall(model, task, distances, documents=documents, memory_size=0, seq_len=SEQ_LEN,
+                              batch_size=16)
+        result["memory_off"] = {d: r["accuracy"] for d, r in off["by_distance"].items()}
     metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     result.update(description=description, config=model.config.to_dict(), final_train_loss=metrics[-1]["loss"],
                   train_seconds=metrics[-1]["elapsed_s"], steps=metrics[-1]["step"])
@@ -327,6 +334,9 @@ def print_table(results: dict, distances: list[int], context: int) -> None:
                  for d in distances]
         last = result["by_distance"].get(str(distances[-1]), {}).get("bits_per_value_byte", float("nan"))
         print(f"| {name} | " + " | ".join(cells) + f" | {last:.2f} |")
+        if "memory_off" in result:
+            off = [f"{result['memory_off'][str(d)]:.3f}" if str(d) in result["memory_off"] else "-" for d in distances]
+            print(f"| {name}, same weights, memory off | " + " | ".join(off) + " | |")
     print(f"(exact-match recall of the values; distance in bytes, and in multiples of the local + XL context {context})")
 
 
