@@ -18,8 +18,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +61,10 @@ def _last_metrics(run: Path) -> dict:
         return {}
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _train_side_by_side(model_config: MemorizingTransformerConfig, runs: dict[str, TrainConfig], run_dir: Path,
                         steps: int) -> None:
     """Trains each run in its own process with one thread, printing their progress every few seconds."""
@@ -75,6 +81,8 @@ def _train_side_by_side(model_config: MemorizingTransformerConfig, runs: dict[st
         env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
         children[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, folder)
     started = time.perf_counter()
+    # SIGTERM (a job scheduler, `kill`) ends the children too: as SystemExit, through the `finally` below
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         while any(child.poll() is None for child, _, _ in children.values()):
             for _ in range(30):  # a progress line every 30 s
@@ -89,6 +97,8 @@ def _train_side_by_side(model_config: MemorizingTransformerConfig, runs: dict[st
                 parts.append(f"{name} step {step}/{steps} bits/byte {bpb}")
             print(f"[demo] {time.perf_counter() - started:4.0f}s  " + " | ".join(parts), flush=True)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for child, log, _ in children.values():
             if child.poll() is None:  # interrupted, or the other run failed
                 child.terminate()

@@ -1,6 +1,11 @@
 """The demo command (demo.py): a copy warm-up, then a memory model and a memory-off baseline side by side."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +49,32 @@ def test_demo_refuses_a_folder_it_did_not_make_and_bad_settings(corpus, tmp_path
         main(["demo", "--data", corpus, "--run-dir", str(tmp_path / "other"), *TINY, "--copy-warmup-steps", "-1"])
     with pytest.raises(SystemExit):
         main(["demo", "--data", corpus, "--run-dir", str(tmp_path / "third"), *TINY, "--memorizing-layers", ""])
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile
+                pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_sigterm_to_the_demo_ends_its_training_processes(corpus, tmp_path):
+    run = tmp_path / "demo"
+    steps = [a if a != "3" else "100000" for a in TINY]  # runs until stopped
+    parent = subprocess.Popen([sys.executable, "-m", "memorizing_transformers_pytorch", "demo", "--data", corpus,
+                               "--run-dir", str(run), *steps, "--copy-warmup-steps", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = str(run / "memory.model.json")
+    deadline = time.monotonic() + 120
+    while len(_processes_mentioning(marker)) == 0 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.5)
+    assert _processes_mentioning(marker), "the demo did not start its training processes"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) != 0
+    assert _processes_mentioning(marker) == []
