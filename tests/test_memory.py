@@ -255,7 +255,7 @@ def _brute_force_top_scores(memory, queries, k):
 
 @pytest.mark.parametrize("size, k", [(8192, 4), (3000, 32)])
 def test_large_memory_search_is_exact(size, k):
-    """Big enough for the grouped candidate pass and the bfloat16 pre-selection."""
+    """Thousands of keys, k up to 32: the default search returns the brute-force top-k scores."""
     memory = KNNMemory(dim=32, max_memories=size, num_indices=2)
     memory.add(torch.randn(2, size, 2, 32))
     queries = torch.randn(2, 64, 32)
@@ -265,7 +265,7 @@ def test_large_memory_search_is_exact(size, k):
 
 
 def test_near_ties_that_bfloat16_cannot_separate_are_still_exact():
-    """Keys closer together than bfloat16 can tell apart force the float32 fallback."""
+    """Keys closer together than bfloat16 can tell apart: the default (float32) search still ranks them exactly."""
     base = torch.randn(1, 1, 32)
     keys = base + 1e-4 * torch.randn(2, 4096, 32)
     memory = KNNMemory(dim=32, max_memories=4096, num_indices=2)
