@@ -96,11 +96,14 @@ class XLCache(NamedTuple):
 
     keys, values: ``(B, Hkv, P, Dh)``; valid: ``(B, P)`` bool, False for padding
     and for tokens of a document that has since ended in that row.
+    tokens: ``(B, P)`` the ids of those tokens (-1 where unknown), so that ``token_shift`` reaches back into the
+    previous segment; None in caches made without them (the shift then starts at the segment).
     """
 
     keys: Tensor
     values: Tensor
     valid: Tensor
+    tokens: Tensor | None = None
 
 
 class PrefixBuffer:
@@ -331,7 +334,7 @@ def memory_attention(
 
 # --------------------------------------------------------------------------------------------------- write
 def write_memory(memory: KNNMemory | None, keys: Tensor, values: Tensor, valid: Tensor, restart: Tensor, *,
-                 past: XLCache | None, xl_window: int, add: bool = True) -> XLCache | None:
+                 past: XLCache | None, xl_window: int, add: bool = True, tokens: Tensor | None = None) -> XLCache | None:
     """After a layer has read: roll its XL cache, clear finished documents' memories, and store in ``memory``
     the pairs that leave the XL window.
 
@@ -343,6 +346,7 @@ def write_memory(memory: KNNMemory | None, keys: Tensor, values: Tensor, valid: 
         past: the XL cache the layer read, or None.
         xl_window: tokens of XL cache to keep (0: every pair goes to the kNN memory).
         add: False reads without storing (memory clears still happen).
+        tokens: ``(B, n)`` the segment's token ids, kept in the new cache beside their pairs (or None).
 
     Returns:
         The new XL cache, or None when ``xl_window == 0``.
@@ -352,6 +356,9 @@ def write_memory(memory: KNNMemory | None, keys: Tensor, values: Tensor, valid: 
         keys = torch.cat((past.keys.to(keys.dtype), keys), dim=2)
         values = torch.cat((past.values.to(values.dtype), values), dim=2)
         valid = torch.cat((past.valid & ~restart[:, None], valid), dim=1)
+        if tokens is not None:
+            before = past.tokens if past.tokens is not None else torch.full_like(past.valid, -1, dtype=tokens.dtype)
+            tokens = torch.cat((before, tokens), dim=1)
     leaving = max(0, keys.shape[2] - xl_window)
     if memory is not None:
         memory.clear_rows(restart)
@@ -360,7 +367,8 @@ def write_memory(memory: KNNMemory | None, keys: Tensor, values: Tensor, valid: 
             memory.store(pairs, valid[:, :leaving])
     if xl_window == 0:
         return None
-    return XLCache(keys[:, :, leaving:], values[:, :, leaving:], valid[:, leaving:])
+    return XLCache(keys[:, :, leaving:], values[:, :, leaving:], valid[:, leaving:],
+                   None if tokens is None else tokens[:, leaving:])
 
 
 # ------------------------------------------------------------------------------------------------ the layer

@@ -74,7 +74,8 @@ def memories_to_tensors(knn_memories: Sequence[KNNMemory] | None, xl_memories: S
             tensors[f"knn.{i}.{name}"] = tensor.detach()
     for i, cache in enumerate(xl_memories or ()):
         for name, tensor in cache._asdict().items():
-            tensors[f"xl.{i}.{name}"] = tensor.detach()
+            if tensor is not None:
+                tensors[f"xl.{i}.{name}"] = tensor.detach()
     return tensors
 
 
@@ -85,7 +86,8 @@ def memories_from_tensors(tensors: dict, knn_memories: Sequence[KNNMemory] | Non
     xl = []
     i = 0
     while f"xl.{i}.keys" in tensors:
-        xl.append(XLCache(tensors[f"xl.{i}.keys"], tensors[f"xl.{i}.values"], tensors[f"xl.{i}.valid"]))
+        xl.append(XLCache(tensors[f"xl.{i}.keys"], tensors[f"xl.{i}.values"], tensors[f"xl.{i}.valid"],
+                          tensors.get(f"xl.{i}.tokens")))
         i += 1
     return tuple(xl) if xl else None
 

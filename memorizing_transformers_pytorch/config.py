@@ -93,9 +93,11 @@ class MemorizingTransformerConfig:
         token_shift: ``N`` (0 = off): in memorizing layers, the keys also see the ``N`` tokens before each
             token and the queries the ``N - 1`` before: the key projection reads ``x + e_1(token 1 back) + ...
             + e_N(token N back)``, the query projection ``x + f_1(token 1 back) + ... + f_{N-1}(...)`` (learned
-            embeddings, added before the layer's normalisation; a token outside the segment or the document
-            contributes nothing). A query for "these N tokens" then matches the keys of the tokens that followed
-            them before, whose values hold them: the memorizing layer can copy by content on its own (an
+            embeddings, added before the layer's normalisation; a token of another document contributes
+            nothing). With an XL cache (``xl_max_memories > 0``) the shift reaches back into the previous
+            segment (the caches keep their tokens' ids); without one it starts at the segment. A query for
+            "these N tokens" then matches the keys of the tokens that followed them before, whose values hold
+            them: the memorizing layer can copy by content on its own (an
             induction head over N tokens of context), and what it copies locally it copies from memory too.
             With ``N = 1`` and the memorizing layer first (``memorizing_layers=(1,)``), the width-128 model
             learns the copy warm-up in 150-200 steps instead of 3,500-5,000 (dev/LOG.md, 2026-12-02). Off by

@@ -221,8 +221,9 @@ class MemorizingTransformer(nn.Module):
         memory_ok = layout.doc[:, start:] == 0
         masks: dict[int, Tensor] = {}  # by XL length: every XL cache covers the same tokens
         h = self.token_emb(x)
-        key_shift = self._shift_embedding(self.key_shift_emb, tokens, layout.doc, start)
-        query_shift = self._shift_embedding(self.query_shift_emb, tokens, layout.doc, start)
+        before = self._tokens_before(pasts, c.token_shift)
+        key_shift = self._shift_embedding(self.key_shift_emb, tokens, layout.doc, start, before)
+        query_shift = self._shift_embedding(self.query_shift_emb, tokens, layout.doc, start, before)
         new_xl = []
         for number, block in enumerate(self.layers, start=1):
             xl = pasts.get(number)
@@ -248,7 +249,8 @@ class MemorizingTransformer(nn.Module):
                     k, v = buffers[0].filled[:, :, P:], buffers[1].filled[:, :, P:]
                 window = c.xl_max_memories if number in c.xl_memory_layers else 0
                 new_cache = write_memory(memories.get(number), k, v, layout.keep, layout.restart, past=xl,
-                                         xl_window=window, add=add_knn_memory)
+                                         xl_window=window, add=add_knn_memory,
+                                         tokens=tokens if c.token_shift else None)
                 if new_cache is not None:
                     new_xl.append(new_cache)
         logits = self.to_logits(self.norm(h))
@@ -257,14 +259,38 @@ class MemorizingTransformer(nn.Module):
         return logits, (tuple(new_xl) if c.xl_memory_layers else None), None
 
     @staticmethod
-    def _shift_embedding(embeddings: nn.ModuleList, tokens: Tensor, doc: Tensor, start: int) -> Tensor | None:
+    def _tokens_before(pasts: dict[int, XLCache], count: int) -> tuple[Tensor, Tensor] | None:
+        """The last ``count`` tokens before the segment and whether each continues the row's document (from
+        any XL cache: they all cover the same tokens), or None without a cache that holds token ids."""
+        cache = next((xl for xl in pasts.values() if xl.tokens is not None), None)
+        if count == 0 or cache is None or cache.tokens.shape[1] == 0:
+            return None
+        tokens, valid = cache.tokens[:, -count:], cache.valid[:, -count:]
+        return tokens, valid & (tokens >= 0)
+
+    @staticmethod
+    def _shift_embedding(embeddings: nn.ModuleList, tokens: Tensor, doc: Tensor, start: int,
+                         before: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
         """``token_shift``: for ``tokens[:, start:]`` of the segment read so far, the sum over ``i`` of
-        ``embeddings[i - 1]`` of the token ``i`` back, where that token is in the segment and the same document;
-        None without embeddings."""
+        ``embeddings[i - 1]`` of the token ``i`` back, where that token is of the same document: in the segment,
+        or in ``before`` (the tokens before the segment, and whether each continues the segment's first
+        document); None without embeddings."""
+        if not embeddings:
+            return None
+        count = len(embeddings)
+        # the segment's document numbers: 0 continues the previous segment's document; -1 marks "no token"
+        past_tokens = tokens.new_zeros(tokens.shape[0], count)
+        past_doc = doc.new_full((doc.shape[0], count), -1)
+        if before is not None:
+            held_tokens, held_ok = before[0][:, -count:], before[1][:, -count:]
+            held = held_tokens.shape[1]
+            past_tokens[:, count - held :] = held_tokens.clamp(min=0)
+            past_doc[:, count - held :] = torch.where(held_ok, 0, -1)
+        tokens, doc = torch.cat((past_tokens, tokens), dim=1), torch.cat((past_doc, doc), dim=1)
         total, n = None, tokens.shape[1]
         for back, embedding in enumerate(embeddings, start=1):
-            previous = F.pad(tokens, (back, 0))[:, start:n]
-            same_document = F.pad(doc, (back, 0), value=-1)[:, start:n] == doc[:, start:]  # -1: before the segment
+            previous = tokens[:, count + start - back : n - back]
+            same_document = doc[:, count + start - back : n - back] == doc[:, count + start :]
             shifted = embedding(previous) * same_document.unsqueeze(-1)
             total = shifted if total is None else total + shifted
         return total

@@ -315,6 +315,41 @@ def test_token_shift_embeds_the_tokens_before_within_segment_and_document(shift)
         torch.testing.assert_close(model._shift_embedding(embeddings, x[:, :2], doc[:, :2], 0), expected[:, :2])
 
 
+def _naive_shift(embeddings, x, sos, first):
+    """Sum of ``embeddings[back - 1](x[t - back])`` over tokens of the same document (a document starts at an
+    ``sos`` token), for positions ``first`` on."""
+    B, n = x.shape
+    out = torch.zeros(B, n - first, embeddings[0].weight.shape[1])
+    for row in range(B):
+        starts = [t for t in range(n) if x[row, t] == sos]
+        for t in range(first, n):
+            begin = max([s for s in starts if s <= t], default=0)
+            for back in range(1, len(embeddings) + 1):
+                if t - back >= begin:
+                    out[row, t - first] += embeddings[back - 1].weight[x[row, t - back]]
+    return out
+
+
+@pytest.mark.parametrize("xl_max_memories", [0, 4])
+def test_token_shift_reaches_into_the_previous_segment_through_the_xl_cache(xl_max_memories):
+    """With an XL cache, the shift of a segment's first tokens sees the previous segment's last tokens (of the
+    same document); without one it starts at the segment."""
+    model = tiny_model(token_shift=3, xl_max_memories=xl_max_memories, clear_memories_on_sos_token_id=SOS)
+    first, second = tokens(3, 6), tokens(3, 6)
+    second[0, 0] = SOS  # row 0: a new document from the segment's first token; row 1: from its second
+    second[1, 1] = SOS
+    seen = []
+    model.layers[1].register_forward_hook(lambda module, args, kwargs, out: seen.append(args[1:]), with_kwargs=True)
+    knn = model.create_knn_memories(batch_size=3)
+    _, xl = model(first, knn_memories=knn)
+    model(second, knn_memories=knn, xl_memories=xl)
+    both = torch.cat((first, second), dim=1) if xl_max_memories else second
+    for got, embeddings in zip(seen[1], (model.key_shift_emb, model.query_shift_emb)):
+        torch.testing.assert_close(got, _naive_shift(embeddings, both, SOS, both.shape[1] - 6))
+    if xl_max_memories:  # the row whose document goes on does see the previous segment
+        assert not torch.allclose(seen[1][0][2, 0], torch.zeros_like(seen[1][0][2, 0]))
+
+
 def test_token_shift_keys_and_queries_read_the_input_plus_the_shift():
     model = tiny_model(token_shift=2)
     block = model.layers[1]  # the memorizing layer

@@ -46,13 +46,16 @@ def test_weight_decay_spares_norms_biases_gates_and_temperatures(tmp_path, corpu
                      if p.ndim == 2 and ".gate." not in name}  # every matrix but the gate's, nothing else
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path, corpus):
-    full = train(MODEL, config(tmp_path / "a", corpus), progress=False)["losses"]
+@pytest.mark.parametrize("token_shift", [0, 3])
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, corpus, token_shift):
+    """(With token_shift, the XL caches' token ids are saved and restored too.)"""
+    model = MemorizingTransformerConfig(**{**MODEL.to_dict(), "token_shift": token_shift})
+    full = train(model, config(tmp_path / "a", corpus), progress=False)["losses"]
     cfg = config(tmp_path / "b", corpus)
-    train(MODEL, cfg, progress=False)
+    train(model, cfg, progress=False)
     checkpoints = tmp_path / "b" / "run" / "checkpoints"
     (checkpoints / "latest").write_text("step-0000003\n")  # as if the run had died after step 3
-    resumed = train(MODEL, cfg, resume=True, progress=False)["losses"]
+    resumed = train(model, cfg, resume=True, progress=False)["losses"]
     assert len(resumed) == 3
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(full[3:]), rtol=1e-5, atol=1e-6)
 
