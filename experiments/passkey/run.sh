@@ -5,7 +5,7 @@
 #   2. from it, on --data passkey: memory (kNN memory in layer 1, token_shift=8), xl_only (the same model trained
 #      with the memory off: local + XL context 256 bytes), plain (no memory, no XL cache); one core each
 #   3. evaluation: memory at 64K, the same weights with memory off, xl_only, plain -> OUT/passkey.{json,png}
-# Usage: bash experiments/passkey/run.sh   (about 35 minutes on 2 cores)
+# Usage: bash experiments/passkey/run.sh   (about 20 minutes on 2 cores)
 # Smoke run: WARMUP_STEPS=10 STEPS=10 TRIALS=1 LENGTHS=512,1024 OUT=/tmp/pk bash experiments/passkey/run.sh
 # Finished runs are skipped, so a stopped run continues.
 set -euo pipefail
