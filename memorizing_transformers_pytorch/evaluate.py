@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -141,6 +143,10 @@ def score(
     total_tokens = total_bytes = 0
     total = sum(len(d) + 1 for d in documents)
     bar = tqdm(total=total, disable=None if progress else True, unit="tok", unit_scale=True, desc=description, leave=False)
+    plain_log = progress and bar.disable  # no terminal (a log file): a line at the start and the end instead
+    started = time.perf_counter()
+    if plain_log:
+        print(f"[eval] {description or 'evaluating'}: {total} tokens", file=sys.stderr, flush=True)
     for batch, logits in read_stream(model, stream, memory_size=memory_size, device=device):
         labels = batch.labels.masked_fill(batch.labels == tokenizer.sos_id, IGNORE_INDEX)
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -151,6 +157,9 @@ def score(
         total_bytes += count if token_bytes is None else int(token_bytes[labels[scored]].sum())
         bar.update(int((batch.tokens != tokenizer.pad_id).sum()))
     bar.close()
+    if plain_log:
+        print(f"[eval] {description or 'evaluating'}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr,
+              flush=True)
     return _reduced(float(total_bits), total_tokens, total_bytes, device)
 
 

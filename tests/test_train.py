@@ -214,3 +214,16 @@ def test_cli_reports_bad_input_in_one_line_but_lets_programming_errors_raise(tmp
     monkeypatch.setattr(cli, "cmd_eval", buggy)
     with pytest.raises(TypeError, match="unsupported operand"):
         main(["eval", "--checkpoint", str(tmp_path)])
+
+
+def test_evaluation_progress_in_a_log_file_is_a_line_at_start_and_end(capsys):
+    from memorizing_transformers_pytorch.evaluate import bits_per_byte
+    from memorizing_transformers_pytorch.model import MemorizingTransformer
+
+    model = MemorizingTransformer(MODEL)
+    documents = [torch.randint(3, 256, (40,)).numpy() for _ in range(2)]
+    bits_per_byte(model, documents, memory_size=64, seq_len=16, progress=True, description="memory 64")  # not a tty
+    err = capsys.readouterr().err
+    assert "[eval] memory 64: 82 tokens" in err and "[eval] memory 64: done in" in err
+    bits_per_byte(model, documents, memory_size=64, seq_len=16, progress=False)
+    assert capsys.readouterr().err == ""
