@@ -15,11 +15,12 @@ it, which is exactly when greedy generation after "The pass key is" writes the p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from memorizing_transformers_pytorch.data import SPLITS, Source, check_split, register_source
+
+from ..spec import parse_spec
 
 __all__ = ["PasskeyTask", "PasskeyDocument", "passkey_document", "passkey_documents", "FILLER", "QUESTION"]
 
@@ -84,19 +85,7 @@ class PasskeyTask:
 
     @classmethod
     def parse(cls, spec: str) -> PasskeyTask:
-        body = spec.removeprefix("passkey").removeprefix(":")
-        values: dict[str, Any] = {}
-        for part in filter(None, body.split(",")):
-            name, _, text = part.partition("=")
-            name = name.strip().replace("-", "_")
-            if name not in cls.__dataclass_fields__:
-                raise ValueError(f"passkey spec {spec!r}: unknown key {name!r} "
-                                 f"(known: {', '.join(cls.__dataclass_fields__)})")
-            try:
-                values[name] = int(text)
-            except ValueError:
-                raise ValueError(f"passkey spec {spec!r}: {part!r} is not NAME=INTEGER") from None
-        return cls(**values)
+        return parse_spec(cls, "passkey", spec)
 
 
 def passkey_documents(task: PasskeyTask, split: str) -> list[np.ndarray]:

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from memorizing_transformers_pytorch.data import SPLITS, Source, check_split, register_source
+
+from ..spec import parse_spec
 
 __all__ = ["RecallTask", "RecallDocument", "recall_document", "training_document", "recall_documents",
            "KEY_SYMBOLS", "SYMBOLS"]
@@ -94,19 +95,7 @@ class RecallTask:
     @classmethod
     def parse(cls, spec: str) -> RecallTask:
         """From ``"recall"`` or ``"recall:length=2048,documents=4000,bindings=8,seed=0"`` (the field names)."""
-        body = spec.removeprefix("recall").removeprefix(":")
-        values: dict[str, Any] = {}
-        fields = cls.__dataclass_fields__
-        for part in filter(None, body.split(",")):
-            name, _, text = part.partition("=")
-            name = name.strip().replace("-", "_")
-            if name not in fields:
-                raise ValueError(f"recall spec {spec!r}: unknown key {name!r} (known: {', '.join(fields)})")
-            try:
-                values[name] = float(text) if name == "query_rate" else int(text)
-            except ValueError:
-                raise ValueError(f"recall spec {spec!r}: {part!r} is not NAME=NUMBER") from None
-        return cls(**values)
+        return parse_spec(cls, "recall", spec, floats=("query_rate",))
 
 
 @dataclass(frozen=True)
