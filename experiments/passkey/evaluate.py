@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,10 +9,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from memorizing_transformers_pytorch.data import PAD_ID, SOS_ID
 from memorizing_transformers_pytorch.evaluate import read_stream, segments
 from memorizing_transformers_pytorch.model import MemorizingTransformer
 
+from ..recall.evaluate import document_stream
 from .task import passkey_document
 
 __all__ = ["evaluate_passkey", "plot_passkey"]
@@ -38,11 +37,7 @@ def evaluate_passkey(model: MemorizingTransformer, lengths: Sequence[int], depth
         hits_by_depth: dict[float, list[bool]] = {depth: [] for depth in depths}
         for first in range(0, len(docs), batch_size):
             chunk = docs[first : first + batch_size]
-            longest = 1 + max(len(doc.tokens) for _, doc in chunk)
-            stream = torch.full((len(chunk), math.ceil(longest / seq_len) * seq_len + 1), PAD_ID, dtype=torch.long)
-            stream[:, 0] = SOS_ID
-            for row, (_, doc) in enumerate(chunk):  # document byte i is stream position i + 1, predicted at input i
-                stream[row, 1 : 1 + len(doc.tokens)] = torch.from_numpy(doc.tokens.astype(np.int64))
+            stream = document_stream([doc for _, doc in chunk], seq_len)  # byte i predicted at input i
             hits = torch.cat([(logits.argmax(-1) == batch.labels).cpu()
                               for batch, logits in read_stream(model, segments(stream, seq_len),
                                                                memory_size=memory_size, device=device)], dim=1)

@@ -22,15 +22,14 @@ __all__ = ["document_stream", "evaluate_recall", "plot_recall"]
 
 
 def document_stream(docs: Sequence[RecallDocument], seq_len: int) -> Tensor:
-    """``(len(docs), S)`` token rows: the start-of-document marker, then each document (all of one length),
-    padded to whole segments of ``seq_len`` plus one byte (the label of the last input). Document byte ``i``
-    is stream position ``i + 1``, predicted at input position ``i``."""
-    length = 1 + len(docs[0].tokens)
-    padded = math.ceil(length / seq_len) * seq_len + 1
+    """``(len(docs), S)`` token rows: the start-of-document marker, then each document (anything with
+    ``tokens``), padded after the longest to whole segments of ``seq_len`` plus one byte (the label of the
+    last input). Document byte ``i`` is stream position ``i + 1``, predicted at input position ``i``."""
+    padded = math.ceil((1 + max(len(doc.tokens) for doc in docs)) / seq_len) * seq_len + 1
     stream = torch.full((len(docs), padded), PAD_ID, dtype=torch.long)
     stream[:, 0] = SOS_ID
     for row, doc in enumerate(docs):
-        stream[row, 1:length] = torch.from_numpy(doc.tokens.astype(np.int64))
+        stream[row, 1 : 1 + len(doc.tokens)] = torch.from_numpy(doc.tokens.astype(np.int64))
     return stream
 
 
