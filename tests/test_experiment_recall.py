@@ -150,3 +150,47 @@ def test_a_wired_lookup_recalls_from_memory_far_beyond_the_context():
     assert with_memory["by_distance"][str(far)]["accuracy"] >= 0.9
     assert with_memory["by_distance"][str(far)]["byte_accuracy"] == [with_memory["by_distance"][str(far)]["accuracy"]]
     assert without["by_distance"][str(far)]["accuracy"] <= 0.2
+
+
+def test_seed_table_reads_each_seeds_last_phase_and_refuses_mixed_schedules(tmp_path, capsys):
+    from experiments.recall import seed_table
+
+    def curve(value):
+        return {"by_distance": {"352": {"accuracy": value}, "2048": {"accuracy": value}}}
+
+    def first_phase(folder, variants):
+        folder.mkdir(parents=True)
+        saved = {"variants": {n: {**curve(v), "memory_off": {"352": 0.0, "2048": 0.0}, "description": n,
+                                  "documents_per_distance": 4, "train_seconds": 10.0, "warmup_seconds": 1.0}
+                              for n, v in variants.items()},
+                 "context": 256, "data": "recall", "warmup_steps": 4, "steps": 30}
+        (folder / "recall.json").write_text(json.dumps(saved))
+
+    def second_phase(folder, variant, curves, steps=30):
+        (folder / "final" / variant).mkdir(parents=True)
+        (folder / "final" / variant / "recall.json").write_text(json.dumps(curves))
+        (folder / f"{variant}_more").mkdir()
+        (folder / f"{variant}_more" / "metrics.jsonl").write_text(json.dumps({"step": steps, "elapsed_s": 5.0}))
+
+    for seed, value in ((0, 0.5), (1, 0.25)):
+        first_phase(tmp_path / f"seed{seed}", {"shift3": value})
+    first_phase(tmp_path / "baselines", {"xl_only": 0.125, "plain": 0.0})
+    seed_table.main(tmp_path)  # first phase only
+    saved = json.loads((tmp_path / "seeds.json").read_text())
+    assert saved["steps"] == [30] and saved["by_seed"]["1"]["memory_16k"]["2048"] == 0.25
+    assert saved["baselines"]["xl_only"]["352"] == 0.125
+
+    second_phase(tmp_path / "seed0", "shift3", {"memory off": curve(0.0), "memory 16384": curve(1.0)})
+    with pytest.raises(SystemExit, match="different steps"):  # seed 1 has no second phase yet
+        seed_table.main(tmp_path)
+    second_phase(tmp_path / "seed1", "shift3", {"memory off": curve(0.125), "memory 16384": curve(0.875)})
+    for name in ("xl_only", "plain"):
+        second_phase(tmp_path / "baselines", name, {"memory off": curve(0.0)})
+    seed_table.main(tmp_path)
+    saved = json.loads((tmp_path / "seeds.json").read_text())
+    assert saved["steps"] == [30, 30]
+    assert saved["by_seed"]["0"]["memory_16k"] == {"352": 1.0, "2048": 1.0}
+    assert saved["by_seed"]["1"]["memory_off"]["2048"] == 0.125 and saved["by_seed"]["1"]["train_seconds"] == 16.0
+    assert saved["summary"]["2048"]["seeds_at_least_0.95"] == 1 and saved["summary"]["2048"]["mean"] == 0.9375
+    assert saved["baselines"]["xl_only"]["352"] == 0.0
+    assert "| seed 1, memory 16K | 0.875 | 0.875 |" in capsys.readouterr().out
