@@ -295,6 +295,21 @@ def test_training_with_our_loop_changes_only_what_it_should(tmp_path, only_new):
         torch.testing.assert_close(p, dict(model.named_parameters())[name])
 
 
+def test_weight_decay_spares_the_new_gate_and_temperature(tmp_path):
+    from memorizing_transformers_pytorch.train import TrainConfig, Trainer
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("x = 1\n" * 50)
+    model = memory_model(saved_model(tmp_path, "llama", vocab=256), max_knn_memories=64)
+    config = TrainConfig(data=str(tmp_path / "data"), run_dir=str(tmp_path / "run"), seq_len=16, batch_size=1,
+                         steps=1, weight_decay=0.1)
+    trainer = Trainer(model.config, config, model=model, progress=False)
+    decayed = {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    new = dict(model.memory_layers.named_parameters())
+    assert new and not any(id(p) in decayed for p in new.values())  # gate biases and temperatures, (H, 1, 1) each
+    assert id(model.hf.model.layers[0].mlp.up_proj.weight) in decayed
+
+
 # --------------------------------------------------------------------------------------------------- errors
 def test_unsupported_architectures_are_refused(tmp_path):
     torch.manual_seed(0)
