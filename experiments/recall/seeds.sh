@@ -4,7 +4,7 @@
 # 3,000 recall steps at lr 2e-3, then 3,000 more at lr 1e-3 (a fresh optimizer and cosine schedule); exact-match
 # recall at 16K memory and with the memory off (same weights). Then the XL-only and plain baselines on the same
 # schedule (seed 0), and the table across seeds: OUT/seeds.json, OUT/seeds.png, and markdown on stdout.
-# Usage: bash experiments/recall/seeds.sh        (about an hour on 2 cores; two seeds train at once)
+# Usage: bash experiments/recall/seeds.sh        (about 75 minutes on 2 cores; two seeds train at once)
 # Smoke run: WARMUP_STEPS=10 STEPS=10 MORE_STEPS=10 EVAL_DOCS=2 OUT=/tmp/seeds bash experiments/recall/seeds.sh
 # MORE_STEPS=0 stops after the first 3,000 (the recipe of the first table in README.md).
 # Finished phases are skipped, so a stopped run continues.
