@@ -22,8 +22,9 @@ MEMORY = 16384
 
 
 def read_stage(folder: Path, variant: str) -> dict | None:
-    """A variant's recall in ``folder`` (a seed's or the baselines'), from its last phase: ``{"by_distance",
-    "memory_off", "description", "steps", "train_seconds"}`` like ``sweep.py``'s entries, or None."""
+    """A variant's recall in ``folder`` (a seed's or the baselines'), from its last phase: ``sweep.py``'s entry
+    (``by_distance``, ``memory_off``, ``description``, ``train_seconds``, ...) with the second phase's recall and
+    time when there is one, and ``phases`` (the steps of each phase); None when the folder has no first phase."""
     first_path = folder / "recall.json"
     if not first_path.exists():
         return None

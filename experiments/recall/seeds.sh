@@ -26,11 +26,11 @@ mkdir -p "$OUT"
 more() {
   local variant=$1 dir=$2 seed=$3 sizes=0,16384
   [ "$variant" = shift3 ] || sizes=0
-  local run="$dir/${variant}_more" first last
-  printf -v first "%s/%s/checkpoints/step-%07d" "$dir" "$variant" "$STEPS"
+  local run="$dir/${variant}_more" start last
+  printf -v start "%s/%s/checkpoints/step-%07d" "$dir" "$variant" "$STEPS"
   printf -v last "%s/checkpoints/step-%07d" "$run" "$MORE_STEPS"
   if [ ! -e "$last" ]; then  # (the data order of another seed: not the first phase's documents again)
-    $PY -m experiments train --threads 1 --model-config "$first/config.json" \
+    $PY -m experiments train --threads 1 --model-config "$start/config.json" \
       --init-from "$dir/$variant" --data "$DATA" --run-dir "$run" --seq-len 128 --batch-size 8 \
       --steps "$MORE_STEPS" --lr 1e-3 --warmup-steps 50 --seed "$((seed + 1000))" --checkpoint-every 500 --log-every 50 \
       $([ -e "$run/checkpoints/latest" ] && echo --resume)
