@@ -78,6 +78,7 @@ ATTENTION_BASES = ("sdpa", "eager")  # the model's own attention that the memory
 MEMORY_CONFIG_FILE = "memorizing.json"
 MEMORY_WEIGHTS_FILE = "memorizing.safetensors"
 # settings of the memory search: they change no weight (as config.SEARCH_FIELDS)
+COMBINES = ("joint", "gate")  # how the memory read joins the layer's own attention (HFMemoryConfig.knn_combine)
 SEARCH_FIELDS = ("max_knn_memories", "num_retrieved_memories", "knn_index", "knn_ivf_lists", "knn_ivf_probe")
 
 
@@ -88,16 +89,28 @@ class HFMemoryConfig:
 
     Args:
         memorizing_layers: layer numbers from 1 to ``num_hidden_layers`` (``model.model.layers[number - 1]``;
-            the paper's layer 9 of 12 is 9). None: the layer three quarters up the stack, as our own model;
-            ``()``: none (the plain model, through this interface).
+            the paper's layer 9 of 12 is 9). None: every layer for ``knn_combine="joint"`` (a pretrained model
+            reads a longer context consistently only when every layer sees it), the layer three quarters up the
+            stack for ``"gate"`` (as our own model); ``()``: none (the plain model, through this interface).
         max_knn_memories: capacity of each stream's memory per layer (FIFO beyond it).
         num_retrieved_memories: neighbours k retrieved per query.
         knn_index: the search backend (``KNNMemory``'s ``index``): ``"exact"``, ``"flat"``, ``"ivf"`` or ``"bf16"``.
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
-        knn_temperature_init: initial per-head inverse temperature of the retrieved memories' cosine logits.
-        knn_gate_bias_init: initial per-head gate bias ``b_h``; a query with memories mixes in
-            ``sigmoid(b_h)`` of the memory read (0: one half, the paper's initialisation). It changes nothing
-            while the memory is off or empty.
+        knn_combine: how the memory read joins the layer's own attention.
+            ``"joint"`` (the default; works without training): the retrieved pairs are scored as the layer scores
+            its own keys (its ``q . k`` scaling, the rotary embedding placing every memory ``knn_memory_distance``
+            tokens before the query) and share one softmax with the local keys; ``b_h`` (0 at first) shifts the
+            memories' share. ``"gate"`` (the paper's, for fine-tuning): L2-normalised queries and keys, cosine
+            logits times a learned temperature, a softmax of their own, mixed in by ``sigmoid(b_h)``.
+        knn_memory_distance: ``"joint"`` only: how many tokens before the query the retrieved memories seem to
+            stand (the relative position the rotary embedding gives them; at least the segment length keeps them
+            apart from local keys).
+        knn_temperature_init: ``"gate"``: initial per-head inverse temperature of the retrieved memories' cosine
+            logits. (``"joint"`` starts its per-head memory-logit scale at 1, the layer's own.)
+        knn_gate_bias_init: initial per-head bias ``b_h``. ``"gate"``: a query with memories mixes in
+            ``sigmoid(b_h)`` of the memory read (0: one half, the paper's initialisation). ``"joint"``: added to the
+            memories' log share of the softmax (0: exactly one softmax). It changes nothing while the memory is
+            off or empty.
         clear_memories_on_sos_token_id: token that starts a document (clears that row's memory).
         clear_memories_on_eos_token_id: token that ends a document.
         pad_id: padding token: never attended to, never stored, ignored by the loss.
@@ -109,6 +122,8 @@ class HFMemoryConfig:
     knn_index: str = "exact"
     knn_ivf_lists: int = 256
     knn_ivf_probe: int = 16
+    knn_combine: str = "joint"
+    knn_memory_distance: int = 1024
     knn_temperature_init: float = 10.0
     knn_gate_bias_init: float = 0.0
     clear_memories_on_sos_token_id: int | None = None
@@ -125,6 +140,11 @@ class HFMemoryConfig:
                              f"max_knn_memories ({self.max_knn_memories})")
         if self.knn_index not in INDEXES:
             raise ValueError(f"knn_index must be one of {INDEXES}, got {self.knn_index!r}")
+        if self.knn_combine not in COMBINES:
+            raise ValueError(f"knn_combine must be one of {COMBINES}, got {self.knn_combine!r}")
+        distance = self.knn_memory_distance
+        if isinstance(distance, bool) or not isinstance(distance, int) or distance < 0:
+            raise ValueError(f"knn_memory_distance must be an int >= 0, got {distance!r}")
         if not isinstance(self.knn_temperature_init, (int, float)) or not self.knn_temperature_init > 0:
             raise ValueError(f"knn_temperature_init must be a positive number, got {self.knn_temperature_init!r}")
         if not isinstance(self.knn_gate_bias_init, (int, float)) or not math.isfinite(self.knn_gate_bias_init):
@@ -148,7 +168,9 @@ class HFMemoryConfig:
         Raises:
             ValueError: a layer number out of range, or a token id outside the vocabulary.
         """
-        layers = (max(1, (3 * num_layers) // 4),) if self.memorizing_layers is None else self.memorizing_layers
+        layers = self.memorizing_layers
+        if layers is None:
+            layers = tuple(range(1, num_layers + 1)) if self.knn_combine == "joint" else (max(1, (3 * num_layers) // 4),)
         for layer in layers:
             if not 1 <= layer <= num_layers:
                 raise ValueError(f"memorizing_layers must be layer numbers in 1..{num_layers} (the model's "
@@ -214,13 +236,38 @@ def unrotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos - _rotate_half(x) * sin
 
 
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """The Llama-family rotary embedding ``x * cos + rotate_half(x) * sin`` (what ``unrotate`` undoes)."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def _local_log_mass(query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float) -> Tensor:
+    """``(B, H, m, 1)`` log of the local softmax's normaliser: ``logsumexp`` of each query's allowed logits.
+
+    Args:
+        query: ``(B, H, m, Dh)``; key: ``(B, Hkv, P + m, Dh)`` (the last ``m`` are the queries' own tokens);
+        attention_mask: what the model's attention got: None (causal), boolean (True: may attend), or additive.
+    """
+    m, n = query.shape[2], key.shape[2]
+    groups = query.shape[1] // key.shape[1]
+    logits = (query @ key.repeat_interleave(groups, dim=1).transpose(-1, -2)) * scaling  # (B, H, m, P + m)
+    if attention_mask is None:
+        causal = torch.ones(m, n, dtype=torch.bool, device=query.device).tril(n - m)
+        logits = logits.masked_fill(~causal, float("-inf"))
+    elif attention_mask.dtype == torch.bool:
+        logits = logits.masked_fill(~attention_mask[..., -n:], float("-inf"))
+    else:
+        logits = logits + attention_mask[..., -n:].float()
+    return logits.logsumexp(dim=-1, keepdim=True)
+
+
 @dataclass
 class _LayerRead:
     """One memorizing layer in one call: its parameters and memory in, the segment's pairs out."""
 
     params: MemoryLayer
     memory: KNNMemory | None
-    keys: Tensor | None = None  # (B, Hkv, m, Dh) normalised, before rotation
+    keys: Tensor | None = None  # (B, Hkv, m, Dh) before rotation (L2-normalised for the "gate" combine)
     values: Tensor | None = None  # (B, Hkv, m, Dh)
 
 
@@ -229,21 +276,25 @@ class _SegmentRead:
     """What the registered attention function needs in one call (passed as the ``knn_segment`` keyword).
 
     layers: by Hugging Face ``layer_idx``; rotation: cos, sin ``(B, m, Dh)`` of the new tokens (None: no RoPE);
-    memory_ok: ``(B, m)`` queries that may read the memory (they continue the memory's document).
+    memory_rotation: cos, sin ``(1, 1, 1, Dh)`` of ``knn_memory_distance`` (None: no RoPE); memory_ok: ``(B, m)``
+    queries that may read the memory (they continue the memory's document); combine: ``"joint"`` or ``"gate"``.
     """
 
     layers: dict[int, _LayerRead]
     rotation: tuple[Tensor, Tensor] | None
+    memory_rotation: tuple[Tensor, Tensor] | None
     memory_ok: Tensor
     num_retrieved: int
+    combine: str
 
     def read(self, layer: _LayerRead, query: Tensor, key: Tensor, value: Tensor, local: Tensor,
-             dropout: float) -> Tensor:
+             dropout: float, attention_mask: Tensor | None = None, scaling: float | None = None) -> Tensor:
         """The memory read of one layer: records its new pairs, then mixes the memories into ``local``.
 
         Args:
             query: ``(B, H, m, Dh)`` and key, value: ``(B, Hkv, P + m, Dh)`` as the model's attention got them
-                (rotated; P: tokens in the model's KV cache); local: the model's own output ``(B, m, H, Dh)``.
+                (rotated; P: tokens in the model's KV cache); local: the model's own output ``(B, m, H, Dh)``;
+                attention_mask, scaling: as the model's attention got them.
 
         Returns:
             ``(B, m, H, Dh)``.
@@ -253,14 +304,31 @@ class _SegmentRead:
         if self.rotation is not None:
             cos, sin = (t.unsqueeze(1) for t in self.rotation)
             q, k = unrotate(q, cos, sin), unrotate(k, cos, sin)
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if self.combine == "gate":
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         layer.keys, layer.values = k.to(value.dtype).detach(), value[:, :, -m:].detach()
         if layer.memory is None:
             return local
-        reads = retrieve(layer.memory, q, self.num_retrieved, dtype=value.dtype, memory_ok=self.memory_ok)
-        scaled = (q * layer.params.log_scale.exp()).to(value.dtype)
-        mixed = layer.params.gate.mix(local.transpose(1, 2), scaled, reads, dropout)  # (B, H, m, Dh)
-        return mixed.transpose(1, 2).to(local.dtype)
+        if self.combine == "gate":
+            reads = retrieve(layer.memory, q, self.num_retrieved, dtype=value.dtype, memory_ok=self.memory_ok)
+            scaled = (q * layer.params.log_scale.exp()).to(value.dtype)
+            mixed = layer.params.gate.mix(local.transpose(1, 2), scaled, reads, dropout)  # (B, H, m, Dh)
+            return mixed.transpose(1, 2).to(local.dtype)
+        # "joint": the memories as if they stood knn_memory_distance tokens back, scored as the model scores keys
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        if self.memory_rotation is not None:
+            q = rotate(q, *self.memory_rotation)
+        reads = retrieve(layer.memory, q, self.num_retrieved, dtype=torch.float32, memory_ok=self.memory_ok)
+        logits = torch.einsum("bhnd,bhnkd->bhnk", q, reads.keys) * (scaling * layer.params.log_scale.exp())
+        logits = logits.masked_fill(~reads.mask, float("-inf"))
+        weights = F.dropout(torch.softmax(logits, dim=-1).nan_to_num(0.0), p=dropout, training=dropout > 0)
+        memory = torch.einsum("bhnk,bhnkd->bhnd", weights, reads.values)
+        # the share of one softmax over local and retrieved logits that falls on the memories, shifted by b_h
+        share = logits.logsumexp(dim=-1, keepdim=True) - _local_log_mass(query.float(), key.float(), attention_mask,
+                                                                          scaling)
+        gate = torch.sigmoid(share + layer.params.gate.bias) * reads.mask.any(dim=-1, keepdim=True)
+        out = local.transpose(1, 2).float()
+        return (out + gate * (memory - out)).transpose(1, 2).to(local.dtype)
 
 
 def _base_attention(base: str, module: nn.Module) -> Any:
@@ -290,7 +358,8 @@ def _register_attention(base: str) -> str:
         layer = None if knn_segment is None else knn_segment.layers.get(module.layer_idx)
         if layer is None:
             return out, weights
-        return knn_segment.read(layer, query, key, value, out, dropout), weights
+        return knn_segment.read(layer, query, key, value, out, dropout, attention_mask=attention_mask,
+                                scaling=scaling), weights
 
     AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
@@ -351,12 +420,13 @@ class MemorizingHFModel(nn.Module):
             raise ValueError(f"the kNN-memory adapter wraps {ATTENTION_BASES} attention, but the model uses "
                              f"{base!r}: load it with attn_implementation='sdpa'")
         self.hf = model
+        self.tokenizer: Any = None  # the model's tokenizer when loaded with ``from_pretrained`` (None: none)
         self.heads = hf_config.num_attention_heads
         self.kv_heads = getattr(hf_config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // self.heads
         c = self.config
         self.memory_layers = nn.ModuleDict({
-            str(layer): MemoryLayer(self.heads, temperature_init=c.knn_temperature_init,
+            str(layer): MemoryLayer(self.heads, temperature_init=c.knn_temperature_init if c.knn_combine == "gate" else 1.0,
                                     gate_bias_init=c.knn_gate_bias_init)
             for layer in c.memorizing_layers
         })
@@ -369,26 +439,44 @@ class MemorizingHFModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, config: HFMemoryConfig | None = None, **hf_kwargs: Any
                         ) -> MemorizingHFModel:
-        """Loads a model folder (``save_pretrained`` of ``transformers`` or of this class), local files only.
+        """Loads a model folder (``save_pretrained`` of ``transformers`` or of this class) or a GGUF file (or a
+        folder holding one), local files only, with its tokenizer (``self.tokenizer``; None when it has none).
+
+        A GGUF model is dequantised to float32 and rebuilt as a plain ``transformers`` model, so it can be
+        trained and saved (``save_pretrained`` then writes an ordinary folder, which loads in seconds).
 
         The memory config is ``config``, else the folder's ``memorizing.json``, else ``HFMemoryConfig()``; the
         new parameters come from the folder's ``memorizing.safetensors`` when it has them (``config`` may then
-        change only the search settings), else they start at their initial values.
+        change only the search settings), else they start at their initial values. Without a saved config the
+        document-start and padding ids come from the tokenizer (``document_ids``).
 
         Raises:
-            FileNotFoundError: no such folder. ValueError: not a Hugging Face model folder, an unsupported
-            architecture, or a ``config`` that does not fit the folder's memory parameters.
+            FileNotFoundError: no such file or folder. ValueError: not a Hugging Face model folder or a readable
+            GGUF file, an unsupported architecture, a tokenizer that does not fit the model, or a ``config``
+            that does not fit the folder's memory parameters. ImportError: reading GGUF needs ``gguf`` and
+            ``accelerate`` (the ``[gguf]`` extra).
         """
-        from transformers import AutoModelForCausalLM
-
         path = Path(path)
-        model_type = _folder_model_type(path)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"unsupported architecture {model_type!r} in {path / 'config.json'}: the kNN-memory "
-                             f"adapter supports model types {SUPPORTED_MODEL_TYPES}")
-        saved = HFMemoryConfig.from_json(path / MEMORY_CONFIG_FILE) if (path / MEMORY_CONFIG_FILE).is_file() else None
-        hf_kwargs.setdefault("local_files_only", True)
-        model = cls(AutoModelForCausalLM.from_pretrained(path, **hf_kwargs), config or saved)
+        gguf_file = find_gguf(path)
+        if gguf_file is not None:
+            hf_model, tokenizer = load_gguf(gguf_file, **hf_kwargs)
+            saved = None
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model_type = _folder_model_type(path)
+            if model_type not in SUPPORTED_MODEL_TYPES:
+                raise ValueError(f"unsupported architecture {model_type!r} in {path / 'config.json'}: the kNN-memory "
+                                 f"adapter supports model types {SUPPORTED_MODEL_TYPES}")
+            saved = HFMemoryConfig.from_json(path / MEMORY_CONFIG_FILE) if (path / MEMORY_CONFIG_FILE).is_file() else None
+            hf_kwargs.setdefault("local_files_only", True)
+            hf_model, tokenizer = AutoModelForCausalLM.from_pretrained(path, **hf_kwargs), load_tokenizer(path)
+        if tokenizer is not None:
+            check_tokenizer(tokenizer, hf_model.config.vocab_size, what=str(gguf_file or path))
+        if config is None and saved is None and tokenizer is not None:
+            config = HFMemoryConfig(**document_ids(tokenizer))
+        model = cls(hf_model, config or saved)
+        model.tokenizer = tokenizer
         if saved is not None and (path / MEMORY_WEIGHTS_FILE).is_file():
             if not model.config.same_model(saved):
                 raise ValueError(f"the memory config differs from {path / MEMORY_CONFIG_FILE} beyond the search "
@@ -398,13 +486,15 @@ class MemorizingHFModel(nn.Module):
 
     def save_pretrained(self, path: str | Path, *, train_config: dict[str, Any] | None = None) -> Path:
         """Writes the Hugging Face folder (``transformers``' ``save_pretrained``: its config and safetensors
-        weights), ``memorizing.json`` and ``memorizing.safetensors``, and ``train_config.json`` if given (its
+        weights, and ``self.tokenizer`` if it has one), ``memorizing.json`` and ``memorizing.safetensors``, and ``train_config.json`` if given (its
         ``seq_len`` is the command line's default segment length)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.hf.save_pretrained(path)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
         self.config.to_json(path / MEMORY_CONFIG_FILE)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.memory_layers.state_dict().items()},
                   path / MEMORY_WEIGHTS_FILE)
@@ -521,8 +611,13 @@ class MemorizingHFModel(nn.Module):
         reads = {layer - 1: _LayerRead(self.memory_layers[str(layer)], memory) for layer, memory in memories.items()}
         segment = None
         if reads:
-            segment = _SegmentRead(reads, self._rotation(position_ids), memory_ok=layout.doc[:, start:] == 0,
-                                   num_retrieved=c.num_retrieved_memories)
+            distance = torch.full((1, 1), c.knn_memory_distance, device=x.device)
+            memory_rotation = self._rotation(distance)
+            if memory_rotation is not None:
+                memory_rotation = tuple(t.float().unsqueeze(1) for t in memory_rotation)
+            segment = _SegmentRead(reads, self._rotation(position_ids), memory_rotation,
+                                   memory_ok=layout.doc[:, start:] == 0, num_retrieved=c.num_retrieved_memories,
+                                   combine=c.knn_combine)
         cache = None if pending is None else pending.cache
         # the base model, then the head: some 5.x causal-LM classes do not pass extra keywords down
         hidden = self.hf.base_model(input_ids=x, attention_mask=self._attention_mask(layout, start),
@@ -608,17 +703,105 @@ def _folder_model_type(path: Path) -> Any:
 
 
 def is_hf_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a Hugging Face model folder (its ``config.json`` names a ``model_type``); reads only
-    that file, so a checkpoint of our own model answers False without importing ``transformers``."""
+    """Whether ``path`` is a Hugging Face model folder (its ``config.json`` names a ``model_type``) or a GGUF
+    file (or a folder holding one); reads only ``config.json`` or the file name, so a checkpoint of our own
+    model answers False without importing ``transformers``."""
+    path = Path(path)
+    if path.suffix == ".gguf" or (path.is_dir() and not (path / "config.json").exists() and any(path.glob("*.gguf"))):
+        return True
     try:
-        return "model_type" in json.loads((Path(path) / "config.json").read_text())
+        return "model_type" in json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return False
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """The folder's tokenizer (``AutoTokenizer``, local files only), or None when it has none (bytes)."""
+def find_gguf(path: str | Path) -> Path | None:
+    """The GGUF file that ``path`` names: the file itself, or the one ``.gguf`` file of a folder without a
+    ``config.json``; None for anything else (a Hugging Face folder, say).
+
+    Raises:
+        FileNotFoundError: a ``.gguf`` path that does not exist. ValueError: a folder with several GGUF files.
+    """
     path = Path(path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"no such GGUF file: {path}")
+        return path
+    if not path.is_dir() or (path / "config.json").exists():
+        return None
+    files = sorted(path.glob("*.gguf"))
+    if len(files) > 1:
+        raise ValueError(f"{path} holds {len(files)} GGUF files ({', '.join(f.name for f in files)}): name one")
+    return files[0] if files else None
+
+
+def _require(packages: Sequence[str], what: str) -> None:
+    import importlib.util
+
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"{what} needs the package(s) {', '.join(missing)}: "
+                          "pip install 'memorizing-transformers-pytorch[gguf]' (or pip install -e '.[gguf]')")
+
+
+def gguf_architecture(file: str | Path) -> str:
+    """The ``general.architecture`` of a GGUF file, read from its header (the tensors are not loaded).
+
+    Raises:
+        ValueError: not a readable GGUF file (truncated, corrupt, or another format).
+    """
+    _require(("gguf",), f"reading {file}")
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(file).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode()
+    except Exception as error:  # the reader raises many kinds on a damaged file; name the file once
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{file}: not a readable GGUF file (truncated or corrupt?): {reason}") from None
+
+
+def load_gguf(file: str | Path, **hf_kwargs: Any) -> tuple[nn.Module, Any]:
+    """A GGUF file's causal LM, dequantised to float32 and rebuilt as a plain ``transformers`` model (which,
+    unlike the GGUF-loaded one, can be saved with ``save_pretrained``), and its tokenizer.
+
+    Raises:
+        ValueError: not a readable GGUF file, or an architecture the adapter does not support.
+        ImportError: ``gguf`` or ``accelerate`` is missing.
+    """
+    file = Path(file)
+    _require(("gguf", "accelerate"), f"loading {file}")
+    architecture = gguf_architecture(file)
+    if architecture not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{file}: unsupported architecture {architecture!r}: the kNN-memory adapter supports "
+                         f"{SUPPORTED_MODEL_TYPES}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_kwargs = {"dtype": torch.float32, "local_files_only": True, **hf_kwargs}
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, **hf_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ValueError(f"{file}: could not be loaded as a causal LM: {str(error).splitlines()[0]}") from None
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(quantized)(config)
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    model.tie_weights()
+    return model.eval(), tokenizer
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of a model folder (``AutoTokenizer``, local files only) or of a GGUF file, or None when the
+    folder has none (bytes)."""
+    path = Path(path)
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        _require(("gguf",), f"reading the tokenizer of {gguf_file}")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, local_files_only=True)
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         return None
     from transformers import AutoTokenizer
@@ -626,24 +809,31 @@ def load_tokenizer(path: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def check_tokenizer(tokenizer: Any, model: MemorizingHFModel) -> None:
-    """Checks that ``tokenizer``'s ids fit the model's vocabulary (None: bytes, which need 256 ids).
+def document_ids(tokenizer: Any) -> dict[str, int | None]:
+    """The memory config's document-start and padding ids for a ``transformers`` tokenizer: its BOS token
+    (else its end-of-text token, which separates documents in pretraining), and its padding token (else None)."""
+    sos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return {"clear_memories_on_sos_token_id": sos, "pad_id": tokenizer.pad_token_id}
+
+
+def check_tokenizer(tokenizer: Any, vocab_size: int, *, what: str = "the model") -> None:
+    """Checks that ``tokenizer``'s ids fit a vocabulary of ``vocab_size`` (None: bytes, which need 256 ids).
 
     ``tokenizer``: a ``transformers`` tokenizer or a ``tokenizers.Tokenizer``.
 
     Raises:
         ValueError: the tokenizer has more ids than the model's embedding.
     """
-    vocab = model.num_tokens
     if tokenizer is None:
-        if vocab < 256:
-            raise ValueError(f"the model's vocabulary has {vocab} tokens, but without a tokenizer its input is "
-                             "bytes (256 ids): give the model folder its tokenizer")
+        if vocab_size < 256:
+            raise ValueError(f"{what}: the model's vocabulary has {vocab_size} tokens, but without a tokenizer its "
+                             "input is bytes (256 ids): give the model folder its tokenizer")
         return
     size = tokenizer.get_vocab_size() if hasattr(tokenizer, "get_vocab_size") else len(tokenizer)
-    if size > vocab:
-        raise ValueError(f"tokenizer/model mismatch: the tokenizer has {size} tokens but the model's vocabulary has "
-                         f"{vocab}, so ids from {vocab} on would be out of range (a tokenizer of another model?)")
+    if size > vocab_size:
+        raise ValueError(f"{what}: tokenizer/model mismatch: the tokenizer has {size} tokens but the model's "
+                         f"vocabulary has {vocab_size}, so ids from {vocab_size} on would be out of range "
+                         "(a tokenizer of another model?)")
 
 
 # -------------------------------------------------------------------------------------------- command line
@@ -655,10 +845,11 @@ def _cli_model(args: Any) -> tuple[MemorizingHFModel, Any, int]:
 
     transformers.utils.logging.disable_progress_bar()  # the command line prints its own progress
     folder = Path(args.checkpoint)
-    tokenizer_path = getattr(args, "tokenizer", None) or folder  # --tokenizer, where the command line has it
-    tokenizer = load_tokenizer(tokenizer_path)
     model = MemorizingHFModel.from_pretrained(folder)
-    check_tokenizer(tokenizer, model)
+    tokenizer = model.tokenizer
+    if getattr(args, "tokenizer", None):  # --tokenizer, where the command line has it
+        tokenizer = load_tokenizer(args.tokenizer)
+        check_tokenizer(tokenizer, model.num_tokens, what=f"--tokenizer {args.tokenizer}")
     c = model.config
     if c.clear_memories_on_sos_token_id is None:
         sos = SOS_ID if tokenizer is None else tokenizer.bos_token_id

@@ -32,7 +32,6 @@ import numpy as np
 if TYPE_CHECKING:
     import tokenizers
 
-    from .config import MemorizingTransformerConfig
 
 __all__ = ["Tokenizer", "ByteTokenizer", "HuggingFaceTokenizer", "BYTES", "BYTE_PAD_ID", "BYTE_SOS_ID",
            "byte_tokens", "train_tokenizer", "load_tokenizer", "check_same_tokenizer", "check_model_fits", "encoding_throughput", "PAD_TOKEN",
@@ -42,6 +41,7 @@ BYTE_PAD_ID = 0
 BYTE_SOS_ID = 2  # ASCII "start of text"
 PAD_TOKEN, SOS_TOKEN = "<pad>", "<s>"
 # names other tokenizers give these two, tried in order when a tokenizer.json lacks ours
+SPECIAL_TOKENS_FILE = "tokenizer_config.json"  # beside tokenizer.json: which tokens pad and start documents
 PAD_NAMES = (PAD_TOKEN, "<|pad|>", "[PAD]", "<|padding|>")
 SOS_NAMES = (SOS_TOKEN, "<|begin_of_text|>", "<bos>", "<|startoftext|>", "<|endoftext|>", "[CLS]")
 MIN_VOCAB_SIZE = 258  # the 256 bytes and the two special tokens
@@ -117,7 +117,8 @@ class HuggingFaceTokenizer:
         TypeError: not a ``tokenizers.Tokenizer``.
     """
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
+    def __init__(self, tokenizer: tokenizers.Tokenizer, *, pad_token: str | None = None, sos_token: str | None = None
+                 ) -> None:
         import tokenizers
 
         if not isinstance(tokenizer, tokenizers.Tokenizer):
@@ -125,19 +126,28 @@ class HuggingFaceTokenizer:
         tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # a copy: the settings below are ours
         tokenizer.no_padding()
         tokenizer.no_truncation()
-        for names, default in ((PAD_NAMES, PAD_TOKEN), (SOS_NAMES, SOS_TOKEN)):
+        for token, what in ((pad_token, "padding"), (sos_token, "document-start")):
+            if token is not None and tokenizer.token_to_id(token) is None:
+                raise ValueError(f"the {what} token {token!r} is not in the tokenizer's vocabulary")
+        pad_names = (pad_token,) if pad_token is not None else PAD_NAMES
+        sos_names = (sos_token,) if sos_token is not None else SOS_NAMES
+        for names, default in ((pad_names, PAD_TOKEN), (sos_names, SOS_TOKEN)):
             if all(tokenizer.token_to_id(name) is None for name in names):
                 tokenizer.add_special_tokens([default])
         tokenizer.encode_special_tokens = True
         self._tokenizer = tokenizer
-        self.pad_id = next(tokenizer.token_to_id(n) for n in PAD_NAMES if tokenizer.token_to_id(n) is not None)
-        self.sos_id = next(tokenizer.token_to_id(n) for n in SOS_NAMES if tokenizer.token_to_id(n) is not None)
+        self.pad_token = next(n for n in (*pad_names, PAD_TOKEN) if tokenizer.token_to_id(n) is not None)
+        self.sos_token = next(n for n in (*sos_names, SOS_TOKEN) if tokenizer.token_to_id(n) is not None)
+        self.pad_id = tokenizer.token_to_id(self.pad_token)
+        self.sos_id = tokenizer.token_to_id(self.sos_token)
         self.num_tokens = max(self.vocabulary.values()) + 1
         self.dtype = np.dtype(np.uint16 if self.num_tokens <= 1 << 16 else np.uint32)
 
     @classmethod
     def from_file(cls, path: str | Path) -> HuggingFaceTokenizer:
-        """Reads a ``tokenizer.json``, or the one in a folder.
+        """Reads a ``tokenizer.json``, or the one in a folder. A ``tokenizer_config.json`` beside it (a Hugging
+        Face model folder's) names the padding and document-start tokens (its ``pad_token`` and ``bos_token``),
+        so a pretrained model's own special tokens are used instead of new ones beyond its vocabulary.
 
         Raises:
             FileNotFoundError: no such file. ValueError: not a tokenizer.json.
@@ -149,9 +159,11 @@ class HuggingFaceTokenizer:
         if not file.is_file():
             raise FileNotFoundError(f"tokenizer not found: {file}" + (" (a folder needs a tokenizer.json)" if path.is_dir() else ""))
         try:
-            return cls(tokenizers.Tokenizer.from_file(str(file)))
+            tokenizer = tokenizers.Tokenizer.from_file(str(file))
         except Exception as error:  # the Rust side raises a plain Exception
             raise ValueError(f"{file} is not a tokenizer.json of the tokenizers library: {error}") from None
+        names = _special_token_names(file.parent / SPECIAL_TOKENS_FILE)
+        return cls(tokenizer, pad_token=names.get("pad_token"), sos_token=names.get("bos_token"))
 
     @classmethod
     def from_json(cls, text: str) -> HuggingFaceTokenizer:
@@ -163,12 +175,22 @@ class HuggingFaceTokenizer:
     def to_json(self) -> str:
         return self._tokenizer.to_str()
 
+    def files(self) -> dict[str, str]:
+        """The files that ``from_file`` reads this tokenizer back from, by name: ``tokenizer.json``, and a
+        ``tokenizer_config.json`` naming its padding and document-start tokens."""
+        names = json.dumps({"pad_token": self.pad_token, "bos_token": self.sos_token}, indent=2) + "\n"
+        return {"tokenizer.json": self.to_json(), SPECIAL_TOKENS_FILE: names}
+
     def save(self, path: str | Path) -> Path:
-        """Writes the tokenizer as JSON to ``path``: a ``.json`` file, or ``tokenizer.json`` in that folder."""
+        """Writes the tokenizer to ``path``: a ``.json`` file, or ``tokenizer.json`` in that folder, with the
+        ``tokenizer_config.json`` beside it (see ``files``; an existing one keeps its other keys)."""
         path = Path(path)
         file = path if path.suffix == ".json" and not path.is_dir() else path / "tokenizer.json"
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(self.to_json())
+        config = file.parent / SPECIAL_TOKENS_FILE
+        existing = json.loads(config.read_text()) if config.is_file() else {}
+        config.write_text(json.dumps({**existing, **json.loads(self.files()[SPECIAL_TOKENS_FILE])}, indent=2) + "\n")
         return file
 
     @cached_property
@@ -286,6 +308,23 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, min_frequency: int
     return HuggingFaceTokenizer(tokenizer)
 
 
+def _special_token_names(path: Path) -> dict[str, str]:
+    """``pad_token`` and ``bos_token`` of a ``tokenizer_config.json`` (plain strings, or ``{"content": ...}``)."""
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not JSON: {error}") from None
+    names = {}
+    for key in ("pad_token", "bos_token"):
+        value = config.get(key) if isinstance(config, dict) else None
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            names[key] = value
+    return names
+
+
 def load_tokenizer(path: str | Path | None) -> Tokenizer:
     """The tokenizer in a ``tokenizer.json`` (or a folder holding one); bytes for ``None`` or ``""``."""
     return HuggingFaceTokenizer.from_file(path) if path else BYTES
@@ -304,14 +343,24 @@ def check_same_tokenizer(given: Tokenizer, expected: Tokenizer, what: str) -> No
         raise ValueError(f"{what}: the tokenizer does not match ({given.num_tokens} tokens against bytes)")
 
 
-def check_model_fits(tokenizer: Tokenizer, config: MemorizingTransformerConfig, what: str) -> None:
-    """Checks that a model config has the tokenizer's ``num_tokens`` and padding / document-start ids.
+def check_model_fits(tokenizer: Tokenizer, config: Any, what: str, *, num_tokens: int | None = None) -> None:
+    """Checks that a model config has the tokenizer's padding / document-start ids, and its ``num_tokens``.
+
+    A config without ``num_tokens`` (the memory config of a pretrained model, ``hf.HFMemoryConfig``) is checked
+    against ``num_tokens``, the model's vocabulary, which may hold more ids than its tokenizer uses.
 
     Raises:
         ValueError: naming ``what``, each field that differs and the tokenizer's value.
     """
-    wrong = [f"{name}={getattr(config, name)} (the tokenizer's: {value})"
-             for name, value in tokenizer.model_fields().items() if getattr(config, name) != value]
+    fields = tokenizer.model_fields()
+    wrong = []
+    if hasattr(config, "num_tokens"):
+        if config.num_tokens != fields["num_tokens"]:
+            wrong.append(f"num_tokens={config.num_tokens} (the tokenizer's: {fields['num_tokens']})")
+    elif num_tokens is not None and fields["num_tokens"] > num_tokens:
+        wrong.append(f"a vocabulary of {num_tokens} tokens (the tokenizer has {fields['num_tokens']})")
+    wrong += [f"{name}={getattr(config, name)} (the tokenizer's: {value})" for name, value in fields.items()
+              if name != "num_tokens" and getattr(config, name) != value]
     if wrong:
         raise ValueError(f"{what}: the model does not fit the tokenizer: {', '.join(wrong)}")
 

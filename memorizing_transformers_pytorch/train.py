@@ -153,7 +153,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate_factor(step, config))
         self.tokenizer = source_tokenizer(config.data, config.tokenizer)
         if self.tokenizer is not BYTES:
-            check_model_fits(self.tokenizer, model_config, f"training on {config.data!r}")
+            check_model_fits(self.tokenizer, model_config, f"training on {config.data!r}",
+                             num_tokens=getattr(self.model, "num_tokens", None))
         # one global stream; this rank reads its own rows of it (see distributed.py)
         self.stream = open_stream(config.data, "train", batch_size=config.batch_size * self.world,
                                   seq_len=config.seq_len, repeat=True, seed=config.seed, tokenizer=self.tokenizer)
@@ -295,8 +296,7 @@ class Trainer:
                 tmp, self.step_count, self.model, state={"data": self.stream.state_dict(), "world_size": self.world},
                 train_config=self.config.to_dict(),
                 trainer_state={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                files={"tokenizer.json": self.tokenizer.to_json()} if isinstance(self.tokenizer, HuggingFaceTokenizer)
-                else None,
+                files=self.tokenizer.files() if isinstance(self.tokenizer, HuggingFaceTokenizer) else None,
             ) if main else None, "committing the checkpoint")
         except BaseException:
             if main:

@@ -50,9 +50,12 @@ def saved_model(tmp_path, family: str, vocab: int = 64, **from_config) -> str:
     return str(folder)
 
 
-def memory_model(folder: str, **overrides) -> MemorizingHFModel:
+COMBINES = hf.COMBINES
+
+
+def memory_model(folder: str, combine: str = "gate", **overrides) -> MemorizingHFModel:
     config = dict(memorizing_layers=(2,), max_knn_memories=16, num_retrieved_memories=4,
-                  clear_memories_on_sos_token_id=SOS, pad_id=PAD)
+                  clear_memories_on_sos_token_id=SOS, pad_id=PAD, knn_combine=combine, knn_memory_distance=16)
     config.update(overrides)
     return MemorizingHFModel.from_pretrained(folder, HFMemoryConfig(**config)).eval()
 
@@ -61,9 +64,9 @@ def plain_model(folder: str, **kwargs):
     return AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
 
 
-def pre_rotation_pairs(plain, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pre_rotation_pairs(plain, x: torch.Tensor, layer: int, normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer ``layer``'s (from 1) keys and values ``(B, Hkv, n, Dh)`` of segment ``x`` read alone, from its
-    projections (before any rotation); keys L2-normalised."""
+    projections (before any rotation); keys L2-normalised unless ``normalise`` is False."""
     captured = {}
     if plain.config.model_type == "gpt2":
         attention = plain.transformer.h[layer - 1].attn
@@ -83,14 +86,15 @@ def pre_rotation_pairs(plain, x: torch.Tensor, layer: int) -> tuple[torch.Tensor
         keys, values = captured["k"], captured["v"]
     B, n, _ = keys.shape
     keys, values = (t.view(B, n, -1, 8).transpose(1, 2) for t in (keys, values))
-    return torch.nn.functional.normalize(keys, dim=-1), values
+    return torch.nn.functional.normalize(keys, dim=-1) if normalise else keys, values
 
 
 # ------------------------------------------------------------------------------------------ memory off is exact
 @pytest.mark.parametrize("family", FAMILIES)
-def test_memory_off_or_empty_gives_the_unmodified_models_logits(tmp_path, family):
+@pytest.mark.parametrize("combine", COMBINES)
+def test_memory_off_or_empty_gives_the_unmodified_models_logits(tmp_path, family, combine):
     folder = saved_model(tmp_path, family)
-    plain, model = plain_model(folder), memory_model(folder)
+    plain, model = plain_model(folder), memory_model(folder, combine)
     stream = torch.randint(4, 64, (2, 3, 8))
     knn = model.create_knn_memories(batch_size=2)
     with torch.no_grad():
@@ -105,10 +109,12 @@ def test_memory_off_or_empty_gives_the_unmodified_models_logits(tmp_path, family
 
 
 @pytest.mark.parametrize("family", ("llama", "gpt2"))
-def test_memory_off_is_exact_over_eager_attention_too(tmp_path, family):
+@pytest.mark.parametrize("combine", COMBINES)
+def test_memory_off_is_exact_over_eager_attention_too(tmp_path, family, combine):
     folder = saved_model(tmp_path, family)
     plain = plain_model(folder, attn_implementation="eager")
-    model = MemorizingHFModel.from_pretrained(folder, HFMemoryConfig(memorizing_layers=(2,)), attn_implementation="eager")
+    model = MemorizingHFModel.from_pretrained(folder, HFMemoryConfig(memorizing_layers=(2,), knn_combine=combine),
+                                              attn_implementation="eager")
     x = torch.randint(4, 64, (2, 9))
     knn = model.create_knn_memories(batch_size=2)
     with torch.no_grad():
@@ -117,11 +123,12 @@ def test_memory_off_is_exact_over_eager_attention_too(tmp_path, family):
 
 # ------------------------------------------------------------------------------ FIFO memory, positions, reads
 @pytest.mark.parametrize("family", FAMILIES)
-def test_streaming_fills_each_memory_first_in_first_out_with_keys_before_rotation(tmp_path, family):
+@pytest.mark.parametrize("combine", COMBINES)
+def test_streaming_fills_each_memory_first_in_first_out_with_keys_before_rotation(tmp_path, family, combine):
     """Three segments of 8 into a memory of 16: the third overwrites the first. What is stored is the layer's
-    own normalised keys before RoPE (and its values), from each segment's forward pass."""
+    own keys before RoPE (normalised for the "gate" combine) and its values, from each segment's forward pass."""
     folder = saved_model(tmp_path, family)
-    plain, model = plain_model(folder), memory_model(folder)
+    plain, model = plain_model(folder), memory_model(folder, combine)
     stream = torch.randint(4, 64, (2, 3, 8))
     knn = model.create_knn_memories(batch_size=2)
     with torch.no_grad():
@@ -130,8 +137,9 @@ def test_streaming_fills_each_memory_first_in_first_out_with_keys_before_rotatio
     memory = knn[0]
     assert memory.heads == model.kv_heads == (1 if family == "qwen2" else 2 if family != "gpt2" else 4)
     assert memory.count.tolist() == [16, 16]
-    third_keys, third_values = pre_rotation_pairs(plain, stream[:, 2], layer=2)
-    second_keys, _ = pre_rotation_pairs(plain, stream[:, 1], layer=2)
+    normalise = combine == "gate"  # "joint" stores the keys as projected, "gate" L2-normalises them
+    third_keys, third_values = pre_rotation_pairs(plain, stream[:, 2], layer=2, normalise=normalise)
+    second_keys, _ = pre_rotation_pairs(plain, stream[:, 1], layer=2, normalise=normalise)
     torch.testing.assert_close(memory.keys[:, :, :8], third_keys, rtol=1e-5, atol=1e-5)  # slots 0-7: overwritten
     torch.testing.assert_close(memory.values[:, :, :8], third_values, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(memory.keys[:, :, 8:], second_keys, rtol=1e-5, atol=1e-5)
@@ -169,9 +177,10 @@ def test_unrotate_inverts_the_rotary_embedding_at_any_position():
 
 
 @pytest.mark.parametrize("family", ("llama", "gpt2"))
-def test_read_then_write_a_segment_never_retrieves_itself(tmp_path, family):
+@pytest.mark.parametrize("combine", COMBINES)
+def test_read_then_write_a_segment_never_retrieves_itself(tmp_path, family, combine):
     folder = saved_model(tmp_path, family)
-    plain, model = plain_model(folder), memory_model(folder, max_knn_memories=64)
+    plain, model = plain_model(folder), memory_model(folder, combine, max_knn_memories=64)
     x = torch.randint(4, 64, (2, 8))
     knn = model.create_knn_memories(batch_size=2)
     with torch.no_grad():
@@ -184,9 +193,10 @@ def test_read_then_write_a_segment_never_retrieves_itself(tmp_path, family):
 
 
 @pytest.mark.parametrize("family", ("llama", "gpt2"))
-def test_a_document_start_clears_the_memory_and_hides_the_earlier_document(tmp_path, family):
+@pytest.mark.parametrize("combine", COMBINES)
+def test_a_document_start_clears_the_memory_and_hides_the_earlier_document(tmp_path, family, combine):
     folder = saved_model(tmp_path, family)
-    plain, model = plain_model(folder), memory_model(folder, max_knn_memories=64)
+    plain, model = plain_model(folder), memory_model(folder, combine, max_knn_memories=64)
     knn = model.create_knn_memories(batch_size=2)
     first = torch.randint(4, 64, (2, 8))
     second = torch.randint(4, 64, (2, 8))
@@ -210,8 +220,9 @@ def teacher_forced_logits(model, sequence, seq_len):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_generation_matches_teacher_forcing(tmp_path, family):
-    model = memory_model(saved_model(tmp_path, family))
+@pytest.mark.parametrize("combine", COMBINES)
+def test_greedy_generation_matches_teacher_forcing(tmp_path, family, combine):
+    model = memory_model(saved_model(tmp_path, family), combine)
     prompt = torch.randint(4, 64, (2, 13))
     prompt[1, :3] = PAD  # a shorter prompt, padded on the left
     prompt[1, 3] = SOS
@@ -336,7 +347,9 @@ def test_layer_numbers_out_of_range_are_refused(tmp_path):
         HFMemoryConfig(memorizing_layers=(0,))
     with pytest.raises(ValueError, match="repeat"):
         HFMemoryConfig(memorizing_layers=(1, 1))
-    assert MemorizingHFModel.from_pretrained(folder).config.memorizing_layers == (1,)  # default: 3/4 up, at least 1
+    assert MemorizingHFModel.from_pretrained(folder).config.memorizing_layers == (1, 2)  # default ("joint"): every layer
+    gate = HFMemoryConfig(knn_combine="gate")
+    assert MemorizingHFModel.from_pretrained(folder, gate).config.memorizing_layers == (1,)  # "gate": 3/4 up, at least 1
     with pytest.raises(ValueError, match="below the model's vocab_size=64"):
         MemorizingHFModel.from_pretrained(folder, HFMemoryConfig(pad_id=64))
 
@@ -365,12 +378,12 @@ def test_a_tokenizer_for_another_vocabulary_is_refused(tmp_path):
                                                            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
     small = memory_model(saved_model(tmp_path, "llama"))  # 64 ids
     with pytest.raises(ValueError, match=f"tokenizer has {bpe.get_vocab_size()} tokens but the model's vocabulary has 64"):
-        check_tokenizer(bpe, small)
+        check_tokenizer(bpe, small.num_tokens)
     with pytest.raises(ValueError, match="bytes"):
-        check_tokenizer(None, small)  # without a tokenizer the input is bytes: 256 ids
+        check_tokenizer(None, small.num_tokens)  # without a tokenizer the input is bytes: 256 ids
     large = memory_model(saved_model(tmp_path / "large", "llama", vocab=bpe.get_vocab_size()))
-    check_tokenizer(bpe, large)
-    check_tokenizer(None, memory_model(saved_model(tmp_path / "bytes", "llama", vocab=256)))
+    check_tokenizer(bpe, large.num_tokens)
+    check_tokenizer(None, memory_model(saved_model(tmp_path / "bytes", "llama", vocab=256)).num_tokens)
 
 
 # ----------------------------------------------------------------------------------------------- command line
