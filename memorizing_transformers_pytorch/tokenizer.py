@@ -145,9 +145,10 @@ class HuggingFaceTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> HuggingFaceTokenizer:
-        """Reads a ``tokenizer.json``, or the one in a folder. A ``tokenizer_config.json`` beside it (a Hugging
-        Face model folder's) names the padding and document-start tokens (its ``pad_token`` and ``bos_token``),
-        so a pretrained model's own special tokens are used instead of new ones beyond its vocabulary.
+        """Reads a ``tokenizer.json``, or the one in a folder. Where the vocabulary has none of ``PAD_NAMES``
+        (``SOS_NAMES``), a ``tokenizer_config.json`` beside it (a Hugging Face model folder's) names the padding
+        (document-start) token, its ``pad_token`` (``bos_token``), so that a pretrained model's own special
+        tokens are used instead of new ones beyond its vocabulary.
 
         Raises:
             FileNotFoundError: no such file. ValueError: not a tokenizer.json.
@@ -163,7 +164,9 @@ class HuggingFaceTokenizer:
         except Exception as error:  # the Rust side raises a plain Exception
             raise ValueError(f"{file} is not a tokenizer.json of the tokenizers library: {error}") from None
         names = _special_token_names(file.parent / SPECIAL_TOKENS_FILE)
-        return cls(tokenizer, pad_token=names.get("pad_token"), sos_token=names.get("bos_token"))
+        has = lambda candidates: any(tokenizer.token_to_id(name) is not None for name in candidates)
+        return cls(tokenizer, pad_token=None if has(PAD_NAMES) else names.get("pad_token"),
+                   sos_token=None if has(SOS_NAMES) else names.get("bos_token"))
 
     @classmethod
     def from_json(cls, text: str) -> HuggingFaceTokenizer:
@@ -359,8 +362,12 @@ def check_model_fits(tokenizer: Tokenizer, config: Any, what: str, *, num_tokens
             wrong.append(f"num_tokens={config.num_tokens} (the tokenizer's: {fields['num_tokens']})")
     elif num_tokens is not None and fields["num_tokens"] > num_tokens:
         wrong.append(f"a vocabulary of {num_tokens} tokens (the tokenizer has {fields['num_tokens']})")
-    wrong += [f"{name}={getattr(config, name)} (the tokenizer's: {value})" for name, value in fields.items()
-              if name != "num_tokens" and getattr(config, name) != value]
+    for name, value in fields.items():
+        # a pretrained model's memory config may have no padding id (its tokenizer's padding token is then
+        # also a token it reads, such as an end-of-turn marker); streams of whole documents need none
+        unpadded = name == "pad_id" and not hasattr(config, "num_tokens") and config.pad_id is None
+        if name != "num_tokens" and not unpadded and getattr(config, name) != value:
+            wrong.append(f"{name}={getattr(config, name)} (the tokenizer's: {value})")
     if wrong:
         raise ValueError(f"{what}: the model does not fit the tokenizer: {', '.join(wrong)}")
 

@@ -164,6 +164,50 @@ def test_queries_search_the_memory_before_rotation_too(tmp_path, family, monkeyp
     torch.testing.assert_close(seen[0], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_the_joint_read_is_one_softmax_over_local_keys_and_memories_placed_at_a_fixed_distance():
+    """Against a naive reference: each query attends, in one softmax of the layer's own scaled logits, to its
+    causal local keys and to every stored pair, rotated as if it stood ``knn_memory_distance`` tokens back."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from memorizing_transformers_pytorch.memory import KNNMemory
+
+    torch.manual_seed(0)
+    B, H, Hkv, m, Dh, stored, distance = 2, 4, 2, 5, 8, 6, 40
+    rotary = LlamaRotaryEmbedding(hf_config("llama"))
+    positions = torch.arange(m).expand(B, m)
+    cos, sin = rotary(torch.empty(0), positions)
+    q, k = apply_rotary_pos_emb(torch.randn(B, H, m, Dh), torch.randn(B, Hkv, m, Dh), cos, sin)
+    v = torch.randn(B, Hkv, m, Dh)
+    scaling = Dh**-0.5
+    local = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=True)
+    memory = KNNMemory(dim=Dh, max_memories=16, num_indices=B, heads=Hkv, index="exact")
+    memory_keys, memory_values = torch.randn(B, Hkv, stored, Dh), torch.randn(B, Hkv, stored, Dh)
+    memory.store(torch.stack((memory_keys, memory_values), dim=-2))
+    layer = hf._LayerRead(hf.MemoryLayer(H, temperature_init=1.0, gate_bias_init=0.0), memory)
+    at_distance = tuple(t.unsqueeze(1) for t in rotary(torch.empty(0), torch.full((1, 1), distance)))
+    read = hf._SegmentRead({0: layer}, (cos, sin), at_distance, memory_ok=torch.ones(B, m, dtype=torch.bool),
+                           num_retrieved=8, combine="joint")
+    with torch.no_grad():
+        out = read.read(layer, q, k, v, local.transpose(1, 2), 0.0, attention_mask=None, scaling=scaling)
+    expected = torch.empty(B, m, H, Dh)
+    group = H // Hkv
+    for i in range(m):
+        mcos, msin = rotary(torch.empty(0), torch.full((1, stored), i - distance))
+        placed, _ = apply_rotary_pos_emb(memory_keys, memory_keys, mcos, msin)  # (B, Hkv, stored, Dh)
+        keys = torch.cat((placed, k[:, :, : i + 1]), dim=2).repeat_interleave(group, dim=1)
+        values = torch.cat((memory_values, v[:, :, : i + 1]), dim=2).repeat_interleave(group, dim=1)
+        weights = torch.softmax(torch.einsum("bhd,bhjd->bhj", q[:, :, i], keys) * scaling, dim=-1)
+        expected[:, i] = torch.einsum("bhj,bhjd->bhd", weights, values)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    # the new pairs recorded for writing are the keys before rotation, as projected
+    torch.testing.assert_close(layer.keys, hf.unrotate(k, cos[:, None], sin[:, None]), rtol=1e-5, atol=1e-5)
+    # a very negative bias leaves the memory out; queries that may not read it get the local output exactly
+    torch.nn.init.constant_(layer.params.gate.bias, -1e4)
+    with torch.no_grad():
+        off = read.read(layer, q, k, v, local.transpose(1, 2), 0.0, attention_mask=None, scaling=scaling)
+    torch.testing.assert_close(off, local.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
 def test_unrotate_inverts_the_rotary_embedding_at_any_position():
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
@@ -304,6 +348,49 @@ def test_training_with_our_loop_changes_only_what_it_should(tmp_path, only_new):
     assert resumed.step_count == 3
     for name, p in resumed.model.named_parameters():
         torch.testing.assert_close(p, dict(model.named_parameters())[name])
+
+
+def test_token_level_training_with_the_models_own_tokenizer_from_text_and_shards_then_resume_and_save(tmp_path):
+    """A pretrained folder with its own tokenizer (no new special tokens): our Trainer reads token data from text
+    and from shards, checkpoints with the tokenizer, resumes, and the result saves as a model folder."""
+    from memorizing_transformers_pytorch.cli import main
+    from memorizing_transformers_pytorch.tokenizer import train_tokenizer
+    from memorizing_transformers_pytorch.train import TrainConfig, Trainer
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(40):
+        (data / f"file{i}.txt").write_text(f"def function_{i}(x):\n    return x * {i} + {i % 7}\n" * 20)
+    tokenizer = train_tokenizer([f"def function_{i}(x): return x * {i}" for i in range(200)], vocab_size=300)
+    folder = tmp_path / "pretrained"
+    AutoModelForCausalLM.from_config(hf_config("llama", vocab=tokenizer.num_tokens)).save_pretrained(folder)
+    tokenizer.save(folder)  # tokenizer.json and tokenizer_config.json, as a Hugging Face folder has them
+    model = MemorizingHFModel.from_pretrained(folder, HFMemoryConfig(memorizing_layers=(2,), max_knn_memories=64))
+    assert model.tokenizer is not None
+    model = MemorizingHFModel.from_pretrained(folder)  # the memory config's ids come from the tokenizer
+    assert (model.config.clear_memories_on_sos_token_id, model.config.pad_id) == (tokenizer.sos_id, tokenizer.pad_id)
+    shards = tmp_path / "shards"
+    main(["prepare", "--data", str(data), "--tokenizer", str(folder), "--out", str(shards)])
+    for source in (str(data), f"shards:{shards}"):
+        run = tmp_path / f"run_{source[:6]}"
+        config = TrainConfig(data=source, tokenizer=str(folder) if source == str(data) else "", run_dir=str(run),
+                             seq_len=16, batch_size=2, steps=2, lr=1e-2, warmup_steps=0, checkpoint_every=0, log_every=1)
+        assert Trainer(model.config, config, model=model, progress=False).run()["step"] == 2
+        resumed = Trainer(model.config, TrainConfig(**{**config.to_dict(), "steps": 3}),
+                          model=MemorizingHFModel.from_pretrained(folder), progress=False)
+        resumed.restore()
+        assert resumed.step_count == 2 and resumed.run()["step"] == 3
+    saved = resumed.model.save_pretrained(tmp_path / "trained", train_config=config.to_dict())
+    again = MemorizingHFModel.from_pretrained(saved)
+    assert again.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    for name, p in again.named_parameters():
+        torch.testing.assert_close(p, dict(resumed.model.named_parameters())[name])
+    # a model whose vocabulary is smaller than the tokenizer's is refused before training
+    small = MemorizingHFModel(AutoModelForCausalLM.from_config(hf_config("llama", vocab=64)),
+                              HFMemoryConfig(clear_memories_on_sos_token_id=tokenizer.sos_id))
+    with pytest.raises(ValueError, match=r"a vocabulary of 64 tokens \(the tokenizer has 300\)"):
+        Trainer(small.config, TrainConfig(data=str(data), tokenizer=str(folder), run_dir=str(tmp_path / "bad")),
+                model=small, progress=False)
 
 
 def test_weight_decay_spares_the_new_gate_and_temperature(tmp_path):
