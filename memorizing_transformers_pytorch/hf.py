@@ -80,7 +80,8 @@ MEMORY_CONFIG_FILE = "memorizing.json"
 MEMORY_WEIGHTS_FILE = "memorizing.safetensors"
 # settings of the memory search: they change no weight (as config.SEARCH_FIELDS)
 COMBINES = ("joint", "gate")  # how the memory read joins the layer's own attention (HFMemoryConfig.knn_combine)
-SEARCH_FIELDS = ("max_knn_memories", "num_retrieved_memories", "knn_index", "knn_ivf_lists", "knn_ivf_probe")
+SEARCH_FIELDS = ("max_knn_memories", "num_retrieved_memories", "knn_index", "knn_ivf_lists", "knn_ivf_probe",
+                 "knn_keep_first")
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -95,8 +96,12 @@ class HFMemoryConfig:
             stack for ``"gate"`` (as our own model); ``()``: none (the plain model, through this interface).
         max_knn_memories: capacity of each stream's memory per layer (FIFO beyond it).
         num_retrieved_memories: neighbours k retrieved per query.
-        knn_index: the search backend (``KNNMemory``'s ``index``): ``"exact"``, ``"flat"``, ``"ivf"`` or ``"bf16"``.
+        knn_index: the search backend (``KNNMemory``'s ``index``): ``"auto"`` (the faster exact search for each
+            call), ``"exact"``, ``"flat"``, ``"ivf"`` or ``"bf16"``.
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
+        knn_keep_first: the first pairs of each document that the memory never overwrites (FIFO turns over the
+            rest; ``KNNMemory(keep_first=...)``). A pretrained model's first tokens are attention sinks: on
+            SmolLM2, a memory that evicted them read worse than no memory at all (dev/LOG.md).
         knn_combine: how the memory read joins the layer's own attention.
             ``"joint"`` (the default; works without training): the retrieved pairs are scored as the layer scores
             its own keys (its ``q . k`` scaling, the rotary embedding placing every memory ``knn_memory_distance``
@@ -120,9 +125,10 @@ class HFMemoryConfig:
     memorizing_layers: tuple[int, ...] | None = None
     max_knn_memories: int = 16384
     num_retrieved_memories: int = 32
-    knn_index: str = "exact"
+    knn_index: str = "auto"
     knn_ivf_lists: int = 256
     knn_ivf_probe: int = 16
+    knn_keep_first: int = 4
     knn_combine: str = "joint"
     knn_memory_distance: int = 1024
     knn_temperature_init: float = 10.0
@@ -136,6 +142,9 @@ class HFMemoryConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        first = self.knn_keep_first
+        if isinstance(first, bool) or not isinstance(first, int) or not 0 <= first < self.max_knn_memories:
+            raise ValueError(f"knn_keep_first must be an int in [0, max_knn_memories), got {first!r}")
         if self.num_retrieved_memories > self.max_knn_memories:
             raise ValueError(f"num_retrieved_memories ({self.num_retrieved_memories}) must not exceed "
                              f"max_knn_memories ({self.max_knn_memories})")
@@ -542,7 +551,8 @@ class MemorizingHFModel(nn.Module):
         size = c.max_knn_memories if max_memories is None else max_memories
         return KNNMemoryList(
             KNNMemory(dim=self.head_dim, max_memories=size, num_indices=batch_size, heads=self.kv_heads,
-                      index=c.knn_index, ivf_lists=c.knn_ivf_lists, ivf_probe=c.knn_ivf_probe)
+                      index=c.knn_index, ivf_lists=c.knn_ivf_lists, ivf_probe=c.knn_ivf_probe,
+                      keep_first=min(c.knn_keep_first, size - 1))
             for _ in c.memorizing_layers
         )
 

@@ -73,15 +73,23 @@ class KNNMemory:
             exactly in float32 (``search.BFloat16Search``; keeps a bfloat16 copy of float32 keys).
         ivf_lists, ivf_probe: inverted lists per index and lists scanned per query
             (``ivf_probe == ivf_lists`` scans everything: exact).
+        keep_first: the first pairs of each stream (since its last clear) that are never overwritten: the FIFO
+            ring then turns over the other ``max_memories - keep_first`` slots. A pretrained model's first tokens
+            are its attention sinks (StreamingLLM, Xiao et al. 2024); evicting them from a memory that its own
+            attention reads hurts more than having no memory at all (dev/LOG.md). 0: plain FIFO.
 
     Raises:
         TypeError, ValueError: for arguments of the wrong type or range.
     """
 
     def __init__(self, dim: int, max_memories: int, num_indices: int, *, heads: int = 1, index: str = "auto",
-                 ivf_lists: int = 256, ivf_probe: int = 16, ivf_train_size: int | None = None) -> None:
+                 ivf_lists: int = 256, ivf_probe: int = 16, ivf_train_size: int | None = None,
+                 keep_first: int = 0) -> None:
         self.dim = _check_positive_int("dim", dim)
         self.max_memories = _check_positive_int("max_memories", max_memories)
+        if isinstance(keep_first, bool) or not isinstance(keep_first, int) or not 0 <= keep_first < max_memories:
+            raise ValueError(f"keep_first must be an int in [0, max_memories), got {keep_first!r}")
+        self.keep_first = keep_first
         self.num_indices = _check_positive_int("num_indices", num_indices)
         self.heads = _check_positive_int("heads", heads)
         if index not in INDEXES:
@@ -159,16 +167,19 @@ class KNNMemory:
         if mask is None:
             mask = torch.ones(B, N, dtype=torch.bool, device=self.pairs.device)
         mask = mask.to(self.pairs.device)
-        M = self.max_memories
+        M, P = self.max_memories, self.keep_first
 
         rank = mask.cumsum(1) - 1  # (B, N) order of each kept pair within its stream
         num_new = mask.sum(1)  # (B,)
-        keep = mask & (rank >= (num_new - M).unsqueeze(1))
-        slot = (self.write_index.unsqueeze(1) + rank) % M  # (B, N)
-        if N < M:
+        stream_position = self.total.unsqueeze(1) + rank  # (B, N)
+        # the first P of a stream stay; of the others, a call keeps at most the newest M - P
+        keep = mask & ((stream_position < P) | (rank >= (num_new - (M - P)).unsqueeze(1)))
+        slot = self._slot(stream_position)  # (B, N)
+        if N < M - P:
             # No host sync: every candidate writes. One that is not kept targets the first slot after this call's
-            # writes (no kept pair writes there, as fewer than M are kept) and writes back what that slot holds.
-            slot = torch.where(keep, slot, ((self.write_index + num_new) % M).unsqueeze(1))
+            # writes (no kept pair writes there, as fewer than M - P are kept in the ring) and writes back what
+            # that slot holds.
+            slot = torch.where(keep, slot, self._slot(self.total + num_new).unsqueeze(1))
             rows = torch.arange(B, device=slot.device).unsqueeze(1).expand(B, N)
             # advanced indices around slices put the indexed axes first: (B, N, H, 2, D)
             held = self.pairs[rows, :, :, slot]
@@ -180,10 +191,15 @@ class KNNMemory:
             self.pairs[rows, :, :, slots] = pairs[rows, :, cols]  # (K, H, 2, D)
             self.positions[rows, slots] = self.total[rows] + rank[rows, cols]
         self.total = self.total + num_new
-        self.write_index = (self.write_index + num_new) % M
+        self.write_index = self._slot(self.total)
         self.count = torch.clamp(self.count + num_new, max=M)
         self._held_bound = min(M, self._held_bound + N)
         self.backend.added(self.pairs[:, :, 0], self.count, keep, slot)
+
+    def _slot(self, stream_position: Tensor) -> Tensor:
+        """The slot of the pair at ``stream_position`` (pairs added since the stream's last clear, from 0)."""
+        M, P = self.max_memories, self.keep_first
+        return torch.where(stream_position < P, stream_position, P + (stream_position - P) % (M - P))
 
     def _allocate(self, device: torch.device, dtype: torch.dtype) -> None:
         self.pairs = torch.zeros(self.num_indices, self.heads, 2, self.max_memories, self.dim, device=device, dtype=dtype)

@@ -155,12 +155,12 @@ class FaissFlatSearch(ExactSearch):
     name = "flat"
 
     def __init__(self) -> None:
-        self.faiss = _import_faiss(self.name)
+        _import_faiss(self.name)  # fails here, not at the first search; the module is not kept (memories copy)
 
     def search(self, keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int) -> Tensor:
         if queries.device.type != "cpu":
             return exact_top_slots(keys, count, held, queries, k)
-        faiss = self.faiss
+        faiss = _import_faiss(self.name)
         B, H, Q, _ = queries.shape
         out = torch.full((B, H, Q, k), -1, dtype=torch.long)
         q = queries.detach().float().contiguous().numpy()

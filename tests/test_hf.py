@@ -55,7 +55,8 @@ COMBINES = hf.COMBINES
 
 def memory_model(folder: str, combine: str = "gate", **overrides) -> MemorizingHFModel:
     config = dict(memorizing_layers=(2,), max_knn_memories=16, num_retrieved_memories=4,
-                  clear_memories_on_sos_token_id=SOS, pad_id=PAD, knn_combine=combine, knn_memory_distance=16)
+                  clear_memories_on_sos_token_id=SOS, pad_id=PAD, knn_combine=combine, knn_memory_distance=16,
+                  knn_keep_first=0)
     config.update(overrides)
     return MemorizingHFModel.from_pretrained(folder, HFMemoryConfig(**config)).eval()
 
@@ -143,6 +144,15 @@ def test_streaming_fills_each_memory_first_in_first_out_with_keys_before_rotatio
     torch.testing.assert_close(memory.keys[:, :, :8], third_keys, rtol=1e-5, atol=1e-5)  # slots 0-7: overwritten
     torch.testing.assert_close(memory.values[:, :, :8], third_values, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(memory.keys[:, :, 8:], second_keys, rtol=1e-5, atol=1e-5)
+    # with the document's first 2 pairs kept, the ring turns over the other 14 slots
+    model = memory_model(folder, combine, knn_keep_first=2)
+    knn = model.create_knn_memories(batch_size=2)
+    with torch.no_grad():
+        for segment in stream.unbind(1):
+            model(segment, knn_memories=knn)
+    first_keys, _ = pre_rotation_pairs(plain, stream[:, 0], layer=2, normalise=normalise)
+    keys = knn[0].keys
+    torch.testing.assert_close(keys[:, :, :2], first_keys[:, :, :2], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ("llama", "qwen2"))

@@ -1,6 +1,5 @@
 """KNNMemory against a brute-force reference: FIFO rings, per-row independence, exact top-k."""
 
-from collections import deque
 
 import pytest
 import torch
@@ -12,28 +11,35 @@ from memorizing_transformers_pytorch import search as search_module
 
 
 class BruteForceMemory:
-    """Obviously correct: one deque of (key, value) per row, full sort on search; counts what was added."""
+    """Obviously correct: every pair added to a row since its last clear, in order; a row holds the first
+    ``keep_first`` of them and the newest ``max_memories - keep_first``; full sort on search."""
 
-    def __init__(self, max_memories, rows):
-        self.rows = [deque(maxlen=max_memories) for _ in range(rows)]
-        self.added = [[] for _ in range(rows)]  # every key added to a row since its last clear, in order
+    def __init__(self, max_memories, rows, keep_first=0):
+        self.max_memories, self.keep_first = max_memories, keep_first
+        self.added = [[] for _ in range(rows)]  # (key, value) added to a row since its last clear, in order
+
+    def held_indices(self, row):
+        n, first = len(self.added[row]), self.keep_first
+        return sorted(set(range(min(first, n))) | set(range(max(first, n - (self.max_memories - first)), n)))
+
+    @property
+    def rows(self):
+        return [[self.added[row][i] for i in self.held_indices(row)] for row in range(len(self.added))]
 
     def add(self, pairs, mask):
-        for row, items in enumerate(self.rows):
+        for row in range(len(self.added)):
             for i in range(pairs.shape[1]):
                 if mask[row, i]:
-                    items.append((pairs[row, i, 0], pairs[row, i, 1]))
-                    self.added[row].append(tuple(pairs[row, i, 0].tolist()))
+                    self.added[row].append((pairs[row, i, 0], pairs[row, i, 1]))
 
     def clear(self, rows):
         for row in rows:
-            self.rows[row].clear()
             self.added[row].clear()
 
     def ages(self, row, key):
         """Pairs added to the row after each held copy of ``key``."""
-        newest_first = self.added[row][::-1][: len(self.rows[row])]
-        return {age for age, other in enumerate(newest_first) if other == tuple(key.tolist())}
+        n = len(self.added[row])
+        return {n - 1 - i for i in self.held_indices(row) if torch.equal(self.added[row][i][0], key)}
 
     def top_scores(self, row, query, k):
         scores = sorted((float(query @ key) for key, _ in self.rows[row]), reverse=True)
@@ -73,14 +79,15 @@ operation = st.one_of(
 
 @settings(max_examples=60, deadline=None)
 @given(max_memories=st.integers(1, 10), operations=st.lists(operation, max_size=25),
-       index=st.sampled_from(["exact", "flat", "ivf"]))
-def test_random_add_clear_search_matches_brute_force(max_memories, operations, index):
+       index=st.sampled_from(["exact", "flat", "ivf"]), keep_first=st.integers(0, 4))
+def test_random_add_clear_search_matches_brute_force(max_memories, operations, index, keep_first):
     """Exact search (torch, and faiss's flat kernels), and the faiss IVF index scanning all its lists
-    (which is exact), against brute force."""
+    (which is exact), against brute force; with and without the first pairs of each stream kept."""
     rows, dim = 3, 4
+    keep_first = min(keep_first, max_memories - 1)
     options = dict(index="ivf", ivf_lists=2, ivf_probe=2, ivf_train_size=2) if index == "ivf" else dict(index=index)
-    memory = KNNMemory(dim=dim, max_memories=max_memories, num_indices=rows, **options)
-    reference = BruteForceMemory(max_memories, rows)
+    memory = KNNMemory(dim=dim, max_memories=max_memories, num_indices=rows, keep_first=keep_first, **options)
+    reference = BruteForceMemory(max_memories, rows, keep_first)
     for kind, arg, seed in operations:
         generator = torch.Generator().manual_seed(seed)
         if kind == "add":
@@ -131,6 +138,20 @@ def test_fifo_overwrites_oldest_one_by_one():
         memory.add(torch.full((1, 1, 2, 1), float(i + 1)))
     kv, mask = memory.search(torch.ones(1, 1, 1), topk=4)
     assert sorted(kv[0, 0, :, 0, 0].tolist()) == [3.0, 4.0, 5.0, 6.0]
+
+
+def test_keep_first_holds_a_streams_first_pairs_and_turns_the_ring_over_the_rest():
+    memory = KNNMemory(dim=1, max_memories=5, num_indices=1, keep_first=2)
+    for start in range(0, 12, 3):  # pairs 0..11, three at a time
+        values = torch.arange(start, start + 3, dtype=torch.float32).view(1, 3, 1, 1)
+        memory.add(torch.cat((torch.ones_like(values), values), dim=2))
+    held = sorted(memory.values[0, 0, :, 0].tolist())
+    assert held == [0, 1, 9, 10, 11]  # the first two, and the newest three
+    memory.clear([0])
+    memory.add(torch.cat((torch.ones(1, 7, 1, 1), torch.arange(20, 27.0).view(1, 7, 1, 1)), dim=2))  # longer than M
+    assert sorted(memory.values[0, 0, :, 0].tolist()) == [20, 21, 24, 25, 26]
+    with pytest.raises(ValueError, match="keep_first"):
+        KNNMemory(dim=1, max_memories=5, num_indices=1, keep_first=5)
 
 
 def test_chunk_longer_than_memory_keeps_newest():
