@@ -998,6 +998,8 @@ def run_generate(args: Any) -> None:
                          top_p=args.top_p, eos_token_id=eos, generator=generator,
                          on_token=lambda token: (sys.stdout.write(show(token)), sys.stdout.flush()))
     sys.stdout.write("\n")
-    held = f"kNN memory holds {[int(m.count[0]) for m in out.knn_memories]}" if out.knn_memories else "kNN memory off"
+    counts = [int(m.count[0]) for m in out.knn_memories] if out.knn_memories else []
+    held = "kNN memory off" if not counts else (f"kNN memory holds {counts[0]} pairs in each of {len(counts)} layers"
+                                                 if len(set(counts)) == 1 else f"kNN memory holds {counts}")
     print(f"[{len(stream)} tokens read, {out.tokens.shape[1]} generated in {time.perf_counter() - started:.1f}s; "
           f"{held}]", file=sys.stderr)

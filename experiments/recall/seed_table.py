@@ -78,7 +78,8 @@ def main(out: Path) -> None:
     (out / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
     curves = {f"seed {seed}, memory 16K": r for seed, r in seeds.items()}
     curves.update({f"{name}: {r['description']}": r for name, r in baselines.items()})
-    plot_recall(curves, str(out / "seeds.png"), context=context, title=f"Recall across seeds (token_shift=3 recipe, steps {' + '.join(map(str, phases))})")
+    title = f"Recall across seeds (token_shift=3 recipe, steps {' + '.join(map(str, phases))})"
+    plot_recall(curves, str(out / "seeds.png"), context=context, title=title)
 
     header = " | ".join(f"{d} ({d / context:.1f}x)" for d in distances)
     print(f"| exact-match recall | {header} |")
