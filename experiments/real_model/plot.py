@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
                           label=f"512 + memory ({label})")
             for setting, result in settings.items():
                 if setting.startswith("window_"):
-                    axis.axhline(result["perplexity"], linestyle="--", linewidth=1,
+                    axis.axhline(result["perplexity"], linestyle="--" if label == "untrained" else ":", linewidth=1,
                                  color={"512": "tab:red", "2048": "tab:orange", "8192": "tab:green"}.get(
                                      setting.split("_")[1], "gray"),
                                  label=f"plain, windows of {setting.split('_')[1]} ({label})")
