@@ -257,15 +257,6 @@ def _read_text(path: str, what: str) -> str:
         raise FileNotFoundError(f"{what} not found: {path}") from None
 
 
-def _read_bytes(path: str, what: str) -> bytes:
-    """A file's bytes, with the byte-level padding and document-start bytes (0, 2) read as spaces."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
-    return data.replace(b"\x00", b" ").replace(b"\x02", b" ")
-
-
 def cmd_tokenizer(args: argparse.Namespace) -> None:
     from .data import load_documents, source_tokenizer
     from .tokenizer import BYTES, encoding_throughput, train_tokenizer

@@ -958,15 +958,15 @@ def run_generate(args: Any) -> None:
     import codecs
     import time
 
-    from .cli import _read_bytes
+    from .tokenizer import read_prompt_bytes
 
     model, tokenizer, seq_len = _cli_model(args)
     if args.prompt is not None and args.prompt_file is not None:
         raise ValueError("give either --prompt or --prompt-file, not both")
     prompt = args.prompt.encode() if args.prompt is not None else b""
     if args.prompt_file is not None:
-        prompt = _read_bytes(args.prompt_file, "prompt file")
-    context = _read_bytes(args.context_file, "context file") if args.context_file else b""
+        prompt = read_prompt_bytes(args.prompt_file, "prompt file")
+    context = read_prompt_bytes(args.context_file, "context file") if args.context_file else b""
     sos = model.config.clear_memories_on_sos_token_id
     if tokenizer is None:
         ids = list(context + prompt)

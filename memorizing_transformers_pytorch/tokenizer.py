@@ -73,6 +73,19 @@ def byte_tokens(data: bytes) -> np.ndarray:
     return tokens
 
 
+def read_prompt_bytes(path: str | Path, what: str) -> bytes:
+    """A file's bytes, with the byte-level padding and document-start bytes (0, 2) read as spaces.
+
+    Raises:
+        FileNotFoundError: naming ``what`` and the path.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    return data.replace(b"\x00", b" ").replace(b"\x02", b" ")
+
+
 class ByteTokenizer:
     """Bytes as tokens: 256 ids; bytes 0 and 2 are padding and document start (they become spaces in text)."""
 

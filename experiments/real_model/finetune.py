@@ -13,6 +13,7 @@ Writes the run (metrics.jsonl, checkpoints; ``--resume`` continues it) under OUT
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
                          seq_len=args.seq_len, batch_size=1, steps=args.steps,
                          lr=args.lr or (1e-2 if args.train == "memory" else 2e-5), warmup_steps=10,
                          weight_decay=0.0, checkpoint_every=25, log_every=5, max_minutes=args.minutes)
-    model.config = type(model.config)(**{**model.config.to_dict(), "max_knn_memories": args.max_memories})
+    model.config = dataclasses.replace(model.config, max_knn_memories=args.max_memories)
     trainer = Trainer(model.config, config, model=model)
     if args.resume:
         trainer.restore()
