@@ -1,4 +1,4 @@
-"""Command line: ``memorizing-transformers {train,eval,demo,generate,tokenizer,prepare} ...`` (or
+"""Command line: ``memorizing-transformers {train,eval,demo,generate,longbench,tokenizer,prepare} ...`` (or
 ``python -m memorizing_transformers_pytorch``).
 
 Other programs extend it: ``main(argv, extend=...)`` lets them add subcommands (``python -m experiments``
@@ -257,6 +257,43 @@ def _read_text(path: str, what: str) -> str:
         raise FileNotFoundError(f"{what} not found: {path}") from None
 
 
+def _parse_list(text: str, kind: type, flag: str) -> list[Any]:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{flag} is empty")
+    return values
+
+
+def cmd_longbench(args: argparse.Namespace) -> None:
+    from .longbench import format_table, load_model_under_test, run
+    from .longbench.plot import plot_heatmap
+    from .longbench.runner import log_line
+    from .longbench.tasks import TASKS, check_task
+
+    tasks = list(TASKS) if args.tasks == "all" else [check_task(t) for t in _parse_list(args.tasks, str, "--tasks")]
+    lengths = _parse_list(args.lengths, int, "--lengths")
+    depths = _parse_list(args.depths, float, "--depths")
+    if any(n < 1 for n in lengths) or any(not 0 <= d <= 1 for d in depths):
+        raise ValueError("--lengths must be positive and --depths in [0, 1]")
+    model = load_model_under_test(args.checkpoint, device=args.device, seq_len=args.seq_len,
+                                  memory_size=args.memory_size, plain_window=args.plain_window,
+                                  tokenizer=args.tokenizer)
+    settings = list(model.settings) if args.settings == "all" else _parse_list(args.settings, str, "--settings")
+    log_line(f"longbench: {model.name} ({model.unit}, segments of {model.seq_len}); tasks {', '.join(tasks)}; "
+             f"lengths {lengths}; depths {depths}; settings {settings}; results in {args.output}")
+    result = run(model, tasks=tasks, lengths=lengths, depths=depths, samples=args.samples, settings=settings,
+                 output=args.output, seed=args.seed, haystack=args.haystack, values=args.values, log=log_line)
+    table = format_table(result["samples"])
+    output = Path(args.output)
+    (output / "summary.md").write_text(table + "\n")
+    png = plot_heatmap(result["samples"], output / "heatmap.png", title=f"{model.name}: score by length and depth")
+    print(table)
+    print(f"wrote {output / 'results.json'}, {output / 'summary.md'} and {png}")
+
+
 def cmd_tokenizer(args: argparse.Namespace) -> None:
     from .data import load_documents, source_tokenizer
     from .tokenizer import BYTES, encoding_throughput, train_tokenizer
@@ -357,6 +394,41 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     gen.add_argument("--device", default="cpu", help="torch device")
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     gen.set_defaults(func=cmd_generate)
+
+    from .longbench.tasks import HAYSTACKS, TASKS, VALUE_KINDS
+
+    bench = sub.add_parser(
+        "longbench", help="long-context tasks (passkey, needles, variable tracking, common words, key-value) with "
+                          "memory on and off", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Long-context benchmark: each prompt is read a segment at a time (into the kNN memory for "
+                    "the 'memory' setting), then the answer is generated greedily and scored.\n\ntasks:\n"
+                    + "\n".join(f"  {name:18s} {text}" for name, text in TASKS.items())
+                    + "\n\nhaystacks:\n" + "\n".join(f"  {name:18s} {text}" for name, text in HAYSTACKS.items())
+                    + "\n\nsettings: memory (kNN memory on), no-memory (off), plain (a Hugging Face model's own "
+                      "full attention over its last --plain-window tokens)")
+    bench.add_argument("--checkpoint", required=True,
+                       help="our checkpoint or run folder, a Hugging Face model folder, or a GGUF file")
+    bench.add_argument("--tasks", default="all", help="comma-separated task names, or all")
+    bench.add_argument("--lengths", default="4096,16384", help="prompt lengths in the model's units (tokens, or bytes "
+                                                               "for a byte-level model)")
+    bench.add_argument("--depths", default="0.1,0.5,0.9", help="where the facts go: 0 = start, 1 = end")
+    bench.add_argument("--samples", type=int, default=1, help="prompts per task, length and depth")
+    bench.add_argument("--settings", default="all", help="comma-separated: memory, no-memory, plain; or all "
+                                                         "the model has")
+    bench.add_argument("--haystack", default="noise", help="noise, stdlib, or a text file or folder")
+    bench.add_argument("--values", default="numbers", choices=VALUE_KINDS, help="the needles' values")
+    bench.add_argument("--seq-len", type=int, default=None, help="segment length (default: the model's training run's, "
+                                                                 "else 512)")
+    bench.add_argument("--memory-size", type=int, default=None, help="cap on the kNN memory (default: the whole prompt)")
+    bench.add_argument("--plain-window", type=int, default=None,
+                       help="tokens the plain setting sees (default: the model's context, at most 8192)")
+    bench.add_argument("--tokenizer", default=None, help="tokenizer.json or folder (default: the checkpoint's)")
+    bench.add_argument("--seed", type=int, default=0, help="sample seed")
+    bench.add_argument("--output", default="runs/longbench", help="folder for results.json, summary.md, heatmap.png; "
+                                                                  "a run there with the same settings is continued")
+    bench.add_argument("--device", default="cpu", help="torch device")
+    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    bench.set_defaults(func=cmd_longbench)
 
     tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on a source's train split",
                          formatter_class=HelpFormatter)

@@ -19,18 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from memorizing_transformers_pytorch.data import SPLITS, Source, check_split, register_source
+from memorizing_transformers_pytorch.longbench.tasks import PASSKEY_FILLER, PASSKEY_QUESTION, passkey_statement
 
 from ..spec import parse_spec
 
 __all__ = ["PasskeyTask", "PasskeyDocument", "passkey_document", "passkey_documents", "FILLER", "QUESTION"]
 
-FILLER = (b"The grass is green. ", b"The sky is blue. ", b"The sun is yellow. ", b"Here we go. ",
-          b"There and back again. ")
-QUESTION = b"What is the pass key? The pass key is "
+# the suite's passkey task (memorizing_transformers_pytorch/longbench), as bytes for the byte-level experiment
+FILLER = tuple(sentence.encode() for sentence in PASSKEY_FILLER)
+QUESTION = PASSKEY_QUESTION.encode()
 
 
 def _statement(key: bytes) -> bytes:
-    return b"The pass key is " + key + b". Remember it. " + key + b" is the pass key. "
+    return passkey_statement(key.decode()).encode()
 
 
 @dataclass(frozen=True)
