@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -154,9 +155,26 @@ def commit_checkpoint(tmp: Path, step: int, model: MemorizingTransformer, *, sta
     _fsync(root)
     _write_text_atomic(root / "latest", final.name + "\n")
     _fsync(root)
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    remove_old_checkpoints(root, keep, newest=final)
     return final
+
+
+def step_of(path: Path) -> int | None:
+    """The step of a checkpoint folder named ``step-N`` (any number of digits), else None."""
+    match = re.fullmatch(r"step-(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def remove_old_checkpoints(root: Path, keep: int, *, newest: Path) -> None:
+    """Deletes all but the ``keep`` highest-step checkpoints, by step number (never by name), and never ``newest``
+    (the one ``latest`` names) whatever its step."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    steps = sorted((step, path) for path in root.glob("step-*") if (step := step_of(path)) is not None)
+    kept = {path for _, path in steps[-keep:]} | {newest}
+    for _, path in steps:
+        if path not in kept:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def abort_checkpoint(tmp: Path) -> None:
@@ -199,9 +217,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.is_file():
         return None
-    name = pointer.read_text().strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (UnicodeDecodeError, OSError) as error:
+        raise CheckpointError(f"{pointer}: not readable ({error.__class__.__name__}); it should hold one line "
+                              f"such as 'step-0000100': fix or delete it") from None
+    if not re.fullmatch(r"step-\d+", name):  # a name in this folder, never a path elsewhere
+        raise CheckpointError(f"{pointer}: names {name[:80]!r}, not a checkpoint folder of this run (step-N): fix "
+                              f"or delete it")
     path = pointer.parent / name
-    if not name or not (path / "model.safetensors").is_file():
+    if not (path / "model.safetensors").is_file():
         raise CheckpointError(f"{pointer}: names {name!r}, which is not a complete checkpoint folder")
     return path
 
@@ -259,8 +284,18 @@ def load_config(checkpoint_dir: str | Path, config_class: Any = MemorizingTransf
 
 
 def load_weights(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The weights in a checkpoint folder's ``model.safetensors``."""
-    return _read_safetensors(Path(checkpoint_dir) / "model.safetensors", device)
+    """The checkpoint's weights.
+
+    Raises:
+        CheckpointError: missing or unreadable, or a weight holds NaN or infinite values (a diverged run).
+    """
+    path = Path(checkpoint_dir) / "model.safetensors"
+    weights = _read_safetensors(path, device)
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: the weight {name} holds NaN or infinite values (the run diverged): use an "
+                                  f"earlier checkpoint")
+    return weights
 
 
 def load_state_dict_into(model: MemorizingTransformer, weights: dict[str, torch.Tensor], path: Path) -> None:

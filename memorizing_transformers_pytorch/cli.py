@@ -82,12 +82,15 @@ def _read_json(path: str | None, what: str) -> dict[str, Any]:
 
 
 def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransformerConfig, TrainConfig]:
-    """The preset, then the JSON files, then the tokenizer's num_tokens and ids, then single flags."""
+    """The preset, then the JSON files, then the tokenizer's num_tokens and ids, then single flags; with
+    ``--resume``, the run's saved configs (``_resumed_configs``)."""
     from .data import source_tokenizer
     from .tokenizer import BYTES
 
+    if getattr(args, "resume", False):
+        return _resumed_configs(args)
     train_config = TrainConfig.from_dict(_collect(args, TrainConfig, _read_json(args.train_config, "training config")))
-    model_base = {**CONFIGS[args.preset], **_read_json(args.model_config, "model config")}
+    model_base = {**CONFIGS[args.preset or "demo"], **_read_json(args.model_config, "model config")}
     tokenizer = source_tokenizer(train_config.data, train_config.tokenizer)
     if tokenizer is not BYTES:
         model_base.update(tokenizer.model_fields())
@@ -98,11 +101,55 @@ def _model_and_train_configs(args: argparse.Namespace) -> tuple[MemorizingTransf
         raise ValueError(f"invalid config: {error}") from None
 
 
+def _resumed_configs(args: argparse.Namespace) -> tuple[MemorizingTransformerConfig, TrainConfig]:
+    """The configs saved in the run's latest checkpoint. What the command line gives explicitly (flags, JSON
+    files, a preset) must agree with them, except the settings a resumed run may change (``RESUMABLE_CHANGES``:
+    --steps, --max-minutes, ...), which are taken.
+
+    Raises:
+        FileNotFoundError: no checkpoint in the run folder. ValueError: a setting that contradicts the run's.
+    """
+    from .checkpoint import latest_checkpoint, load_config
+    from .train import RESUMABLE_CHANGES
+
+    run_dir = Path(args.run_dir or TrainConfig.run_dir)
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} (start the run without --resume)")
+    saved_model = load_config(latest)
+    saved_train = TrainConfig.from_dict(read_json_object(latest / "train_config.json", "training config"))
+    given_train = _collect(args, TrainConfig, _read_json(args.train_config, "training config"))
+    given_model = _collect(args, MemorizingTransformerConfig, _read_json(args.model_config, "model config"))
+    if args.preset:
+        tokenizer_fields = {"num_tokens", "pad_id", "clear_memories_on_sos_token_id"}  # set by the data's tokenizer
+        given_model = {**{k: v for k, v in CONFIGS[args.preset].items() if k not in tokenizer_fields}, **given_model}
+
+    def refuse(field: str, given: Any, saved: Any, where: Path) -> None:
+        flag = "--" + field.replace("_", "-")
+        raise ValueError(f"--resume: {flag} {given!r} contradicts the run's {field}={saved!r} ({where}); resume "
+                         f"without it, or start a new run (another --run-dir, or --overwrite)")
+
+    changes = {}
+    for field, value in given_train.items():
+        if field == "run_dir":
+            continue
+        if field in RESUMABLE_CHANGES:
+            changes[field] = value
+        elif value != getattr(saved_train, field):
+            refuse(field, value, getattr(saved_train, field), latest / "train_config.json")
+    for field, value in given_model.items():
+        saved = getattr(saved_model, field)
+        if (tuple(value) if isinstance(value, list) else value) != saved:
+            refuse(field, value, saved, latest / "config.json")
+    return saved_model, dataclasses.replace(saved_train, run_dir=str(run_dir), **changes)
+
+
 def _train_parser(sub: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=description, description=description,
                             formatter_class=HelpFormatter)
-    parser.add_argument("--preset", default="demo", choices=tuple(CONFIGS),
-                        help="named model config (configs.py); --model-config and flags override its fields")
+    parser.add_argument("--preset", default=None, choices=tuple(CONFIGS),
+                        help="named model config (configs.py; default: demo); --model-config and flags override "
+                             "its fields")
     parser.add_argument("--model-config", metavar="JSON", help="model config JSON file; flags override it")
     parser.add_argument("--train-config", metavar="JSON", help="training config JSON file; flags override it")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -114,14 +161,17 @@ def _train_parser(sub: argparse._SubParsersAction, name: str, description: str) 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--eval-data", default=None, help="documents to evaluate on (default: the training data)")
-    group.add_argument("--split", default="test", choices=("train", "valid", "test"), help="which split")
+    group.add_argument("--split", default="test", choices=("train", "valid", "test", "all"),
+                       help="which split (a folder's files are split 90 / 5 / 5 by a hash of their paths; all: every "
+                            "document, e.g. for a folder of your own that training did not read)")
     group.add_argument("--memory-sizes", default="0,1024,4096,16384,65536",
                        help="comma-separated kNN memory sizes per stream to evaluate (0 = memory off)")
     group.add_argument("--max-docs", type=int, default=16, help="evaluate the N longest documents (0 = all)")
     group.add_argument("--max-doc-bytes", type=int, default=0,
                        help="cut each document to this many tokens (bytes for a byte-level model; 0 = no cut)")
     group.add_argument("--eval-batch-size", type=int, default=2, help="streams read in parallel")
-    group.add_argument("--output", default=None, help="folder for eval.json and eval.png (default: the run folder)")
+    group.add_argument("--output", default=None,
+                       help="folder for eval.json and eval.png (default: the --checkpoint folder as given)")
 
 
 def parse_sizes(text: str, flag: str) -> list[int]:
@@ -148,20 +198,27 @@ def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int
     device = str(distributed.setup(device))  # under torchrun, ranks share the documents and sum the results
     tokenizer = checkpoint_tokenizer(checkpoint, getattr(args, "tokenizer", None))
     model = load_model(checkpoint, device=device)
-    baseline = None
+    baseline, label = None, "second checkpoint (kNN memory off)"
     if getattr(args, "baseline_checkpoint", None):
+        from .checkpoint import load_checkpoint
+
         check_same_tokenizer(checkpoint_tokenizer(args.baseline_checkpoint), tokenizer,
                              f"--baseline-checkpoint {args.baseline_checkpoint} against {checkpoint}")
         baseline = load_model(args.baseline_checkpoint, device=device)
+        trained_with_memory = load_checkpoint(args.baseline_checkpoint).get("train_config", {}).get("knn_memory", True)
+        if not baseline.config.memorizing_layers:
+            label = "baseline (no kNN memory)"
+        elif not trained_with_memory:
+            label = "baseline (trained with kNN memory off)"
     documents = select_documents(load_documents(data, args.split, tokenizer), max_docs=args.max_docs or None,
                                  max_doc_bytes=args.max_doc_bytes or None)
     sizes = parse_sizes(args.memory_sizes, "--memory-sizes")
     started = time.perf_counter()
-    result = evaluate(model, documents, memory_sizes=sizes, baseline=baseline, tokenizer=tokenizer,
+    result = evaluate(model, documents, memory_sizes=sizes, baseline=baseline, baseline_label=label, tokenizer=tokenizer,
                       batch_size=args.eval_batch_size, seq_len=seq_len, device=device)
     result["checkpoint"] = str(checkpoint)
     result["eval_seconds"] = time.perf_counter() - started
-    output = Path(args.output) if args.output else Path(checkpoint)
+    output = Path(args.output or getattr(args, "checkpoint", None) or checkpoint)  # the folder the user named
     if distributed.is_main():
         json_path, png_path = save(result, output)
         print(format_table(result))
@@ -170,10 +227,16 @@ def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .train import train
+    from .train import Interrupted, train
 
     model_config, train_config = _model_and_train_configs(args)
-    summary = train(model_config, train_config, resume=args.resume)
+    try:
+        summary = train(model_config, train_config, resume=args.resume, overwrite=args.overwrite)
+    except Interrupted as stop:
+        if distributed.is_main():
+            print(f"stopped by {stop.signal_name} at step {stop.step}; checkpoint saved. Continue with: "
+                  f"memorizing-transformers train --run-dir {stop.run_dir} --resume", file=sys.stderr)
+        sys.exit(143 if stop.signal_name == "SIGTERM" else 130)
     if distributed.is_main():
         print(f"trained to step {summary['step']} in {summary['elapsed_s']:.0f}s; run folder: {summary['run_dir']}")
 
@@ -209,6 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from .checkpoint import checkpoint_tokenizer, load_checkpoint, load_model
+    from .generation import reading_progress
     from .hf import is_hf_folder, run_generate
 
     if is_hf_folder(args.checkpoint):  # a Hugging Face model folder (hf.py)
@@ -241,7 +305,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     out = model.generate(
         tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn, use_knn_memory=knn is not None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=tokenizer.sos_id,
-        generator=generator, on_token=show,
+        generator=generator, on_token=show, on_read=reading_progress(started),
     )
     elapsed = time.perf_counter() - started
     sys.stdout.write("\n")
@@ -353,7 +417,11 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     sub = parser.add_subparsers(dest="command", required=True)
 
     train_parser = _train_parser(sub, "train", "train a model (carries kNN and XL memories across segments)")
-    train_parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    train_parser.add_argument("--resume", action="store_true",
+                              help="continue the run in --run-dir from its latest checkpoint, with its own settings "
+                                   "(only --steps, --max-minutes and the logging / checkpoint intervals may change)")
+    train_parser.add_argument("--overwrite", action="store_true",
+                              help="delete the run already in --run-dir (its checkpoints and metrics) and start anew")
     train_parser.set_defaults(func=cmd_train)
 
     demo = _train_parser(sub, "demo", "a copy warm-up, then a memory model and a baseline (memory off) trained side "
@@ -457,12 +525,17 @@ def main(argv: list[str] | None = None, *, extend: Callable[[argparse._SubParser
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        distributed.check_device(getattr(args, "device", None))
         args.func(args)
     except (ValueError, OSError) as error:  # bad input (CheckpointError is a ValueError); bugs keep their traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     finally:
         distributed.cleanup()
+
 
 
 if __name__ == "__main__":

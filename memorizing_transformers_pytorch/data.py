@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import sysconfig
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -103,10 +104,12 @@ def _files(pattern: str | Path, suffixes: Sequence[str] = ()) -> tuple[Path, lis
 
 
 def folder_documents(pattern: str | Path, split: str) -> list[np.ndarray]:
-    """Text files under a folder (recursively) or matching a glob, one document per file."""
+    """Text files under a folder (recursively) or matching a glob, one document per file, in the files' split
+    (``_split_of``: 90 / 5 / 5 by a hash of each path). Binary files (a NUL byte in their first 8 KB) are
+    skipped, and their number is printed to stderr."""
     check_split(split)
     root, files = _files(pattern)
-    documents = []
+    documents, binary = [], 0
     for file in files:
         if _split_of(file.relative_to(root).as_posix()) != split:
             continue
@@ -114,8 +117,13 @@ def folder_documents(pattern: str | Path, split: str) -> list[np.ndarray]:
             data = file.read_bytes()
         except OSError as error:
             raise OSError(f"cannot read {file}: {error}") from None
-        if data:
+        if b"\0" in data[:8192]:
+            binary += 1
+        elif data:
             documents.append(_clean(data))
+    if binary:
+        print(f"{pattern}: skipped {binary} binary file(s) of the {split!r} split (a NUL byte in the first 8 KB)",
+              file=sys.stderr)
     return documents
 
 
@@ -365,6 +373,17 @@ def load_documents(source: str, split: str, tokenizer: Tokenizer | None = None, 
             another tokenizer.
         FileNotFoundError: a missing file or folder.
     """
+    if split == "all":  # every split, in order: train, valid, test
+        parts = []
+        for part in SPLITS:
+            try:
+                parts.extend(load_documents(source, part, tokenizer, progress=progress))
+            except ValueError as error:
+                if "no non-empty documents" not in str(error):
+                    raise
+        if not parts:
+            raise ValueError(f"data source {source!r} has no non-empty documents")
+        return parts
     check_split(split)
     registered, argument = _lookup(source)
     if registered is None:
@@ -383,7 +402,11 @@ def load_documents(source: str, split: str, tokenizer: Tokenizer | None = None, 
     if not isinstance(documents, ShardDocuments):  # shards hold no empty document
         documents = [d for d in documents if len(d)]
     if not documents:
-        raise ValueError(f"data source {source!r} has no non-empty documents in its {split!r} split")
+        hint = ""
+        if registered is None:
+            hint = (" (a folder's files are split by a hash of their paths: about 90% train, 5% valid, 5% test, so "
+                    "a small folder may have none in a split; evaluate it all with --split all)")
+        raise ValueError(f"data source {source!r} has no non-empty documents in its {split!r} split{hint}")
     return documents
 
 

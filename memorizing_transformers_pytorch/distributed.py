@@ -47,7 +47,11 @@ def setup(device: str) -> torch.device:
     """Joins the process group ``torchrun`` describes (if any) and returns this rank's device.
 
     On CUDA each process takes GPU ``LOCAL_RANK``; on CPU all use the CPU.
+
+    Raises:
+        ValueError: a device this machine does not have (``check_device``).
     """
+    check_device(device)
     requested = torch.device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return requested
@@ -91,3 +95,22 @@ def all_succeeded(ok: bool, device: torch.device | str = "cpu") -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def check_device(device: str | None) -> None:
+    """Refuses a device this torch build or machine does not have, in one line.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA / MPS without one.
+    """
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch build has no CUDA or no GPU is visible "
+                         f"(torch {torch.__version__}); use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .data import IGNORE_INDEX, Batch, DocumentStream
 from .model import MemorizingTransformer
+from .run_folder import finite_json
 from .tokenizer import BYTES, Tokenizer
 
 __all__ = ["read_stream", "segments", "token_log_probs", "Score", "score", "bits_per_byte", "evaluate",
@@ -91,6 +92,9 @@ def select_documents(documents: Sequence[np.ndarray], *, max_docs: int | None, m
     return [d[:max_doc_bytes] if max_doc_bytes else d for d in chosen]
 
 
+PROGRESS_SECONDS = 30.0  # without a terminal, a progress line this often
+
+
 class Score(NamedTuple):
     """Totals over the scored tokens: the loss in bits, the number of tokens, and the bytes of text they stand for."""
 
@@ -147,7 +151,14 @@ def score(
     started = time.perf_counter()
     if plain_log:
         print(f"[eval] {description or 'evaluating'}: {total} tokens", file=sys.stderr, flush=True)
+    last_line = started
+    read = 0
     for batch, logits in read_stream(model, stream, memory_size=memory_size, device=device):
+        read += int((batch.tokens != tokenizer.pad_id).sum())
+        if plain_log and time.perf_counter() - last_line >= PROGRESS_SECONDS:
+            last_line = time.perf_counter()
+            print(f"[eval] {description or 'evaluating'}: {read:,} / {total:,} tokens ({100 * read / total:.0f}%), "
+                  f"{last_line - started:.0f}s", file=sys.stderr, flush=True)
         labels = batch.labels.masked_fill(batch.labels == tokenizer.sos_id, IGNORE_INDEX)
         nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
         total_bits += nll.double() / math.log(2)  # kept on the device: one host sync at the end
@@ -198,6 +209,7 @@ def evaluate(
     *,
     memory_sizes: Sequence[int] = (0, 1024, 4096, 16384, 65536),
     baseline: MemorizingTransformer | None = None,
+    baseline_label: str = "second checkpoint (kNN memory off)",
     tokenizer: Tokenizer = BYTES,
     batch_size: int = 2,
     seq_len: int = 512,
@@ -206,7 +218,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """The full table: with memory (trained size), without memory, the baseline, and by memory size; bits per
     byte under ``bits_per_byte`` / ``by_memory_size``, token perplexity under ``perplexity`` /
-    ``perplexity_by_memory_size``. ``documents`` are ids of ``tokenizer``, which both models must share."""
+    ``perplexity_by_memory_size``. ``documents`` are ids of ``tokenizer``, which both models must share.
+    ``baseline`` is read with its kNN memory off and named ``baseline_label`` in the table and plot."""
 
     def run(m: MemorizingTransformer, size: int | None, name: str) -> Score:
         return score(m, documents, memory_size=size, tokenizer=tokenizer, batch_size=batch_size, seq_len=seq_len,
@@ -216,6 +229,9 @@ def evaluate(
     by_size = {str(size): run(model, size, f"memory {size}") for size in memory_sizes}
     with_memory = by_size.get(str(trained_size)) or run(model, None, f"memory {trained_size}")
     without_memory = by_size["0"] if "0" in by_size else run(model, 0, "memory off")
+    if without_memory.tokens == 0 or without_memory.bytes == 0:
+        raise ValueError(f"nothing to score: the {len(documents)} document(s) hold no tokens beyond their start "
+                         f"markers")
     scores = {"with_memory": with_memory, "without_memory": without_memory}
     if baseline is not None:
         scores["baseline"] = run(baseline, 0, "baseline")
@@ -237,7 +253,13 @@ def evaluate(
     result["memory_gain_percent"] = 100.0 * (bpb["without_memory"] - bpb["with_memory"]) / bpb["without_memory"]
     if baseline is not None:
         result["gain_over_baseline_percent"] = 100.0 * (bpb["baseline"] - bpb["with_memory"]) / bpb["baseline"]
+        result["baseline_label"] = baseline_label
     return result
+
+
+def describe_gain(percent: float) -> str:
+    """A gain in bits per byte as words: "12.00% lower bits per byte" (lower is better) or "0.50% higher"."""
+    return f"{abs(percent):.2f}% {'lower' if percent >= 0 else 'higher'} bits per byte"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -252,13 +274,14 @@ def format_table(result: dict[str, Any]) -> str:
 
     row(f"with memory ({result['trained_memory_size']})", bpb["with_memory"], ppl.get("with_memory"))
     row("memory off (same weights)", bpb["without_memory"], ppl.get("without_memory"))
+    label = result.get("baseline_label", "second checkpoint (kNN memory off)")
     if "baseline" in bpb:
-        row("baseline (XL only, no kNN memory)", bpb["baseline"], ppl.get("baseline"))
+        row(label, bpb["baseline"], ppl.get("baseline"))
     for size, value in result["by_memory_size"].items():
         row(f"memory size {size}", value, by_ppl.get(size))
     lines.append("")
-    lines.append(f"memory on vs off: {result['memory_gain_percent']:+.2f}% bits per byte"
-                 + (f"; vs baseline: {result['gain_over_baseline_percent']:+.2f}%"
+    lines.append(f"memory on: {describe_gain(result['memory_gain_percent'])} than off"
+                 + (f"; {describe_gain(result['gain_over_baseline_percent'])} than the {label}"
                     if "gain_over_baseline_percent" in result else ""))
     tokens = f", {result['tokens']} tokens" if result.get("tokenizer", "bytes") != "bytes" else ""
     lines.append(f"({result['documents']} documents, {result['bytes']} bytes{tokens})")
@@ -277,8 +300,15 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     positions = list(range(len(sizes)))  # evenly spaced: sizes grow roughly geometrically
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(positions, values, marker="o", label="memorizing model")
+    shown = list(values)
     if "baseline" in result["bits_per_byte"]:
-        ax.axhline(result["bits_per_byte"]["baseline"], color="gray", linestyle="--", label="baseline (XL only)")
+        shown.append(result["bits_per_byte"]["baseline"])
+        ax.axhline(result["bits_per_byte"]["baseline"], color="gray", linestyle="--",
+                   label=result.get("baseline_label", "second checkpoint (kNN memory off)"))
+    finite = [v for v in shown if v is not None and math.isfinite(v)]
+    if finite:  # at least 5% of the mean tall, so that a tiny difference does not look steep
+        middle, spread = (max(finite) + min(finite)) / 2, max(max(finite) - min(finite), 0.05 * abs(np.mean(finite)))
+        ax.set_ylim(middle - 0.6 * spread, middle + 0.6 * spread)
     ax.set_xticks(positions)
     ax.set_xticklabels(["off" if s == 0 else f"{s // 1024}K" if s >= 1024 else str(s) for s in sizes])
     ax.set_xlabel("kNN memory size per stream (tokens)")
@@ -297,5 +327,6 @@ def save(result: dict[str, Any], output_dir: str | Path) -> tuple[Path, Path]:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / "eval.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    # strict JSON: a value that is not finite is written as null
+    json_path.write_text(json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n")
     return json_path, plot(result, output_dir / "eval.png")

@@ -7,6 +7,8 @@ decoding equals the argmax of a teacher-forced, segment-by-segment forward pass.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -19,7 +21,7 @@ from .memory import KNNMemory
 if TYPE_CHECKING:
     from .model import MemorizingTransformer
 
-__all__ = ["generate", "read_in_segments", "GenerationOutput", "PendingSegment", "sample"]
+__all__ = ["generate", "read_in_segments", "GenerationOutput", "PendingSegment", "sample", "reading_progress"]
 
 
 class PendingSegment(NamedTuple):
@@ -109,6 +111,7 @@ def generate(
     generator: torch.Generator | None = None,
     return_logits: bool = False,
     on_token: Callable[[Tensor], None] | None = None,
+    on_read: Callable[[int, int], None] | None = None,
 ) -> GenerationOutput:
     """Reads ``prompt`` into the memories, then samples ``max_new_tokens`` tokens.
 
@@ -136,6 +139,8 @@ def generate(
         eos_token_id: a row that produces it stops (later tokens are ``pad_id``,
             or ``eos_token_id`` without one); generation ends when all rows stop.
         on_token: called with each new ``(B,)`` token tensor (for streaming).
+        on_read: called as ``on_read(read, total)`` every 8 segments of the prompt read (progress on a long
+            context); the result is the same with or without it.
 
     Returns:
         ``GenerationOutput(tokens (B, <= max_new_tokens), knn_memories, xl_memories,
@@ -163,7 +168,12 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        logits, xl_memories, pending = model.read_segment(prompt, knn_memories, xl_memories, pending, seq_len)
+        chunk = prompt.shape[1] if on_read is None else 8 * seq_len
+        for start in range(0, prompt.shape[1], max(1, chunk)):
+            logits, xl_memories, pending = model.read_segment(prompt[:, start : start + chunk], knn_memories,
+                                                              xl_memories, pending, seq_len)
+            if on_read is not None:
+                on_read(min(start + chunk, prompt.shape[1]), prompt.shape[1])
         next_logits = logits[:, -1]
         new_tokens, all_logits = [], []
         done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
@@ -188,3 +198,17 @@ def generate(
     return GenerationOutput(tokens, knn_memories, xl_memories, pending,
                             torch.stack(all_logits, dim=1) if return_logits and all_logits else None)
 
+
+def reading_progress(started: float, every: float = 10.0) -> Callable[[int, int], None]:
+    """An ``on_read`` for ``generate``: a line on stderr at most every ``every`` seconds while a long context is
+    read (and at its end, if any line was printed)."""
+    last = [started, False]
+
+    def report(read: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every or (read == total and last[1]):
+            last[0], last[1] = now, True
+            print(f"[reading the context: {read:,} / {total:,} tokens ({100 * read / total:.0f}%), "
+                  f"{now - started:.0f}s]", file=sys.stderr, flush=True)
+
+    return report

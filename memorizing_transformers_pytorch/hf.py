@@ -958,6 +958,7 @@ def run_generate(args: Any) -> None:
     import codecs
     import time
 
+    from .generation import reading_progress
     from .tokenizer import read_prompt_bytes
 
     model, tokenizer, seq_len = _cli_model(args)
@@ -995,7 +996,7 @@ def run_generate(args: Any) -> None:
     started = time.perf_counter()
     out = model.generate(tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn,
                          use_knn_memory=knn is not None, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, eos_token_id=eos, generator=generator,
+                         top_p=args.top_p, eos_token_id=eos, generator=generator, on_read=reading_progress(started),
                          on_token=lambda token: (sys.stdout.write(show(token)), sys.stdout.flush()))
     sys.stdout.write("\n")
     counts = [int(m.count[0]) for m in out.knn_memories] if out.knn_memories else []

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +50,11 @@ from .checkpoint import (
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .data import IGNORE_INDEX, open_stream, source_tokenizer
 from .model import MemorizingTransformer
+from .run_folder import append_metrics, claim_run_folder, truncate_metrics
 from .tokenizer import BYTES, HuggingFaceTokenizer, check_model_fits
 
-__all__ = ["TrainConfig", "Trainer", "train", "learning_rate_factor"]
+__all__ = ["TrainConfig", "Trainer", "train", "learning_rate_factor", "TrainingDiverged", "Interrupted",
+           "RESUMABLE_CHANGES"]
 
 
 def _help(text: str) -> dict:
@@ -87,13 +93,20 @@ class TrainConfig:
         "train with the kNN memory; --no-knn-memory trains the same architecture with memory off (a fair baseline)"))
     max_minutes: float = field(default=0.0, metadata=_help(
         "stop (and checkpoint) after this much training time even before --steps (0 = no limit)"))
+    keep_checkpoints: int = field(default=2, metadata=_help(
+        "checkpoints kept, the highest steps (the newest complete one is never deleted)"))
+    max_bad_steps: int = field(default=3, metadata=_help(
+        "stop after this many steps in a row whose loss or gradient is not finite (each one is skipped: no update)"))
+    progress_every: float = field(default=30.0, metadata=_help(
+        "seconds between progress lines on stderr when it is not a terminal (logs, nohup, CI); 0 = none"))
     init_from: str = field(default="", metadata=_help(
         "start from the weights of this run folder or checkpoint (same model config, except that the memory "
         "size, k and index may differ), e.g. a copy warm-up run; the optimizer, schedule and data start fresh. "
         "Ignored when resuming"))
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size", "steps", "grad_accum", "log_every"):
+        for name in ("seq_len", "batch_size", "steps", "grad_accum", "log_every", "keep_checkpoints",
+                     "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "checkpoint_every"):
@@ -101,6 +114,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.adam_beta2 < 1:
             raise ValueError(f"adam_beta2 must be in (0, 1), got {self.adam_beta2}")
+        if not self.progress_every >= 0:
+            raise ValueError(f"progress_every must be >= 0, got {self.progress_every}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
 
@@ -112,7 +127,29 @@ class TrainConfig:
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown training config keys: {unknown}")
+        for f in dataclasses.fields(cls):  # a JSON value of the wrong type, named (an int is a fine float)
+            if f.name in data:
+                value, kind = data[f.name], {"int": int, "float": (int, float), "bool": bool, "str": str}[str(f.type)]
+                if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+                    raise ValueError(f"training config: {f.name} must be a {f.type}, got {value!r}")
         return cls(**data)
+
+
+# flags that may change when a run is resumed; every other setting comes from the run's saved configs
+RESUMABLE_CHANGES = ("steps", "max_minutes", "checkpoint_every", "log_every", "device", "keep_checkpoints",
+                     "max_bad_steps", "progress_every", "init_from")
+
+
+class TrainingDiverged(ValueError):
+    """The loss or gradient stayed non-finite for ``max_bad_steps`` steps; the message says what to do."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training at a step boundary, after a checkpoint was written."""
+
+    def __init__(self, signal_name: str, step: int, run_dir: Path) -> None:
+        super().__init__(f"{signal_name} at step {step}")
+        self.signal_name, self.step, self.run_dir = signal_name, step, run_dir
 
 
 def learning_rate_factor(step: int, config: TrainConfig) -> float:
@@ -163,6 +200,8 @@ class Trainer:
         self.knn_memories = self.model.create_knn_memories(batch_size=config.batch_size) if config.knn_memory else None
         self.xl_memories = None
         self.step_count = 0
+        self.bad_steps = 0  # steps in a row with a non-finite loss or gradient
+        self.stop_signal: str | None = None
         self._ddp: torch.nn.Module | None = None
 
     def _optimizer(self) -> torch.optim.AdamW:
@@ -219,18 +258,39 @@ class Trainer:
         if "data" not in checkpoint["state"]:
             raise CheckpointError(f"{checkpoint_dir / 'state.json'}: no data position (not a training checkpoint; "
                                   "--init-from starts from its weights)")
+        step = checkpoint["state"].get("step")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise CheckpointError(f"{checkpoint_dir / 'state.json'}: 'step' must be an integer >= 0, got {step!r}")
+        if not isinstance(checkpoint["state"]["data"], dict):
+            raise CheckpointError(f"{checkpoint_dir / 'state.json'}: 'data' must be an object")
         trainer = load_trainer_state(checkpoint_dir)
+        if not isinstance(trainer, dict) or not {"optimizer", "scheduler"} <= set(trainer):
+            raise CheckpointError(f"{checkpoint_dir / 'trainer.pt'}: no optimizer and scheduler state in it")
+        moments = [value for state in dict(trainer["optimizer"]).get("state", {}).values() for value in state.values()
+                   if isinstance(value, Tensor) and value.is_floating_point()]
+        if not all(bool(torch.isfinite(value).all()) for value in moments):
+            raise CheckpointError(f"{checkpoint_dir / 'trainer.pt'}: the optimizer state holds NaN or infinite "
+                                  f"values (damaged, or a diverged run): resume from an earlier checkpoint")
         shard = load_shard(checkpoint_dir, self.rank)
         load_state_dict_into(self.model, load_weights(checkpoint_dir, self.device), checkpoint_dir)
-        self.optimizer.load_state_dict(trainer["optimizer"])
-        self.scheduler.load_state_dict(trainer["scheduler"])
-        torch.set_rng_state(shard.pop("rng"))
+        try:
+            self.optimizer.load_state_dict(trainer["optimizer"])
+            self.scheduler.load_state_dict(trainer["scheduler"])
+            torch.set_rng_state(shard.pop("rng"))
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise CheckpointError(f"{checkpoint_dir}: its optimizer, schedule or RNG state does not fit this run "
+                                  f"({' '.join(str(error).split())[:160]})") from None
+        try:
+            self.stream.load_state_dict(checkpoint["state"]["data"])
+        except (KeyError, ValueError, TypeError, IndexError) as error:
+            raise CheckpointError(f"{checkpoint_dir / 'state.json'}: its data position does not fit the data "
+                                  f"{self.config.data!r} ({' '.join(str(error).split())[:160]}); resume with the "
+                                  f"run's own data") from None
         cuda_rng = shard.pop("cuda_rng", None)
         if cuda_rng is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(cuda_rng, self.device)
-        self.stream.load_state_dict(checkpoint["state"]["data"])
         self.xl_memories = memories_from_tensors({k: v.to(self.device) for k, v in shard.items()}, self.knn_memories)
-        self.step_count = checkpoint["state"]["step"]
+        self.step_count = step
 
     # --------------------------------------------------------------------------------------------- step
     def step(self) -> Tensor:
@@ -255,9 +315,18 @@ class Trainer:
                         xl_memories=self.xl_memories, labels=batch.labels[self.rows].to(device))
                 (loss / config.grad_accum).backward()
             step_loss += loss.detach() / config.grad_accum
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.optimizer.step()
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        # the norm is of the gradients averaged over ranks, so every rank takes the same decision
+        norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip if config.grad_clip > 0 else math.inf)
+        finite = bool(torch.isfinite(norm)) and (self.world > 1 or bool(torch.isfinite(step_loss)))
+        if finite:
+            self.optimizer.step()
+            self.bad_steps = 0
+        else:  # no update; the memories may hold what the bad forward wrote: start them afresh
+            self.bad_steps += 1
+            self.xl_memories = None
+            if self.knn_memories is not None:
+                self.knn_memories.clear_memory()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
@@ -284,6 +353,10 @@ class Trainer:
         the previous checkpoint stays), instead of the others waiting in a collective until a timeout.
         """
         main = self.rank == 0
+        for name, parameter in self.model.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                raise TrainingDiverged(f"not saving step {self.step_count}: the weight {name} holds NaN or infinite "
+                                       f"values (the last checkpoint is kept)")
         tmp = temporary_folder(self.run_dir, self.step_count)
         self._on_all_ranks(lambda: prepare_checkpoint(tmp) if main else None, "preparing the checkpoint folder")
         try:
@@ -296,7 +369,7 @@ class Trainer:
                 tmp, self.step_count, self.model, state={"data": self.stream.state_dict(), "world_size": self.world},
                 train_config=self.config.to_dict(),
                 trainer_state={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                files=self.tokenizer.files() if isinstance(self.tokenizer, HuggingFaceTokenizer) else None,
+                keep=self.config.keep_checkpoints, files=self.tokenizer.files() if isinstance(self.tokenizer, HuggingFaceTokenizer) else None,
             ) if main else None, "committing the checkpoint")
         except BaseException:
             if main:
@@ -318,59 +391,123 @@ class Trainer:
         return result
 
     # ---------------------------------------------------------------------------------------------- run
-    def run(self, *, fresh_metrics: bool = True) -> dict[str, Any]:
+    def run(self) -> dict[str, Any]:
         """Trains to ``steps`` (or ``max_minutes``), logging every ``log_every`` steps and checkpointing every
         ``checkpoint_every``; returns a summary: final step, the per-step losses (mean over ranks), time, and
-        the model and kNN memories it ended with."""
+        the model and kNN memories it ended with.
+
+        SIGINT and SIGTERM stop it at the next step boundary with a checkpoint (``Interrupted``); ``max_bad_steps``
+        non-finite steps in a row stop it without one (``TrainingDiverged``).
+
+        Raises:
+            Interrupted: after the checkpoint of the step it stopped at. TrainingDiverged: see above.
+        """
         config, main = self.config, self.rank == 0
-        metrics_path = self.run_dir / "metrics.jsonl"
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if fresh_metrics and metrics_path.exists():
-                metrics_path.unlink()
         self.model.train()
         tokens_per_step = config.batch_size * self.world * config.seq_len * config.grad_accum
         bar = tqdm(total=config.steps, initial=self.step_count, disable=None if self.progress else True, unit="step",
                    dynamic_ncols=True)
+        quiet_bar = bar.disable and self.progress and config.progress_every > 0  # stderr is not a terminal
         started = time.perf_counter()
-        window_start = started
+        window_start = last_progress = started
+        first_step = self.step_count
         window: list[Tensor] = []  # this rank's losses since the last log line, on the device
         losses: list[float] = []
-        while self.step_count < config.steps:
-            window.append(self.step())
-            bar.update(1)
-            out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
-            if config.max_minutes > 0 and self.world > 1:  # every rank stops at the same step
-                out_of_time = distributed.sum_values([float(out_of_time)], self.device)[0] > 0
-            step = self.step_count
-            if step % config.log_every == 0 or step == config.steps or out_of_time:
-                now = time.perf_counter()
-                window_losses = [v / self.world for v in distributed.sum_values(torch.stack(window).tolist(), self.device)]
-                losses.extend(window_losses)
-                mean_loss = sum(window_losses) / len(window_losses)
-                bytes_per_token = self._bytes_per_token()
-                record = {
-                    "step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2) / bytes_per_token,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "tokens_per_s": tokens_per_step * len(window) / (now - window_start),
-                    "elapsed_s": now - started, "documents_started": self.stream.documents_started,
-                }
-                if self.tokenizer is not BYTES:
-                    record["bytes_per_token"] = bytes_per_token
-                if main:
-                    with open(metrics_path, "a") as file:
-                        file.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{mean_loss:.3f}", bpb=f"{record['bits_per_byte']:.3f}",
-                                tok_s=f"{record['tokens_per_s']:.0f}")
-                window_start, window = now, []
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps or out_of_time:
-                self.save()
-            if out_of_time:
-                break
+        record: dict[str, Any] = {}
+        with self._stop_on_signals():
+            while self.step_count < config.steps:
+                window.append(self.step())
+                bar.update(1)
+                step = self.step_count
+                if self.bad_steps:
+                    self._report_bad_step(float(window[-1]))
+                out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
+                if config.max_minutes > 0 and self.world > 1:  # every rank stops at the same step
+                    out_of_time = distributed.sum_values([float(out_of_time)], self.device)[0] > 0
+                stopping = self._stop_requested()
+                if step % config.log_every == 0 or step == config.steps or out_of_time or stopping:
+                    now = time.perf_counter()
+                    window_losses = [v / self.world
+                                     for v in distributed.sum_values(torch.stack(window).tolist(), self.device)]
+                    losses.extend(window_losses)
+                    mean_loss = sum(window_losses) / len(window_losses)
+                    bytes_per_token = self._bytes_per_token()
+                    record = {
+                        "step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2) / bytes_per_token,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "tokens_per_s": tokens_per_step * len(window) / (now - window_start),
+                        "elapsed_s": now - started, "documents_started": self.stream.documents_started,
+                    }
+                    if self.tokenizer is not BYTES:
+                        record["bytes_per_token"] = bytes_per_token
+                    if main:
+                        append_metrics(self.run_dir, record)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", bpb=f"{record['bits_per_byte']:.3f}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
+                    window_start, window = now, []
+                if quiet_bar and record and time.perf_counter() - last_progress >= config.progress_every:
+                    last_progress = time.perf_counter()
+                    self._print_progress(record, first_step, last_progress - started)
+                if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps \
+                        or out_of_time or stopping:
+                    self.save()
+                if stopping:
+                    raise Interrupted(self.stop_signal or "a signal", step, self.run_dir)
+                if out_of_time:
+                    break
         bar.close()
         return {"step": self.step_count, "losses": losses, "elapsed_s": time.perf_counter() - started,
                 "run_dir": str(self.run_dir), "world_size": self.world, "model": self.model,
                 "knn_memories": self.knn_memories}
+
+    def _report_bad_step(self, loss: float) -> None:
+        config = self.config
+        if self.rank == 0:
+            print(f"step {self.step_count}: the loss ({loss:.4g}) or gradient is not finite; update skipped "
+                  f"({self.bad_steps} in a row, the run stops at {config.max_bad_steps})", file=sys.stderr, flush=True)
+        if self.bad_steps >= config.max_bad_steps:
+            latest = latest_checkpoint(self.run_dir)
+            kept = f"the last checkpoint, {latest}, is from before" if latest else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"training diverged: the loss or gradient was not finite for {self.bad_steps} steps in a row "
+                f"(to step {self.step_count}); {kept}. Lower --lr (now {config.lr:g}) or raise --warmup-steps "
+                f"or --grad-clip, then train again (--resume continues from the last checkpoint)")
+
+    def _print_progress(self, record: dict[str, Any], first_step: int, elapsed: float) -> None:
+        config, step = self.config, self.step_count
+        rate = (step - first_step) / max(elapsed, 1e-9)
+        left = (config.steps - step) / rate / 60 if rate > 0 else float("inf")
+        print(f"step {step}/{config.steps} ({100 * step / config.steps:.0f}%): loss {record['loss']:.4f}, "
+              f"{record['bits_per_byte']:.4f} bits per byte, {record['tokens_per_s']:.0f} tokens/s; "
+              f"{elapsed / 60:.1f} min elapsed, about {left:.1f} min left", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM ask for a stop at the next step boundary (a second SIGINT stops at
+        once); elsewhere (not the main thread) signals keep their handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask(number: int, frame: Any) -> None:
+            if self.stop_signal is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signal.Signals(number).name
+
+        saved = {number: signal.signal(number, ask) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in saved.items():
+                signal.signal(number, handler)
+
+    def _stop_requested(self) -> bool:
+        stop = self.stop_signal is not None
+        if self.world > 1:  # every rank stops at the same step
+            stop = distributed.sum_values([float(stop)], self.device)[0] > 0
+        return stop
 
 
 def train(
@@ -378,18 +515,34 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) a run and returns ``Trainer.run``'s summary (``model``: see ``Trainer``).
 
+    The run folder is locked while it trains (``run_folder.py``). A new run into a folder that holds one is
+    refused unless ``overwrite`` (which deletes that run first); ``resume`` cuts ``metrics.jsonl`` back to the
+    checkpoint's step.
+
     Raises:
+        RunFolderError: the folder is in use, or holds a run and neither ``resume`` nor ``overwrite`` is given.
+        TrainingDiverged, Interrupted: see ``Trainer.run``.
         FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``, or ``init_from`` without one.
         ValueError: resuming with a different model config or batch layout; ``init_from`` another model.
     """
-    trainer = Trainer(model_config, config, progress=progress, model=model)
-    if resume:
-        trainer.restore()
-    elif config.init_from:
-        trainer.init_from(config.init_from)
-    return trainer.run(fresh_metrics=not resume)
+    # rank 0 owns the folder (under torchrun the process group starts in Trainer, so read the launcher's RANK)
+    main = int(os.environ.get("RANK", "0")) == 0
+    lock = claim_run_folder(config.run_dir, resume=resume, overwrite=overwrite) if main else None
+    try:
+        trainer = Trainer(model_config, config, progress=progress, model=model)
+        if resume:
+            trainer.restore()
+            if main:
+                truncate_metrics(config.run_dir, trainer.step_count)
+        elif config.init_from:
+            trainer.init_from(config.init_from)
+        return trainer.run()
+    finally:
+        if lock is not None:
+            lock.release()

@@ -33,7 +33,8 @@ def command(corpus: Path, run: Path, resume: bool) -> list[str]:
             "--warmup-steps", "5", "--checkpoint-every", "1", "--log-every", "1", "--threads", "1",
             "--dim", "32", "--depth", "2", "--heads", "2", "--dim-head", "16", "--memorizing-layers", "2",
             "--max-knn-memories", "64", "--num-retrieved-memories", "4", "--xl-max-memories", "16",
-            *(["--resume"] if resume else [])]
+            # a life killed before its first checkpoint leaves only metrics: the next one starts the run anew
+            "--resume" if resume else "--overwrite"]
 
 
 def start(corpus: Path, run: Path, resume: bool) -> subprocess.Popen:

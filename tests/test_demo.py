@@ -31,7 +31,7 @@ def test_demo_trains_both_models_from_one_warmup_and_writes_the_comparison(corpu
     model = load_model(run / "memory")
     assert model.config.token_shift > 0  # the demo's default recipe
     printed = capsys.readouterr().out
-    assert "memory on vs off" in printed and "[demo] total" in printed
+    assert "memory on: " in printed and "than off" in printed and "[demo] total" in printed
     # a second demo replaces its own runs
     main(["demo", "--data", corpus, "--run-dir", str(run), *TINY, "--copy-warmup-steps", "0"])
     assert not (run / "warmup").exists()
