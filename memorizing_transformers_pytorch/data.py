@@ -163,7 +163,7 @@ def _record_text(value: Any, field: str, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise TypeError(f"{where}: field {field!r} must hold text, got {type(value).__name__}")
+        raise ValueError(f"{where}: field {field!r} must hold text, got {type(value).__name__} {str(value)[:40]!r}")
     return value
 
 

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
@@ -190,7 +191,9 @@ def write_shards(folder: str | Path, splits: Iterable[tuple[str, Iterable[np.nda
         raise FileExistsError(f"{folder} exists" + ("" if (folder / "meta.json").is_file() else " and holds no token shards"))
     folder.parent.mkdir(parents=True, exist_ok=True)
     dtype = DTYPES["uint16" if tokenizer.num_tokens <= 1 << 16 else "uint32"]
+    remove_stale_temporaries(folder)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    (tmp / OWNER).write_text(f"{os.getpid()}\n")
     try:
         written = {name: _write_split(tmp, name, documents, tokenizer, dtype) for name, documents in splits}
         tokenizer.save(tmp / "tokenizer.json")
@@ -199,11 +202,35 @@ def write_shards(folder: str | Path, splits: Iterable[tuple[str, Iterable[np.nda
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if replace and folder.exists():
             shutil.rmtree(folder)
-        os.replace(tmp, folder)  # fails if another process made the folder meanwhile: theirs stays
+        (tmp / OWNER).unlink()
+        try:
+            os.replace(tmp, folder)  # fails if another process made the folder meanwhile: theirs stays
+        except OSError:
+            if folder.exists():
+                raise FileExistsError(f"{folder} was written by another process meanwhile; its shards are kept "
+                                      f"(use them, or --force to replace them)") from None
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+OWNER = ".owner-pid"  # in a temporary shard folder: the pid of the process writing it
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Deletes the temporary folders that writers of ``folder`` left behind when they were killed (their owner
+    process is gone, or they name none)."""
+    for tmp in folder.parent.glob(f".{folder.name}.*"):
+        try:
+            if not (tmp / OWNER).exists() and time.time() - tmp.stat().st_mtime < 60:
+                continue  # just made: its owner is about to write its pid
+            pid = int((tmp / OWNER).read_text())
+            os.kill(pid, 0)  # raises if no such process
+            continue
+        except (OSError, ValueError):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tokenize_cached(documents: Sequence[np.ndarray], tokenizer: HuggingFaceTokenizer, *, split: str, source: str = "",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -371,9 +372,14 @@ class Trainer:
                 trainer_state={"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                 keep=self.config.keep_checkpoints, files=self.tokenizer.files() if isinstance(self.tokenizer, HuggingFaceTokenizer) else None,
             ) if main else None, "committing the checkpoint")
-        except BaseException:
+        except BaseException as error:
             if main:
                 abort_checkpoint(tmp)
+            if isinstance(error, (OSError, SafetensorError)):  # disk full, read-only: one line, naming the folder
+                reason = getattr(error, "strerror", None) or " ".join(str(error).split())[:160]
+                raise OSError(f"could not write the checkpoint of step {self.step_count} into {tmp.parent} "
+                              f"({reason}); the previous checkpoint is kept: free space or fix permissions, then "
+                              f"--resume") from None
             raise
 
     def _on_all_ranks(self, action: Any, what: str) -> Any:

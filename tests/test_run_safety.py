@@ -339,3 +339,45 @@ def test_the_second_checkpoint_is_labelled_for_what_it_is_and_gains_say_lower_or
     main(["eval", "--checkpoint", str(tmp_path / "a"), "--baseline-checkpoint", str(tmp_path / "off"), "--eval-data",
           corpus, "--split", "train", "--max-docs", "2", "--memory-sizes", "0,64"])
     assert "baseline (trained with kNN memory off)" in capsys.readouterr().out
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, corpus, capsys,
+                                                                                       monkeypatch):
+    from safetensors import SafetensorError
+
+    from memorizing_transformers_pytorch import checkpoint
+
+    run = tmp_path / "run"
+    train(corpus, run, "--steps", "1")
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    line = fails(["train", "--run-dir", str(run), "--steps", "2", "--resume"], capsys)
+    assert "could not write the checkpoint of step 2" in line and "StorageFull" in line and "--resume" in line
+    assert latest_checkpoint(run).name == "step-0000001" and not list((run / "checkpoints").glob(".step-*"))
+
+
+def test_a_jsonl_field_that_is_not_text_is_one_line(tmp_path, capsys):
+    (tmp_path / "data.jsonl").write_text('{"text": "fine"}\n{"text": 42}\n')
+    line = fails(["train", "--data", f"jsonl:{tmp_path / 'data.jsonl'}", "--run-dir", str(tmp_path / "r"), *TINY,
+                  "--steps", "1"], capsys)
+    assert "line 2: field 'text' must hold text, got int" in line
+
+
+def test_temporaries_of_killed_writers_are_cleaned_up_and_a_lost_race_is_one_line(tmp_path):
+    from memorizing_transformers_pytorch.shards import OWNER, remove_stale_temporaries
+
+    folder = tmp_path / "shards"
+    dead = tmp_path / ".shards.abc123"
+    dead.mkdir()
+    (dead / OWNER).write_text("999999999\n")  # no such process
+    alive = tmp_path / ".shards.def456"
+    alive.mkdir()
+    (alive / OWNER).write_text(f"{os.getpid()}\n")
+    old = tmp_path / ".shards.nopid"
+    old.mkdir()
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    remove_stale_temporaries(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shards.def456"]
