@@ -316,7 +316,16 @@ SOURCES: dict[str, Source] = {
                      help="shards:DIR, token shards written by `memorizing-transformers prepare` (with their tokenizer)"),
     "copy": Source(stream=lambda argument, split, **sizes: _copy_stream(argument, **sizes),
                    help="copy[:span=N], the copy warm-up: random bytes holding a string and its copy (copy_warmup.py)"),
+    "longbench": Source(documents=lambda argument, split: _longbench_documents(argument, split),
+                        help="longbench[:SPEC], training documents of the long-context tasks, seeds disjoint from "
+                             "evaluation's (longbench/tasks.py)"),
 }
+
+
+def _longbench_documents(argument: str, split: str) -> list[np.ndarray]:
+    from .longbench.tasks import training_source_documents
+
+    return training_source_documents(argument, split)
 
 
 def _copy_stream(argument: str, **sizes: int) -> BatchStream:

@@ -140,6 +140,8 @@ def test_training_documents_end_with_their_answers():
         assert 550 <= len(document) <= 1400 and document.endswith("\n")
     key = re.search(r"The pass key is (\d+)\.", documents[0]).group(1)
     assert documents[0].endswith(f"The pass key is {key}\n")
+    with pytest.raises(ValueError, match="no common_words document fits"):
+        training_documents(["common_words"], "train", count=byte_count, documents=1, lengths=(300, 600))
 
 
 def test_every_task_end_to_end_on_a_tiny_checkpoint_of_ours(tmp_path, capsys):

@@ -381,3 +381,23 @@ def test_temporaries_of_killed_writers_are_cleaned_up_and_a_lost_race_is_one_lin
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     remove_stale_temporaries(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".shards.def456"]
+
+
+def test_prepare_that_loses_a_race_to_another_prepare_keeps_theirs_and_says_so(tmp_path, monkeypatch):
+    from memorizing_transformers_pytorch import shards
+    from memorizing_transformers_pytorch.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["def f(x): return x + 1\n" * 20], vocab_size=300)
+    folder = tmp_path / "shards"
+    real_replace = os.replace
+
+    def other_writer_first(source, target):  # another prepare renames its folder into place just before this one
+        if Path(target) == folder:
+            folder.mkdir()
+            (folder / "meta.json").write_text("{}")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(shards.os, "replace", other_writer_first)
+    with pytest.raises(FileExistsError, match="written by another process meanwhile"):
+        shards.write_shards(folder, [("train", [tokenizer.encode("def f(x): return x")])], tokenizer)
+    assert (folder / "meta.json").read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["shards"]

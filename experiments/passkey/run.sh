@@ -29,14 +29,14 @@ warmup() {  # NAME, extra flags: the copy warm-up (the plain model has its own: 
   done_ "$OUT/$name" "$WARMUP_STEPS" && return 0
   echo "[passkey] copy warm-up $name: $WARMUP_STEPS steps"
   $PY -m experiments train --threads 2 "${MODEL[@]}" "${COMMON[@]}" --data copy --steps "$WARMUP_STEPS" \
-    --min-lr-ratio 1 --run-dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+    --min-lr-ratio 1 --overwrite --run-dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
 train() {  # NAME, WARM-UP, extra flags
   local name=$1 from=$2; shift 2
   done_ "$OUT/$name" "$STEPS" && return 0
   echo "[passkey] training $name ($STEPS steps; log $OUT/$name.log)"
   OMP_NUM_THREADS=1 $PY -m experiments train --threads 1 "${MODEL[@]}" "${COMMON[@]}" --data "$DATA" \
-    --steps "$STEPS" --init-from "$OUT/$from" --run-dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+    --steps "$STEPS" --init-from "$OUT/$from" --overwrite --run-dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
 warmup warmup
 warmup warmup_plain --xl-max-memories 0

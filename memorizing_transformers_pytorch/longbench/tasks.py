@@ -402,6 +402,7 @@ def training_documents(tasks: Sequence[str], split: str, *, count: Count, length
         check_task(task)
     rng = np.random.default_rng([seed, SPLITS.index(split), 28])
     out: list[str] = []
+    misses = 0
     while len(out) < documents:
         task = tasks[len(out) % len(tasks)]
         length = int(np.exp(rng.uniform(np.log(lengths[0]), np.log(lengths[1]))))
@@ -409,9 +410,14 @@ def training_documents(tasks: Sequence[str], split: str, *, count: Count, length
         sample_seed = 1_000_000 + int(rng.integers(1 << 30))
         try:
             sample = make_sample(task, length, depth, sample_seed, count, haystack=haystack, values=values)
-        except ValueError:  # shorter than this task's facts and question: draw again
+        except ValueError as error:  # shorter than this task's facts and question: draw again
+            misses += 1
+            if misses >= 100:
+                raise ValueError(f"longbench training: no {task} document fits in lengths {lengths} ({error})") from None
             continue
-        out.append(sample.prompt + ", ".join(sample.answers) + "\n")
+        misses = 0
+        separator = "" if sample.question.endswith(('"', " ")) else " "
+        out.append(sample.prompt + separator + ", ".join(sample.answers) + "\n")
     return out
 
 
@@ -421,3 +427,32 @@ def sample_record(sample: Sample) -> dict[str, object]:
     del record["context"]
     return record
 
+
+
+TRAINING_DEFAULTS = {"tasks": "+".join(TASKS), "min_length": 384, "max_length": 2048, "documents": 4000, "seed": 0,
+                     "haystack": "noise", "values": "numbers"}
+
+
+def training_source_documents(argument: str, split: str) -> list[np.ndarray]:
+    """The documents of the data source ``longbench[:SPEC]`` as bytes: ``training_documents`` with lengths in bytes.
+
+    SPEC: comma-separated ``key=value`` of ``tasks`` (``+``-separated), ``min_length``, ``max_length``,
+    ``documents``, ``seed``, ``haystack``, ``values``; e.g. ``longbench:tasks=passkey+niah_single,documents=2000``.
+
+    Raises:
+        ValueError: an unknown key, or a value of the wrong type.
+    """
+    spec: dict[str, object] = dict(TRAINING_DEFAULTS)
+    for part in filter(None, argument.split(",")):
+        key, _, value = part.partition("=")
+        if key not in TRAINING_DEFAULTS:
+            raise ValueError(f"longbench data: unknown key {key!r}; the keys are {', '.join(TRAINING_DEFAULTS)}")
+        try:
+            spec[key] = type(TRAINING_DEFAULTS[key])(value)
+        except ValueError:
+            raise ValueError(f"longbench data: {key} must be an integer, got {value!r}") from None
+    texts = training_documents(str(spec["tasks"]).split("+"), split, count=lambda text: len(text.encode()),
+                               lengths=(int(spec["min_length"]), int(spec["max_length"])),
+                               documents=int(spec["documents"]), seed=int(spec["seed"]), haystack=str(spec["haystack"]),
+                               values=str(spec["values"]))
+    return [np.frombuffer(text.encode(), dtype=np.uint8).copy() for text in texts]
