@@ -11,5 +11,7 @@ MODEL=runs/real_model/smollm2
 LB=(.venv/bin/memorizing-transformers longbench --checkpoint "$MODEL" --output "$OUT" --seq-len 512)
 "${LB[@]}" --lengths 4096 --depths 0.1,0.5,0.9
 "${LB[@]}" --lengths 16384 --depths 0.5
-"${LB[@]}" --lengths 32768 --depths 0.5 --tasks passkey,niah_single,kv_retrieval,niah_multikey
-"${LB[@]}" --lengths 65536 --depths 0.5 --tasks passkey,niah_single --settings memory,plain
+"${LB[@]}" --lengths 32768 --depths 0.5 --tasks passkey,niah_single,kv_retrieval
+"${LB[@]}" --lengths 65536 --depths 0.5 --tasks passkey
+"${LB[@]}" --lengths 32768 --depths 0.5 --tasks niah_multikey,variable_tracking
+"${LB[@]}" --lengths 65536 --depths 0.5 --tasks niah_single,kv_retrieval
