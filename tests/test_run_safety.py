@@ -401,3 +401,21 @@ def test_prepare_that_loses_a_race_to_another_prepare_keeps_theirs_and_says_so(t
     with pytest.raises(FileExistsError, match="written by another process meanwhile"):
         shards.write_shards(folder, [("train", [tokenizer.encode("def f(x): return x")])], tokenizer)
     assert (folder / "meta.json").read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+
+
+def test_a_token_level_shards_run_resumes_as_the_readme_prints_it(tmp_path, capsys):
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for i in range(200):  # enough files for every split
+        (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 5)
+    corpus = str(corpus)
+    tok = tmp_path / "tok"
+    main(["tokenizer", "--data", corpus, "--vocab-size", "300", "--out", str(tok / "tokenizer.json")])
+    main(["prepare", "--data", corpus, "--tokenizer", str(tok / "tokenizer.json"), "--out", str(tok / "shards")])
+    run = tmp_path / "t"
+    args = ["train", "--data", f"shards:{tok / 'shards'}", "--preset", "demo", "--run-dir", str(run), "--seq-len", "16",
+            "--log-every", "1"]
+    main([*args, "--steps", "1"])
+    main([*args, "--steps", "2", "--resume"])
+    assert steps_logged(run) == [1, 2]
+    capsys.readouterr()
