@@ -79,7 +79,8 @@ def _our_model(checkpoint: str, *, device: str, seq_len: int | None, memory_size
                                                                                         memory_size))
         out = model.generate(stream, max_new_tokens=new, seq_len=seq_len, knn_memories=knn,
                              use_knn_memory=knn is not None, temperature=0.0, eos_token_id=codec.sos_id)
-        return out.tokens[0].tolist()
+        tokens = out.tokens[0].tolist()
+        return tokens[: tokens.index(codec.sos_id)] if codec.sos_id in tokens else tokens  # up to the end marker
 
     settings = ("memory", "no-memory") if has_memory else ("no-memory",)
     return ModelUnderTest(str(checkpoint), "tokens" if codec.num_tokens > 258 else "bytes", settings,
