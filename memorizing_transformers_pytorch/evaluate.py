@@ -305,10 +305,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         shown.append(result["bits_per_byte"]["baseline"])
         ax.axhline(result["bits_per_byte"]["baseline"], color="gray", linestyle="--",
                    label=result.get("baseline_label", "second checkpoint (kNN memory off)"))
-    finite = [v for v in shown if v is not None and math.isfinite(v)]
-    if finite:  # at least 5% of the mean tall, so that a tiny difference does not look steep
-        middle, spread = (max(finite) + min(finite)) / 2, max(max(finite) - min(finite), 0.05 * abs(np.mean(finite)))
-        ax.set_ylim(middle - 0.6 * spread, middle + 0.6 * spread)
+    set_visible_range(ax, shown)
     ax.set_xticks(positions)
     ax.set_xticklabels(["off" if s == 0 else f"{s // 1024}K" if s >= 1024 else str(s) for s in sizes])
     ax.set_xlabel("kNN memory size per stream (tokens)")
@@ -321,6 +318,14 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def set_visible_range(ax: Any, values: Sequence[float | None]) -> None:
+    """A y-range at least 5% of the values' mean tall, so that a tiny difference does not look steep."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if finite:
+        middle, spread = (max(finite) + min(finite)) / 2, max(max(finite) - min(finite), 0.05 * abs(float(np.mean(finite))))
+        ax.set_ylim(middle - 0.6 * spread, middle + 0.6 * spread)
 
 
 def save(result: dict[str, Any], output_dir: str | Path) -> tuple[Path, Path]:

@@ -419,3 +419,45 @@ def test_a_token_level_shards_run_resumes_as_the_readme_prints_it(tmp_path, caps
     main([*args, "--steps", "2", "--resume"])
     assert steps_logged(run) == [1, 2]
     capsys.readouterr()
+
+
+def test_bad_rng_bytes_in_a_memory_shard_are_one_line(tmp_path, corpus, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    train(corpus, run, "--steps", "1")
+    shard = latest_checkpoint(run) / "memories-rank0.safetensors"
+    tensors = load_file(shard)
+    tensors["rng"] = torch.zeros(7, dtype=torch.uint8)
+    save_file(tensors, shard)
+    line = fails(["train", "--run-dir", str(run), "--steps", "2", "--resume"], capsys)
+    assert "its optimizer, schedule or RNG state does not fit this run" in line
+
+
+def test_evaluating_documents_with_nothing_to_score_is_a_clear_error():
+    import numpy as np
+    from conftest import tiny_model
+
+    from memorizing_transformers_pytorch.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="nothing to score"):
+        evaluate(tiny_model(num_tokens=256), [np.array([2], dtype=np.uint8)], memory_sizes=[0], seq_len=16,
+                 progress=False)
+
+
+def test_the_plot_does_not_zoom_a_tiny_difference_into_a_steep_one(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from memorizing_transformers_pytorch.evaluate import plot, set_visible_range
+
+    fig, ax = plt.subplots()
+    set_visible_range(ax, [2.0, 1.9992, None])
+    low, high = ax.get_ylim()
+    assert high - low >= 0.1 * 0.99 and low < 1.9992 < 2.0 < high  # 0.04% is a sliver of the axis, not all of it
+    plt.close(fig)
+    path = plot({"by_memory_size": {"0": 2.0, "1024": 1.9992}, "bits_per_byte": {"with_memory": 1.9992}},
+                tmp_path / "p.png")
+    assert path.stat().st_size > 0
