@@ -57,7 +57,7 @@ def test_a_missing_jsonl_field_names_the_file_line_and_fields(tmp_path):
     with pytest.raises(ValueError, match="line 1 is not JSON"):
         load_documents(f"jsonl:{path}", "train")
     path.write_text(json.dumps({"text": 3}) + "\n")
-    with pytest.raises(TypeError, match="must hold text, got int"):
+    with pytest.raises(ValueError, match="must hold text, got int"):
         load_documents(f"jsonl:{path}", "train")
 
 

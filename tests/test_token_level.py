@@ -49,7 +49,7 @@ def test_tokenizer_prepare_train_eval_generate_from_the_command_line(corpus, tok
 
     main(["eval", "--checkpoint", str(run), "--memory-sizes", "0,64", "--max-docs", "3"])  # no --tokenizer
     assert "perplexity" in capsys.readouterr().out
-    result = json.loads((checkpoint / "eval.json").read_text())
+    result = json.loads((run / "eval.json").read_text())
     assert set(result["perplexity"]) == {"with_memory", "without_memory"} and result["tokenizer"]["num_tokens"] == 300
     test_texts = sorted((bytes(d).decode() for d in load_documents(str(corpus), "test")), key=len, reverse=True)[:3]
     assert result["bytes"] == sum(len(t.encode()) for t in test_texts)
