@@ -26,11 +26,13 @@ def plot_heatmap(records: Sequence[dict[str, Any]], path: str | Path, *, title: 
     tasks = list(dict.fromkeys(r["task"] for r in scored))
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in scored)]
     lengths = sorted({r["length"] for r in scored})
-    depths = sorted({r["depth"] for r in scored})
+    depths_of = {task: sorted({r["depth"] for r in scored if r["task"] == task}) for task in tasks}
+    rows = max(len(d) for d in depths_of.values())
     fig, axes = plt.subplots(len(tasks), len(settings), squeeze=False,
-                             figsize=(1.0 + 0.7 * len(lengths) * len(settings), 0.9 + 0.35 * len(depths) * len(tasks)))
+                             figsize=(1.0 + 0.7 * len(lengths) * len(settings), 0.9 + (0.25 + 0.3 * rows) * len(tasks)))
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#dddddd")
     for i, task in enumerate(tasks):
+        depths = depths_of[task]
         for j, setting in enumerate(settings):
             grid = np.full((len(depths), len(lengths)), np.nan)
             for a, depth in enumerate(depths):
