@@ -693,6 +693,32 @@ class MemorizingHFModel(nn.Module):
         """Reads ``prompt`` into the memories, then samples: see ``generation.generate`` (no ``xl_memories``)."""
         return generate(self, prompt, max_new_tokens=max_new_tokens, **options)
 
+    def generate_aligned(self, prompt: Tensor, *, max_new_tokens: int, seq_len: int,
+                         knn_memories: Sequence[KNNMemory] | None = None, use_knn_memory: bool = True,
+                         on_read: Any = None, **options: Any) -> GenerationOutput:
+        """``generate``, with the segments aligned so that the last one holds the prompt's last
+        ``seq_len - max_new_tokens`` tokens (at least one) and the new ones.
+
+        This model has no XL cache: with segments counted from the prompt's start, a prompt that ends just after
+        a segment boundary would be answered from almost nothing local. Here the tokens before are read first, in
+        one shorter segment and then full ones, into the kNN memory. With the memory off nothing carries across
+        segments, so only the last segment's tokens are read.
+        """
+        n = prompt.shape[1]
+        last = min(n, max(1, seq_len - max_new_tokens))
+        if not use_knn_memory:
+            return self.generate(prompt[:, n - last :], max_new_tokens=max_new_tokens, seq_len=seq_len,
+                                 use_knn_memory=False, **options)
+        if knn_memories is None:
+            knn_memories = self.create_knn_memories(batch_size=prompt.shape[0])
+        head = (n - last) % seq_len
+        if head:
+            self.generate(prompt[:, :head], max_new_tokens=0, seq_len=head, knn_memories=knn_memories)
+        if on_read is not None:  # progress counted over the whole prompt
+            report, on_read = on_read, (lambda read, total: report(head + read, n))
+        return self.generate(prompt[:, head:], max_new_tokens=max_new_tokens, seq_len=seq_len,
+                             knn_memories=knn_memories, on_read=on_read, **options)
+
 
 def _positions_in_documents(doc: Tensor) -> Tensor:
     """``(B, n)`` each token's position in its document within the segment: 0 at the segment's start and at
@@ -994,7 +1020,7 @@ def run_generate(args: Any) -> None:
         knn = model.create_knn_memories(batch_size=1, max_memories=args.memory_size or None)
     sys.stdout.write(prompt.decode("utf-8", errors="replace"))
     started = time.perf_counter()
-    out = model.generate(tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn,
+    out = model.generate_aligned(tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn,
                          use_knn_memory=knn is not None, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, eos_token_id=eos, generator=generator, on_read=reading_progress(started),
                          on_token=lambda token: (sys.stdout.write(show(token)), sys.stdout.flush()))

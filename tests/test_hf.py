@@ -534,3 +534,20 @@ def test_the_core_package_imports_without_transformers():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_aligned_generation_reads_the_prompts_end_in_its_last_segment(tmp_path):
+    model = memory_model(saved_model(tmp_path, "llama"), combine="joint", max_knn_memories=256)
+    prompt = torch.randint(4, 64, (1, 70))  # 70 = 4 x 16 + 6: unaligned, the last segment would hold 6 tokens
+    seen = []
+    out = model.generate_aligned(prompt, max_new_tokens=4, seq_len=16, temperature=0.0,
+                                 on_read=lambda read, total: seen.append((read, total)))
+    knn = model.create_knn_memories(batch_size=1)  # by hand: 70 - 12 = 58 = 10 + 3 x 16; a first segment of 10
+    model.generate(prompt[:, :10], max_new_tokens=0, seq_len=10, knn_memories=knn)
+    by_hand = model.generate(prompt[:, 10:], max_new_tokens=4, seq_len=16, temperature=0.0, knn_memories=knn)
+    assert torch.equal(out.tokens, by_hand.tokens) and seen[-1] == (70, 70)
+    # 58 tokens read before the last segment, which the 12 prompt tokens and the 4 new ones fill: all in memory
+    assert int(out.knn_memories[0].count[0]) == 74
+    off = model.generate_aligned(prompt, max_new_tokens=4, seq_len=16, temperature=0.0, use_knn_memory=False)
+    tail = model.generate(prompt[:, -12:], max_new_tokens=4, seq_len=16, temperature=0.0, use_knn_memory=False)
+    assert torch.equal(off.tokens, tail.tokens)
