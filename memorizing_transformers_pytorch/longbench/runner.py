@@ -117,20 +117,13 @@ def _hf_model(checkpoint: str, *, device: str, seq_len: int | None, memory_size:
         _check_setting(setting, SETTINGS, checkpoint)
         stream = ([sos] if sos is not None else []) + list(ids)
         options: dict[str, Any] = dict(max_new_tokens=new, temperature=0.0, eos_token_id=eos)
-        # the last segment holds the prompt's last ``seq_len - new`` tokens and the answer (a model without an XL
-        # cache sees only its own segment locally): a first, shorter segment aligns the rest to end there
-        last = min(len(stream), max(1, seq_len - new))
-        head = (len(stream) - last) % seq_len
-        if setting == "memory":
-            knn = model.create_knn_memories(batch_size=1, max_memories=_memory_capacity(len(stream) + new, memory_size))
-            if head:
-                model.generate(torch.tensor([stream[:head]], device=device), max_new_tokens=0, seq_len=head,
-                               knn_memories=knn)
-            out = model.generate(torch.tensor([stream[head:]], device=device), seq_len=seq_len, knn_memories=knn,
-                                 **options)
-        elif setting == "no-memory":  # without a kNN memory (nor an XL cache) only the last segment is read
-            out = model.generate(torch.tensor([stream[-last:]], device=device), seq_len=seq_len,
-                                 use_knn_memory=False, **options)
+        if setting in ("memory", "no-memory"):  # the prompt's end and the answer in the last segment
+            knn = None
+            if setting == "memory":
+                knn = model.create_knn_memories(batch_size=1, max_memories=_memory_capacity(len(stream) + new,
+                                                                                            memory_size))
+            out = model.generate_aligned(torch.tensor([stream], device=device), seq_len=seq_len, knn_memories=knn,
+                                         use_knn_memory=knn is not None, **options)
         else:  # the model's own full attention over the last tokens that fit its window with the answer
             keep = max(1, window - new - (sos is not None))
             tail = ([sos] if sos is not None and len(ids) > keep else []) + stream[-keep:]
