@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import IGNORE_INDEX, Batch
+from .data import IGNORE_INDEX, Batch, Source, register_source
 
 __all__ = ["ALPHABET", "copy_batch", "CopyStream", "parse_span"]
 
@@ -86,3 +86,8 @@ class CopyStream:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.documents_started = state["documents_started"]
+
+
+register_source("copy", Source(stream=lambda argument, split, **sizes: CopyStream(span=parse_span(argument), **sizes),
+                               help="copy[:span=N], the copy warm-up: random bytes holding a string and its copy "
+                                    "(copy_warmup.py)"))

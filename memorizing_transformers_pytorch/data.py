@@ -314,24 +314,9 @@ SOURCES: dict[str, Source] = {
                  help="hf:DIR[#FIELD], a Hugging Face dataset saved with save_to_disk, one document per record's FIELD (text)"),
     "shards": Source(documents=lambda argument, split: ShardDocuments(argument, split), tokenizer=shard_tokenizer,
                      help="shards:DIR, token shards written by `memorizing-transformers prepare` (with their tokenizer)"),
-    "copy": Source(stream=lambda argument, split, **sizes: _copy_stream(argument, **sizes),
-                   help="copy[:span=N], the copy warm-up: random bytes holding a string and its copy (copy_warmup.py)"),
-    "longbench": Source(documents=lambda argument, split: _longbench_documents(argument, split),
-                        help="longbench[:SPEC], training documents of the long-context tasks, seeds disjoint from "
-                             "evaluation's (longbench/tasks.py)"),
 }
-
-
-def _longbench_documents(argument: str, split: str) -> list[np.ndarray]:
-    from .longbench.tasks import training_source_documents
-
-    return training_source_documents(argument, split)
-
-
-def _copy_stream(argument: str, **sizes: int) -> BatchStream:
-    from .copy_warmup import CopyStream, parse_span
-
-    return CopyStream(span=parse_span(argument), **sizes)
+# higher layers add their own sources with register_source when the package loads: "copy" (copy_warmup.py) and
+# "longbench" (longbench/tasks.py)
 
 
 def register_source(name: str, source: Source) -> None:

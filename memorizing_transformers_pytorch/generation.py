@@ -10,16 +10,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .attention import PrefixBuffer, XLCache
 from .memory import KNNMemory
-
-if TYPE_CHECKING:
-    from .model import MemorizingTransformer
 
 __all__ = ["generate", "read_in_segments", "GenerationOutput", "PendingSegment", "sample", "reading_progress"]
 
@@ -95,7 +92,7 @@ def read_in_segments(model: Any, tokens: Tensor, knn_memories: Sequence[KNNMemor
 
 @torch.no_grad()
 def generate(
-    model: MemorizingTransformer,
+    model: Any,  # a MemorizingTransformer, or another model with its _extend_segment (hf.MemorizingHFModel)
     prompt: Tensor,
     *,
     max_new_tokens: int,

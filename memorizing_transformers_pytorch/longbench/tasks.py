@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import SPLITS, Source, check_split, register_source, stdlib_documents
+
 __all__ = ["TASKS", "HAYSTACKS", "Sample", "make_sample", "haystack_pieces", "check_task", "uses_depth",
            "PASSKEY_FILLER", "passkey_statement", "PASSKEY_QUESTION", "training_documents"]
 
@@ -113,8 +115,6 @@ def haystack_pieces(haystack: str, seed: int) -> _Pieces:
     if haystack == "noise":
         return _Pieces(lambda n: [PASSKEY_FILLER[i % len(PASSKEY_FILLER)] for i in range(n)], 10**9, "noise")
     if haystack == "stdlib":
-        from ..data import stdlib_documents
-
         documents = stdlib_documents("test")
         order = np.random.default_rng([seed, 17]).permutation(len(documents))
         texts = [bytes(documents[i]).decode("utf-8", errors="replace") for i in order]
@@ -395,8 +395,6 @@ def training_documents(tasks: Sequence[str], split: str, *, count: Count, length
                        ) -> list[str]:
     """Whole documents (prompt, answer and a newline) for training on the tasks: lengths log-uniform in
     ``lengths``, depths uniform. Seeds are ``1_000_000 + ...``, disjoint from evaluation's (small integers)."""
-    from ..data import SPLITS, check_split
-
     check_split(split)
     for task in tasks:
         check_task(task)
@@ -456,3 +454,8 @@ def training_source_documents(argument: str, split: str) -> list[np.ndarray]:
                                documents=int(spec["documents"]), seed=int(spec["seed"]), haystack=str(spec["haystack"]),
                                values=str(spec["values"]))
     return [np.frombuffer(text.encode(), dtype=np.uint8).copy() for text in texts]
+
+
+register_source("longbench", Source(documents=training_source_documents,
+                                    help="longbench[:SPEC], training documents of the long-context tasks, seeds "
+                                         "disjoint from evaluation's (longbench/tasks.py)"))
