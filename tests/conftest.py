@@ -36,3 +36,18 @@ def corpus(tmp_path):
 def _tokenization_cache(tmp_path_factory, monkeypatch):
     """Tokenized corpora are cached under the session's temporary folder, never in the home folder."""
     monkeypatch.setenv("MEMORIZING_TRANSFORMERS_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
+
+
+def hf_bpe_tokenizer(text: str, vocab_size: int):
+    """A byte-level BPE trained on ``text``, as a ``transformers`` tokenizer with <pad> <s> </s> <unk> (ids 0-3)."""
+    import tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel()
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    bpe.train_from_iterator([text], tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")

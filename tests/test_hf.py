@@ -9,6 +9,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from conftest import hf_bpe_tokenizer  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     GPT2Config,
@@ -502,19 +503,11 @@ def test_the_command_line_evaluates_and_generates_from_a_model_folder(tmp_path, 
 
 
 def test_the_command_line_uses_the_folders_tokenizer(tmp_path, capsys):
-    tokenizers = pytest.importorskip("tokenizers")
-    from transformers import PreTrainedTokenizerFast
+    pytest.importorskip("tokenizers")
 
     from memorizing_transformers_pytorch.cli import main
 
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel()
-    bpe.decoder = tokenizers.decoders.ByteLevel()
-    bpe.train_from_iterator(["def f(x):\n    return x + 1\n" * 50],
-                            tokenizers.trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-                                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        unk_token="<unk>")
+    tokenizer = hf_bpe_tokenizer("def f(x):\n    return x + 1\n" * 50, vocab_size=120)
     folder = saved_model(tmp_path, "llama", vocab=len(tokenizer))
     tokenizer.save_pretrained(folder)
     data = tmp_path / "data"

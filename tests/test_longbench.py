@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import hf_bpe_tokenizer, tiny_model
 
 from memorizing_transformers_pytorch.longbench import TASKS, make_sample, score, training_documents
 from memorizing_transformers_pytorch.longbench.runner import format_table, summarize
@@ -182,21 +182,14 @@ def test_summary_and_table_average_by_setting_task_and_length():
 
 
 def test_a_hugging_face_model_with_its_tokenizer_runs_every_setting(tmp_path, capsys):
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers")
     pytest.importorskip("transformers")
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     from memorizing_transformers_pytorch.cli import main
     from memorizing_transformers_pytorch.longbench.runner import load_model_under_test
 
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel()
-    bpe.decoder = tokenizers.decoders.ByteLevel()
-    bpe.train_from_iterator(["The grass is green. The sky is blue. The pass key is 12345.\n" * 50],
-                            tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-                                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        unk_token="<unk>")
+    tokenizer = hf_bpe_tokenizer("The grass is green. The sky is blue. The pass key is 12345.\n" * 50, vocab_size=300)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1,
