@@ -22,7 +22,6 @@ evaluation's.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,13 +416,6 @@ def training_documents(tasks: Sequence[str], split: str, *, count: Count, length
         separator = "" if sample.question.endswith(('"', " ")) else " "
         out.append(sample.prompt + separator + ", ".join(sample.answers) + "\n")
     return out
-
-
-def sample_record(sample: Sample) -> dict[str, object]:
-    """The sample's fields for a JSON record (without its long text)."""
-    record = dataclasses.asdict(sample)
-    del record["context"]
-    return record
 
 
 
