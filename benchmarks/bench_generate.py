@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from memorizing_transformers_pytorch import MemorizingTransformer
+from memorizing_transformers_pytorch import MemorizingTransformer, StreamState
 from memorizing_transformers_pytorch.configs import CONFIGS
 
 
@@ -37,8 +37,8 @@ def segment_rates(model, knn, *, seq_len: int, tokens: int, reps: int, device: s
                     torch.cuda.synchronize()
                 stamps.append(time.perf_counter())
 
-            model.generate(prompt, max_new_tokens=tokens + 1, seq_len=seq_len, knn_memories=knn, temperature=0.0,
-                           on_token=stamp)
+            model.generate(prompt, max_new_tokens=tokens + 1, temperature=0.0, on_token=stamp,
+                           state=StreamState(seq_len=seq_len, knn_memories=knn))
             per_rep.append(tokens / (stamps[-1] - stamps[0]))  # between the stamps: `tokens` tokens read
         rates[where] = statistics.median(per_rep)
     return rates
@@ -71,11 +71,11 @@ def main() -> None:
             pairs = torch.randn(1, args.kv_heads, size, 2, 64, device=args.device)
             knn[0].add(torch.nn.functional.normalize(pairs, dim=-1))
         prompt = torch.randint(3, 256, (1, 100), device=args.device)
-        model.generate(prompt, max_new_tokens=4, knn_memories=knn, temperature=0.0)  # warm-up
+        model.generate(prompt, max_new_tokens=4, temperature=0.0, state=StreamState(512, knn))  # warm-up
         times = []
         for _ in range(args.reps):
             start = time.perf_counter()
-            model.generate(prompt, max_new_tokens=args.tokens, knn_memories=knn, temperature=0.0)
+            model.generate(prompt, max_new_tokens=args.tokens, temperature=0.0, state=StreamState(512, knn))
             times.append(time.perf_counter() - start)
         seconds = sorted(times)[len(times) // 2]
         rates = segment_rates(model, knn, seq_len=args.seq_len, tokens=args.tokens, reps=args.reps, device=args.device)

@@ -35,9 +35,8 @@ def read_seconds(model: MemorizingHFModel, ids: np.ndarray, memory_size: int) ->
 def decode_ms_per_token(model: MemorizingHFModel, prompt: torch.Tensor, memory: bool, new_tokens: int) -> float:
     """Milliseconds per generated token after the prompt was read (the prompt's reading is not counted)."""
     stamps = []
-    knn = model.create_knn_memories(batch_size=1, max_memories=65536) if memory else None
-    model.generate(prompt, max_new_tokens=new_tokens, seq_len=512, temperature=0.0, knn_memories=knn,
-                   use_knn_memory=memory, on_token=lambda token: stamps.append(time.perf_counter()))
+    model.generate(prompt, max_new_tokens=new_tokens, seq_len=512, temperature=0.0, use_knn_memory=memory,
+                   max_memories=65536 if memory else None, on_token=lambda token: stamps.append(time.perf_counter()))
     return 1000 * (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
 

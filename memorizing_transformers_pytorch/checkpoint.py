@@ -32,11 +32,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .attention import XLCache
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
 from .memory import KNNMemory
 from .model import MemorizingTransformer
 from .tokenizer import BYTES, HuggingFaceTokenizer, Tokenizer, check_model_fits, check_same_tokenizer, load_tokenizer
+from .xl_cache import XLCache
 
 __all__ = ["CheckpointError", "save_checkpoint", "temporary_folder", "prepare_checkpoint", "write_shard",
            "commit_checkpoint", "abort_checkpoint", "load_model", "load_weights", "load_config", "load_state_dict_into",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import sys
 import time
@@ -192,7 +193,8 @@ def parse_sizes(text: str, flag: str) -> list[int]:
 def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int, device: str) -> dict[str, Any]:
     from .checkpoint import checkpoint_tokenizer, load_model
     from .data import load_documents
-    from .evaluate import evaluate, format_table, save, select_documents
+    from .evaluate import evaluate, format_table, select_documents
+    from .plots import save_result
     from .tokenizer import check_same_tokenizer
 
     device = str(distributed.setup(device))  # under torchrun, ranks share the documents and sum the results
@@ -220,7 +222,7 @@ def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int
     result["eval_seconds"] = time.perf_counter() - started
     output = Path(args.output or getattr(args, "checkpoint", None) or checkpoint)  # the folder the user named
     if distributed.is_main():
-        json_path, png_path = save(result, output)
+        json_path, png_path = save_result(result, output)
         print(format_table(result))
         print(f"wrote {json_path} and {png_path}")
     return result
@@ -243,10 +245,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .checkpoint import load_checkpoint
-    from .hf import is_hf_folder, run_eval
+    from .hf import is_hf_folder
 
     if is_hf_folder(args.checkpoint):  # a Hugging Face model folder (hf.py)
-        run_eval(args, parse_sizes(args.memory_sizes, "--memory-sizes"))
+        _eval_hf(args, parse_sizes(args.memory_sizes, "--memory-sizes"))
         return
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -254,6 +256,51 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data = args.eval_data or train_config.get("data", "stdlib")
     seq_len = args.seq_len or train_config.get("seq_len", 512)
     _run_eval(args, str(checkpoint["path"]), data, seq_len, args.device)
+
+
+def _eval_hf(args: argparse.Namespace, memory_sizes: list[int]) -> dict[str, Any]:
+    """``eval --checkpoint HF_FOLDER``: bits per byte with the memory on, off and by size.
+
+    A byte-level folder (no tokenizer) is evaluated exactly as our own checkpoints (``evaluate.evaluate``);
+    with a tokenizer each document is read as one stream of its tokens, and its bits are divided by its bytes.
+    """
+    from .data import load_documents
+    from .evaluate import evaluate, format_table, select_documents, token_log_probs
+    from .hf import load_folder
+    from .plots import save_result
+
+    if getattr(args, "baseline_checkpoint", None):
+        raise ValueError("--baseline-checkpoint is not supported with a Hugging Face model folder: evaluate each "
+                         "folder on its own (memory size 0 is the same weights without memory)")
+    model, tokenizer, seq_len = load_folder(args.checkpoint, device=args.device, tokenizer=getattr(args, "tokenizer", None),
+                                            seq_len=args.seq_len)
+    documents = select_documents(load_documents(args.eval_data or "stdlib", args.split), max_docs=args.max_docs or None,
+                                 max_doc_bytes=args.max_doc_bytes or None)
+    started = time.perf_counter()
+    if tokenizer is None:
+        result = evaluate(model, documents, memory_sizes=memory_sizes, batch_size=args.eval_batch_size,
+                          seq_len=seq_len, device=args.device)
+    else:
+        sos = [model.config.clear_memories_on_sos_token_id] if tokenizer.bos_token_id is not None else []
+        streams = [sos + list(tokenizer(bytes(document).decode("utf-8", errors="replace"),
+                                        add_special_tokens=False)["input_ids"]) for document in documents]
+        total_bytes = sum(len(d) for d in documents)
+        by_size = {}
+        for size in memory_sizes:
+            bits = sum(-float(token_log_probs(model, stream, memory_size=size, seq_len=seq_len, device=args.device)[0]
+                              .sum()) / math.log(2) for stream in streams)
+            by_size[str(size)] = bits / total_bytes
+        on = by_size.get(str(model.config.max_knn_memories), by_size[str(max(memory_sizes))])
+        off = by_size.get("0", on)
+        result = {"bits_per_byte": {"with_memory": on, "without_memory": off}, "by_memory_size": by_size,
+                  "trained_memory_size": model.config.max_knn_memories, "documents": len(documents),
+                  "bytes": total_bytes, "seq_len": seq_len, "memory_gain_percent": 100.0 * (off - on) / off}
+    result["checkpoint"] = str(args.checkpoint)
+    result["eval_seconds"] = time.perf_counter() - started
+    json_path, png_path = save_result(result, args.output or args.checkpoint)
+    print(format_table(result))
+    print(f"wrote {json_path} and {png_path}")
+    return result
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -271,54 +318,99 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    """Reads ``--context-file`` and the prompt into memory, then streams the continuation to stdout."""
     from .checkpoint import checkpoint_tokenizer, load_checkpoint, load_model
     from .generation import reading_progress
-    from .hf import is_hf_folder, run_generate
+    from .hf import is_hf_folder
 
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ValueError("give either --prompt or --prompt-file, not both")
     if is_hf_folder(args.checkpoint):  # a Hugging Face model folder (hf.py)
-        run_generate(args)
+        _generate_hf(args)
         return
     checkpoint = load_checkpoint(args.checkpoint)
     seq_len = args.seq_len or checkpoint.get("train_config", {}).get("seq_len", 512)
     tokenizer = checkpoint_tokenizer(checkpoint["path"], args.tokenizer)
     model = load_model(checkpoint["path"], device=args.device)
-    if args.prompt is not None and args.prompt_file is not None:
-        raise ValueError("give either --prompt or --prompt-file, not both")
-    prompt = args.prompt if args.prompt is not None else ""
-    if args.prompt_file is not None:
-        prompt = _read_text(args.prompt_file, "prompt file")
-    context = _read_text(args.context_file, "context file") if args.context_file else ""
+    context, prompt = (text.decode("utf-8", errors="replace") for text in _context_and_prompt(args))
     stream = [tokenizer.sos_id, *tokenizer.encode(context + prompt).tolist()]
-    tokens = torch.tensor([stream], dtype=torch.long, device=args.device)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    knn = None
-    if model.config.memorizing_layers and args.memory_size != 0:
-        knn = model.create_knn_memories(batch_size=1, max_memories=args.memory_size or None)
     decode = tokenizer.stream_decoder()
     sys.stdout.write(prompt)
-
-    def show(token: torch.Tensor) -> None:
-        sys.stdout.write(decode(int(token[0])))
-        sys.stdout.flush()
-
     started = time.perf_counter()
     out = model.generate(
-        tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn, use_knn_memory=knn is not None,
+        torch.tensor([stream], dtype=torch.long, device=args.device), max_new_tokens=args.max_new_tokens,
+        seq_len=seq_len, use_knn_memory=args.memory_size != 0, max_memories=args.memory_size or None,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_token_id=tokenizer.sos_id,
-        generator=generator, on_token=show, on_read=reading_progress(started),
+        generator=torch.Generator(device=args.device).manual_seed(args.seed), on_read=reading_progress(started),
+        on_token=lambda token: _write(decode(int(token[0]))),
     )
-    elapsed = time.perf_counter() - started
+    _generation_summary(len(stream), out, time.perf_counter() - started)
+
+
+def _generate_hf(args: argparse.Namespace) -> None:
+    """``generate --checkpoint HF_FOLDER``: as ``cmd_generate``, with the folder's tokenizer (or bytes), the
+    segments aligned so that the prompt's end is in the last one (``MemorizingHFModel.generate_aligned``)."""
+    import codecs
+
+    from .generation import reading_progress
+    from .hf import load_folder
+
+    model, tokenizer, seq_len = load_folder(args.checkpoint, device=args.device, tokenizer=getattr(args, "tokenizer", None),
+                                            seq_len=args.seq_len)
+    context, prompt = _context_and_prompt(args)
+    sos = model.config.clear_memories_on_sos_token_id
+    if tokenizer is None:
+        ids = list(context + prompt)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        show = lambda token: decoder.decode(bytes([int(token[0])]))
+        eos = sos
+    else:
+        ids = tokenizer((context + prompt).decode("utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
+        generated: list[int] = []
+        shown = [""]
+
+        def show(token: torch.Tensor) -> str:
+            generated.append(int(token[0]))
+            text = tokenizer.decode(generated)
+            new, shown[0] = text[len(shown[0]) :], text
+            return new
+
+        eos = tokenizer.eos_token_id
+    stream = ([sos] if sos is not None else []) + ids
+    sys.stdout.write(prompt.decode("utf-8", errors="replace"))
+    started = time.perf_counter()
+    out = model.generate_aligned(
+        torch.tensor([stream], dtype=torch.long, device=args.device), max_new_tokens=args.max_new_tokens,
+        seq_len=seq_len, use_knn_memory=bool(model.config.memorizing_layers) and args.memory_size != 0,
+        max_memories=args.memory_size or None, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        eos_token_id=eos, generator=torch.Generator(device=args.device).manual_seed(args.seed),
+        on_read=reading_progress(started), on_token=lambda token: _write(show(token)))
+    _generation_summary(len(stream), out, time.perf_counter() - started)
+
+
+def _context_and_prompt(args: argparse.Namespace) -> tuple[bytes, bytes]:
+    """``--context-file`` and ``--prompt`` or ``--prompt-file``, as bytes (``tokenizer.read_prompt_bytes``)."""
+    from .tokenizer import read_prompt_bytes
+
+    prompt = args.prompt.encode() if args.prompt is not None else b""
+    if args.prompt_file is not None:
+        prompt = read_prompt_bytes(args.prompt_file, "prompt file")
+    context = read_prompt_bytes(args.context_file, "context file") if args.context_file else b""
+    return context, prompt
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _generation_summary(read: int, out: Any, seconds: float) -> None:
+    """The line after the continuation (stderr): tokens read and generated, and what the memory holds."""
     sys.stdout.write("\n")
-    held = f"kNN memory holds {[int(m.count[0]) for m in out.knn_memories]}" if out.knn_memories else "kNN memory off"
-    print(f"[{len(stream)} tokens read, {out.tokens.shape[1]} generated in {elapsed:.1f}s; {held}]", file=sys.stderr)
-
-
-def _read_text(path: str, what: str) -> str:
-    """A file's text (UTF-8; invalid bytes read as U+FFFD)."""
-    try:
-        return Path(path).read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
+    counts = [int(m.count[0]) for m in out.state.knn_memories] if out.state.knn_memories else []
+    held = "kNN memory off" if not counts else (f"kNN memory holds {counts[0]} pairs in each of {len(counts)} layers"
+                                                 if len(set(counts)) == 1 else f"kNN memory holds {counts}")
+    print(f"[{read} tokens read, {out.tokens.shape[1]} generated in {seconds:.1f}s; {held}]", file=sys.stderr)
 
 
 def _parse_list(text: str, kind: type, flag: str) -> list[Any]:

@@ -41,8 +41,45 @@ def _layers(name: str, value: Any, depth: int) -> tuple[int, ...]:
     return tuple(sorted(layers))
 
 
+class JsonConfig:
+    """What a frozen config dataclass gets: a JSON round trip that names unknown keys, and ``same_model``.
+
+    Subclasses name what they are (``description``, for errors) and their ``search_fields``: settings of the
+    memory search, which change no weight.
+    """
+
+    description = "config"
+    search_fields: tuple[str, ...] = ()
+
+    def same_model(self, other: Any) -> bool:
+        """Whether ``other`` describes the same parameters, up to the memory search's settings."""
+        return dataclasses.replace(self, **{name: getattr(other, name) for name in self.search_fields}) == other
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Raises ValueError for a key that is not a field."""
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown {cls.description} keys: {unknown}")
+        # JSON has no tuples: the layer lists come back as lists
+        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in data.items()})
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Any:
+        return cls.from_dict(read_json_object(path, cls.description))
+
+
 @dataclass(frozen=True)
-class MemorizingTransformerConfig:
+class MemorizingTransformerConfig(JsonConfig):
     """Every hyperparameter of a ``MemorizingTransformer``.
 
     Layers are numbered from 1 (the first block) to ``depth``, as in the seed.
@@ -108,6 +145,9 @@ class MemorizingTransformerConfig:
             ``xl_max_memories + 1 >= rel_pos_max_distance``). Off (the seed's behaviour), memories get no
             position bias while local keys do, so a local key's bias can outweigh a better-matching memory.
     """
+
+    description = "model config"
+    search_fields = SEARCH_FIELDS
 
     num_tokens: int
     dim: int = 512
@@ -187,35 +227,6 @@ class MemorizingTransformerConfig:
                 _int(name, value, minimum=0)
                 if value >= self.num_tokens:
                     raise ValueError(f"{name} must be a token id below num_tokens={self.num_tokens}, got {value}")
-
-    def same_model(self, other: MemorizingTransformerConfig) -> bool:
-        """Whether ``other`` describes the same model, up to the memory search's settings (``SEARCH_FIELDS``)."""
-        return dataclasses.replace(self, **{name: getattr(other, name) for name in SEARCH_FIELDS}) == other
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MemorizingTransformerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {unknown}")
-        data = dict(data)
-        for name in ("memorizing_layers", "xl_memory_layers"):
-            if isinstance(data.get(name), list):
-                data[name] = tuple(data[name])
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> MemorizingTransformerConfig:
-        return cls.from_dict(read_json_object(path, "model config"))
 
 
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:

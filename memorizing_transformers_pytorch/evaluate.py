@@ -31,7 +31,7 @@ from .run_folder import finite_json
 from .tokenizer import BYTES, Tokenizer
 
 __all__ = ["read_stream", "segments", "token_log_probs", "Score", "score", "bits_per_byte", "evaluate",
-           "select_documents", "document_bytes", "format_table", "plot", "save"]
+           "select_documents", "document_bytes", "format_table", "describe_gain", "save_json"]
 
 
 def segments(stream: Tensor, seq_len: int) -> Iterator[Batch]:
@@ -49,24 +49,29 @@ def segments(stream: Tensor, seq_len: int) -> Iterator[Batch]:
 def read_stream(model: MemorizingTransformer, batches: Iterable[Batch], *, memory_size: int | None,
                 device: str | torch.device = "cpu") -> Iterator[tuple[Batch, Tensor]]:
     """Reads batches in order, each row continuing its stream, with fresh kNN and XL memories carried across
-    segments; yields each batch (moved to ``device``) with its logits ``(B, n, num_tokens)``.
+    segments; yields each batch (moved to ``device``) with its logits ``(B, n, num_tokens)``. The model is in
+    eval mode while it reads, and back in its own mode when the loop ends (or is left).
 
     Args:
         memory_size: kNN memory capacity per stream; ``0`` turns the memory off; ``None`` uses the model's size.
     """
+    was_training = model.training
     model.eval()
     use_memory = memory_size != 0 and len(model.config.memorizing_layers) > 0
     knn, xl = None, None
-    for batch in batches:
-        batch = Batch(batch.tokens.to(device), batch.labels.to(device), batch.new_streams)
-        if knn is None and use_memory:
-            knn = model.create_knn_memories(batch_size=batch.tokens.shape[0], max_memories=memory_size)
-        if batch.new_streams:
-            xl = None
-            if knn is not None:
-                knn.clear_memory()
-        logits, xl = model(batch.tokens, knn_memories=knn, xl_memories=xl)
-        yield batch, logits
+    try:
+        for batch in batches:
+            batch = Batch(batch.tokens.to(device), batch.labels.to(device), batch.new_streams)
+            if knn is None and use_memory:
+                knn = model.create_knn_memories(batch_size=batch.tokens.shape[0], max_memories=memory_size)
+            if batch.new_streams:
+                xl = None
+                if knn is not None:
+                    knn.clear_memory()
+            logits, xl = model(batch.tokens, knn_memories=knn, xl_memories=xl)
+            yield batch, logits
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -142,36 +147,40 @@ def score(
         return _reduced(0.0, 0, 0, device)
     stream = DocumentStream(documents, batch_size=batch_size, seq_len=seq_len, repeat=False, sos_id=tokenizer.sos_id,
                             pad_id=tokenizer.pad_id)
-    token_bytes = None if tokenizer.token_bytes is None else torch.as_tensor(tokenizer.token_bytes, device=device)
+    token_bytes = None if tokenizer.token_bytes is None else torch.as_tensor(tokenizer.token_bytes)
     total_bits = torch.zeros((), dtype=torch.float64, device=device)
-    total_tokens = total_bytes = 0
+    counts = {"read": 0, "tokens": 0, "bytes": 0}  # counted on the host, from the batches before they move
     total = sum(len(d) + 1 for d in documents)
     bar = tqdm(total=total, disable=None if progress else True, unit="tok", unit_scale=True, desc=description, leave=False)
     plain_log = progress and bar.disable  # no terminal (a log file): a line at the start and the end instead
     started = time.perf_counter()
     if plain_log:
         print(f"[eval] {description or 'evaluating'}: {total} tokens", file=sys.stderr, flush=True)
+
+    def counted(batches: Iterable[Batch]) -> Iterator[Batch]:
+        for batch in batches:
+            labels = batch.labels.masked_fill(batch.labels == tokenizer.sos_id, IGNORE_INDEX)
+            scored = labels[labels != IGNORE_INDEX]
+            read = int((batch.tokens != tokenizer.pad_id).sum())
+            counts["read"] += read
+            counts["tokens"] += len(scored)
+            counts["bytes"] += len(scored) if token_bytes is None else int(token_bytes[scored].sum())
+            bar.update(read)
+            yield Batch(batch.tokens, labels, batch.new_streams)
+
     last_line = started
-    read = 0
-    for batch, logits in read_stream(model, stream, memory_size=memory_size, device=device):
-        read += int((batch.tokens != tokenizer.pad_id).sum())
+    for batch, logits in read_stream(model, counted(stream), memory_size=memory_size, device=device):
         if plain_log and time.perf_counter() - last_line >= PROGRESS_SECONDS:
             last_line = time.perf_counter()
-            print(f"[eval] {description or 'evaluating'}: {read:,} / {total:,} tokens ({100 * read / total:.0f}%), "
-                  f"{last_line - started:.0f}s", file=sys.stderr, flush=True)
-        labels = batch.labels.masked_fill(batch.labels == tokenizer.sos_id, IGNORE_INDEX)
-        nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+            print(f"[eval] {description or 'evaluating'}: {counts['read']:,} / {total:,} tokens "
+                  f"({100 * counts['read'] / total:.0f}%), {last_line - started:.0f}s", file=sys.stderr, flush=True)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), batch.labels, ignore_index=IGNORE_INDEX, reduction="sum")
         total_bits += nll.double() / math.log(2)  # kept on the device: one host sync at the end
-        scored = labels != IGNORE_INDEX
-        count = int(scored.sum())
-        total_tokens += count
-        total_bytes += count if token_bytes is None else int(token_bytes[labels[scored]].sum())
-        bar.update(int((batch.tokens != tokenizer.pad_id).sum()))
     bar.close()
     if plain_log:
         print(f"[eval] {description or 'evaluating'}: done in {time.perf_counter() - started:.0f}s", file=sys.stderr,
               flush=True)
-    return _reduced(float(total_bits), total_tokens, total_bytes, device)
+    return _reduced(float(total_bits), counts["tokens"], counts["bytes"], device)
 
 
 def _reduced(bits: float, tokens: int, size: int, device: str | torch.device) -> Score:
@@ -288,50 +297,11 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], path: str | Path) -> Path:
-    """Bits per byte against memory size (log scale), with the baseline as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = [int(s) for s in result["by_memory_size"]]
-    values = list(result["by_memory_size"].values())
-    positions = list(range(len(sizes)))  # evenly spaced: sizes grow roughly geometrically
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(positions, values, marker="o", label="memorizing model")
-    shown = list(values)
-    if "baseline" in result["bits_per_byte"]:
-        shown.append(result["bits_per_byte"]["baseline"])
-        ax.axhline(result["bits_per_byte"]["baseline"], color="gray", linestyle="--",
-                   label=result.get("baseline_label", "second checkpoint (kNN memory off)"))
-    set_visible_range(ax, shown)
-    ax.set_xticks(positions)
-    ax.set_xticklabels(["off" if s == 0 else f"{s // 1024}K" if s >= 1024 else str(s) for s in sizes])
-    ax.set_xlabel("kNN memory size per stream (tokens)")
-    ax.set_ylabel("bits per byte (held-out)")
-    ax.set_title("Held-out bits per byte vs memory size")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def set_visible_range(ax: Any, values: Sequence[float | None]) -> None:
-    """A y-range at least 5% of the values' mean tall, so that a tiny difference does not look steep."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if finite:
-        middle, spread = (max(finite) + min(finite)) / 2, max(max(finite) - min(finite), 0.05 * abs(float(np.mean(finite))))
-        ax.set_ylim(middle - 0.6 * spread, middle + 0.6 * spread)
-
-
-def save(result: dict[str, Any], output_dir: str | Path) -> tuple[Path, Path]:
+def save_json(result: dict[str, Any], output_dir: str | Path) -> Path:
+    """Writes ``eval.json`` in ``output_dir`` (strict JSON: a value that is not finite becomes null).
+    ``plots.save_result`` also draws ``eval.png``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = output_dir / "eval.json"
-    # strict JSON: a value that is not finite is written as null
     json_path.write_text(json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n")
-    return json_path, plot(result, output_dir / "eval.png")
+    return json_path

@@ -1,52 +1,32 @@
 """Generation with memory: read a long prompt a segment at a time into the memories, then sample.
 
-The stream is cut into segments exactly as in training, and each new token runs the model's own segment code
-on the partial segment (``PendingSegment``, preallocated buffers that each token is written into), so greedy
-decoding equals the argmax of a teacher-forced, segment-by-segment forward pass.
+Everything goes through the model's ``step`` (``segment.py``): the stream is cut into segments exactly as in
+training, and each new token runs the model's own segment code on the partial segment (preallocated buffers
+that each token is written into), so greedy decoding equals the argmax of a teacher-forced, segment-by-segment
+forward pass.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .attention import PrefixBuffer, XLCache
-from .memory import KNNMemory
+from .segment import StreamState
 
-__all__ = ["generate", "read_in_segments", "GenerationOutput", "PendingSegment", "sample", "reading_progress"]
-
-
-class PendingSegment(NamedTuple):
-    """The part of the current segment read so far during generation (not yet in XL or kNN memory).
-
-    Its buffers are allocated for the whole segment when it starts and written in place as tokens are read, so
-    a token copies only its own keys and values. The model updates it in place and returns it: continue from
-    the latest one.
-
-    tokens: ``(B, seq_len)`` along dim 1, ``t`` filled. keys, values: per layer ``(B, Hkv, P + seq_len, Dh)``
-    along dim 2: the ``P`` pairs of the layer's XL cache (0 without one), then the segment's ``t``.
-    """
-
-    tokens: PrefixBuffer
-    keys: tuple[PrefixBuffer, ...]
-    values: tuple[PrefixBuffer, ...]
-
-    def layer(self, number: int) -> tuple[PrefixBuffer, PrefixBuffer]:
-        return self.keys[number - 1], self.values[number - 1]
+__all__ = ["generate", "GenerationOutput", "sample", "reading_progress"]
 
 
 class GenerationOutput(NamedTuple):
-    """What ``generate`` returns; pass the memories and ``pending`` back in to continue."""
+    """What ``generate`` returns: the new tokens ``(B, <= max_new_tokens)``, the streams' state after them (pass
+    it back as ``state=`` to continue), and the logits of each new token ``(B, new, num_tokens)`` or None."""
 
     tokens: Tensor
-    knn_memories: Sequence[KNNMemory] | None
-    xl_memories: tuple[XLCache, ...] | None
-    pending: PendingSegment | None
+    state: StreamState
     logits: Tensor | None
 
 
@@ -68,39 +48,16 @@ def sample(logits: Tensor, temperature: float, top_k: int | None = None, top_p: 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def read_in_segments(model: Any, tokens: Tensor, knn_memories: Sequence[KNNMemory] | None,
-                     xl_memories: Sequence[XLCache] | None, pending: Any, seq_len: int) -> tuple[Tensor, Any, Any]:
-    """Feeds ``tokens (B, m)`` to ``model._extend_segment`` in segment-aligned pieces, committing each segment
-    that fills; returns the logits of the last piece, the XL caches and the pending (partial) segment.
-
-    ``model`` is a ``MemorizingTransformer`` or another model with the same ``_extend_segment`` (the Hugging
-    Face adapter, ``hf.MemorizingHFModel``), whose pending segment may be of its own type, with the tokens
-    read so far in a ``PrefixBuffer`` (``pending.tokens``).
-    """
-    logits = None
-    position = 0
-    while position < tokens.shape[1]:
-        used = 0 if pending is None else pending.tokens.length
-        piece = tokens[:, position : position + seq_len - used]
-        position += piece.shape[1]
-        commit = used + piece.shape[1] == seq_len
-        logits, xl_memories, pending = model._extend_segment(piece, knn_memories, xl_memories, pending, commit=commit,
-                                                             seq_len=seq_len)
-    assert logits is not None
-    return logits, xl_memories, pending
-
-
 @torch.no_grad()
 def generate(
-    model: Any,  # a MemorizingTransformer, or another model with its _extend_segment (hf.MemorizingHFModel)
+    model: Any,  # a segment.StreamReader: MemorizingTransformer, or the Hugging Face adapter
     prompt: Tensor,
     *,
     max_new_tokens: int,
-    seq_len: int = 512,
-    knn_memories: Sequence[KNNMemory] | None = None,
-    xl_memories: Sequence[XLCache] | None = None,
-    pending: PendingSegment | None = None,
+    seq_len: int | None = None,
+    state: StreamState | None = None,
     use_knn_memory: bool = True,
+    max_memories: int | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -113,7 +70,7 @@ def generate(
     """Reads ``prompt`` into the memories, then samples ``max_new_tokens`` tokens.
 
     The stream is cut into segments of ``seq_len`` tokens exactly as in training
-    (counted from the start of the stream, or continuing ``pending``): long prompts
+    (counted from the start of the stream, or continuing ``state``): long prompts
     are read a segment at a time, and each new token then costs one position of
     work per layer plus one memory search per memorizing layer: its keys and
     values are written into buffers allocated when the segment started, and
@@ -123,13 +80,12 @@ def generate(
     Args:
         prompt: ``(B, n)`` token ids (left-pad rows of different lengths with ``pad_id``).
         max_new_tokens: tokens to generate per row.
-        seq_len: the segment length the model was trained with.
-        knn_memories, xl_memories, pending: state to continue from (a previous
-            ``GenerationOutput``'s); fresh kNN memories are made when None. The kNN
-            memories and the pending segment are updated in place: continue from
-            the latest state.
-        use_knn_memory: False turns the kNN memory off (memorizing layers attend
-            locally and to their XL cache only, as ``forward`` with ``knn_memories=None``).
+        seq_len: the segment length the model was trained with (None: ``state``'s, else 512).
+        state: the streams to continue (a previous ``GenerationOutput``'s, or ``model.new_state``); it is
+            updated in place. None: a fresh one (``model.new_state``).
+        use_knn_memory, max_memories: for a fresh state: False turns the kNN memory off (memorizing layers
+            attend locally and to their XL cache only, as ``forward`` with ``knn_memories=None``);
+            ``max_memories`` overrides the configured memory size.
         temperature: 0 picks the argmax (greedy).
         top_k, top_p: keep the k most likely tokens / the smallest set with
             probability >= top_p before sampling.
@@ -140,35 +96,40 @@ def generate(
             context); the result is the same with or without it.
 
     Returns:
-        ``GenerationOutput(tokens (B, <= max_new_tokens), knn_memories, xl_memories,
-        pending, logits (B, new, num_tokens) or None)``.
+        ``GenerationOutput(tokens (B, <= max_new_tokens), state, logits (B, new, num_tokens) or None)``.
+
+    Raises:
+        TypeError, ValueError: invalid options, tokens or state; nothing is changed then.
     """
     c = model.config
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if pending is not None and pending.tokens.capacity != seq_len:
-        raise ValueError(f"the pending segment was read with seq_len {pending.tokens.capacity}, got seq_len {seq_len}")
-    model.check_inputs(prompt, knn_memories, xl_memories, None)
-    if not use_knn_memory and knn_memories is not None:
-        raise ValueError("use_knn_memory=False, but knn_memories were given")
+    if state is None:
+        model.check_inputs(prompt, None, None, None)
+        state = model.new_state(batch_size=prompt.shape[0], seq_len=512 if seq_len is None else seq_len,
+                                use_knn_memory=use_knn_memory, max_memories=max_memories)
+    else:
+        if not isinstance(state, StreamState):
+            raise TypeError(f"state must be a StreamState (model.new_state), got {type(state).__name__}")
+        if not use_knn_memory or max_memories is not None:
+            raise ValueError("use_knn_memory and max_memories make a fresh state: with state=..., the state's "
+                             "memories are used")
+        if seq_len is not None and seq_len != state.seq_len:
+            raise ValueError(f"the state was read with seq_len {state.seq_len}, got seq_len {seq_len}")
+        model.check_inputs(prompt, state.knn_memories, state.xl_memories, None)
     B = prompt.shape[0]
-    if knn_memories is None and c.memorizing_layers and use_knn_memory:
-        knn_memories = model.create_knn_memories(batch_size=B)
     was_training = model.training
     model.eval()
     try:
-        chunk = prompt.shape[1] if on_read is None else 8 * seq_len
+        chunk = prompt.shape[1] if on_read is None else 8 * state.seq_len
         for start in range(0, prompt.shape[1], max(1, chunk)):
-            logits, xl_memories, pending = model.read_segment(prompt[:, start : start + chunk], knn_memories,
-                                                              xl_memories, pending, seq_len)
+            logits, state = model.step(prompt[:, start : start + chunk], state)
             if on_read is not None:
                 on_read(min(start + chunk, prompt.shape[1]), prompt.shape[1])
         next_logits = logits[:, -1]
@@ -187,13 +148,12 @@ def generate(
                 on_token(token)
             if eos_token_id is not None and bool(done.all()):
                 break
-            logits, xl_memories, pending = model.read_segment(token[:, None], knn_memories, xl_memories, pending, seq_len)
+            logits, state = model.step(token[:, None], state)
             next_logits = logits[:, -1]
     finally:
         model.train(was_training)
     tokens = torch.stack(new_tokens, dim=1) if new_tokens else prompt.new_zeros(B, 0)
-    return GenerationOutput(tokens, knn_memories, xl_memories, pending,
-                            torch.stack(all_logits, dim=1) if return_logits and all_logits else None)
+    return GenerationOutput(tokens, state, torch.stack(all_logits, dim=1) if return_logits and all_logits else None)
 
 
 def reading_progress(started: float, every: float = 10.0) -> Callable[[int, int], None]:

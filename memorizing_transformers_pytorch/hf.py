@@ -52,7 +52,6 @@ import dataclasses
 import inspect
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,31 +61,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import PrefixBuffer, SigmoidGate, retrieve, write_memory
-from .config import read_json_object
-from .generation import GenerationOutput, generate, read_in_segments
+from .config import SEARCH_FIELDS, JsonConfig, read_json_object
+from .generation import GenerationOutput, generate
+from .knn_attention import SigmoidGate, retrieve
 from .memory import KNNMemory, KNNMemoryList
 from .model import IGNORE_INDEX, DocumentLayout, check_knn_memories, check_tokens, document_layout
 from .search import INDEXES
+from .segment import PrefixBuffer, StreamReader, StreamState
+from .xl_cache import write_memory
 
 __all__ = ["HFMemoryConfig", "MemorizingHFModel", "MemoryLayer", "HFPendingSegment", "SUPPORTED_MODEL_TYPES",
            "MEMORY_CONFIG_FILE", "MEMORY_WEIGHTS_FILE", "is_hf_folder", "load_tokenizer", "check_tokenizer",
-           "unrotate", "run_eval", "run_generate", "find_gguf", "load_gguf", "gguf_architecture",
+           "unrotate", "load_folder", "find_gguf", "load_gguf", "gguf_architecture",
            "packaged_gguf", "document_ids", "COMBINES"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 ATTENTION_BASES = ("sdpa", "eager")  # the model's own attention that the memory function wraps
 MEMORY_CONFIG_FILE = "memorizing.json"
 MEMORY_WEIGHTS_FILE = "memorizing.safetensors"
-# settings of the memory search: they change no weight (as config.SEARCH_FIELDS)
 COMBINES = ("joint", "gate")  # how the memory read joins the layer's own attention (HFMemoryConfig.knn_combine)
-SEARCH_FIELDS = ("max_knn_memories", "num_retrieved_memories", "knn_index", "knn_ivf_lists", "knn_ivf_probe",
-                 "knn_keep_first")
 
 
 # ---------------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
-class HFMemoryConfig:
+class HFMemoryConfig(JsonConfig):
     """The memory of a Hugging Face model: which layers read it, and how.
 
     Args:
@@ -121,6 +119,9 @@ class HFMemoryConfig:
         clear_memories_on_eos_token_id: token that ends a document.
         pad_id: padding token: never attended to, never stored, ignored by the loss.
     """
+
+    description = "memory config"
+    search_fields = (*SEARCH_FIELDS, "knn_keep_first")
 
     memorizing_layers: tuple[int, ...] | None = None
     max_knn_memories: int = 16384
@@ -190,33 +191,6 @@ class HFMemoryConfig:
             if value is not None and value >= vocab_size:
                 raise ValueError(f"{name} must be a token id below the model's vocab_size={vocab_size}, got {value}")
         return dataclasses.replace(self, memorizing_layers=tuple(layers))
-
-    def same_model(self, other: HFMemoryConfig) -> bool:
-        """Whether ``other`` describes the same parameters, up to the memory search's settings."""
-        return dataclasses.replace(self, **{name: getattr(other, name) for name in SEARCH_FIELDS}) == other
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HFMemoryConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown memory config keys: {unknown}")
-        data = dict(data)
-        if isinstance(data.get("memorizing_layers"), list):
-            data["memorizing_layers"] = tuple(data["memorizing_layers"])
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> HFMemoryConfig:
-        return cls.from_dict(read_json_object(path, "memory config"))
 
 
 # ------------------------------------------------------------------------------------------ the memory read
@@ -378,8 +352,8 @@ def _register_attention(base: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ the model
 class HFPendingSegment(NamedTuple):
-    """The part of the current segment read so far during generation (not yet in the kNN memory), updated in
-    place as ``generation.PendingSegment``.
+    """The part of the current segment read so far (not yet in the kNN memory), updated in place as
+    ``segment.PendingSegment``.
 
     tokens: ``(B, seq_len)`` along dim 1, ``t`` filled; cache: the model's KV cache of those tokens (a
     ``transformers`` ``DynamicCache``); keys, values: per memorizing layer ``(B, Hkv, seq_len, Dh)`` along dim 2
@@ -402,7 +376,7 @@ def _check_supported(model: Any) -> None:
                          "AutoModelForCausalLM (e.g. LlamaForCausalLM, GPT2LMHeadModel)")
 
 
-class MemorizingHFModel(nn.Module):
+class MemorizingHFModel(StreamReader, nn.Module):
     """A Hugging Face causal LM whose memorizing layers also attend to a kNN memory of earlier segments.
 
     Reads one segment per document stream, as ``MemorizingTransformer``: ``forward(x, knn_memories,
@@ -490,7 +464,7 @@ class MemorizingHFModel(nn.Module):
         if saved is not None and (path / MEMORY_WEIGHTS_FILE).is_file():
             if not model.config.same_model(saved):
                 raise ValueError(f"the memory config differs from {path / MEMORY_CONFIG_FILE} beyond the search "
-                                 f"settings ({', '.join(SEARCH_FIELDS)}), so its memory parameters do not fit")
+                                 f"settings ({', '.join(model.config.search_fields)}), so its memory parameters do not fit")
             model.load_memory_parameters(path / MEMORY_WEIGHTS_FILE)
         return model
 
@@ -576,7 +550,8 @@ class MemorizingHFModel(nn.Module):
             TypeError, ValueError: invalid inputs; no memory is changed then.
         """
         self.check_inputs(x, knn_memories, xl_memories, labels)
-        logits, _, _ = self._extend_segment(x, knn_memories, None, None, commit=True, add_knn_memory=add_knn_memory)
+        logits = self.extend(x, StreamState(seq_len=x.shape[1], knn_memories=knn_memories), commit=True,
+                             add_knn_memory=add_knn_memory)
         if labels is None:
             return logits, None
         if self.config.pad_id is not None:
@@ -593,26 +568,22 @@ class MemorizingHFModel(nn.Module):
             check_knn_memories(knn_memories, count=len(self.config.memorizing_layers), batch_size=x.shape[0],
                                dim=self.head_dim, heads=self.kv_heads)
 
-    def _extend_segment(self, x: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: None,
-                        pending: HFPendingSegment | None, *, commit: bool, seq_len: int | None = None,
-                        add_knn_memory: bool = True) -> tuple[Tensor, None, HFPendingSegment | None]:
-        """Runs tokens ``x (B, m)`` that continue the current segment (``pending`` holds its earlier part).
+    def extend(self, x: Tensor, state: StreamState, *, commit: bool, add_knn_memory: bool = True) -> Tensor:
+        """Runs tokens ``x (B, m)`` that continue the current segment (``state.pending`` holds its earlier part);
+        returns their logits ``(B, m, vocab_size)``. See ``segment.StreamReader.extend``.
 
         With ``commit`` the segment is complete and each memorizing layer writes its pairs to its memory (after
-        it has read); otherwise ``x`` is written into the pending segment, which a segment of ``seq_len`` tokens
-        starts (``MemorizingTransformer._extend_segment``'s contract, which ``generation.read_in_segments``
-        drives).
-
-        Returns:
-            logits ``(B, m, vocab_size)``, None (no XL cache), the pending segment (None when committed).
+        it has read); otherwise ``x`` is written into the pending segment (the model's KV cache and the
+        memorizing layers' pairs), started when there is none.
         """
         c = self.config
+        knn_memories, pending, seq_len = state.knn_memories, state.pending, state.seq_len
         memories = dict(zip(c.memorizing_layers, knn_memories)) if knn_memories is not None else {}
         if pending is None and not commit:
-            assert seq_len is not None and x.shape[1] < seq_len
-            pending = HFPendingSegment(PrefixBuffer(seq_len, dim=1), self._new_cache(),
-                                       tuple(PrefixBuffer(seq_len, dim=2) for _ in memories),
-                                       tuple(PrefixBuffer(seq_len, dim=2) for _ in memories))
+            assert x.shape[1] < seq_len
+            pending = state.pending = HFPendingSegment(PrefixBuffer(seq_len, dim=1), self._new_cache(),
+                                                       tuple(PrefixBuffer(seq_len, dim=2) for _ in memories),
+                                                       tuple(PrefixBuffer(seq_len, dim=2) for _ in memories))
         start = 0 if pending is None else pending.tokens.length
         self._check_length(start + x.shape[1])
         tokens = x if pending is None else pending.tokens.append(x)
@@ -640,11 +611,11 @@ class MemorizingHFModel(nn.Module):
         if pending is not None:
             keys = [buffer.append(k) for buffer, k in zip(pending.keys, keys)]
             values = [buffer.append(v) for buffer, v in zip(pending.values, values)]
-        if not commit:
-            return logits, None, pending
-        for memory, k, v in zip(memories.values(), keys, values):
-            write_memory(memory, k, v, layout.keep, layout.restart, past=None, xl_window=0, add=add_knn_memory)
-        return logits, None, None
+        if commit:
+            for memory, k, v in zip(memories.values(), keys, values):
+                write_memory(memory, k, v, layout.keep, layout.restart, past=None, xl_window=0, add=add_knn_memory)
+            state.pending = None
+        return logits
 
     def _check_length(self, length: int) -> None:
         """Segments must fit the model's positions and sliding window (the 4-D mask does not apply a window)."""
@@ -671,9 +642,13 @@ class MemorizingHFModel(nn.Module):
 
     def _attention_mask(self, layout: DocumentLayout, start: int) -> Tensor | None:
         """Additive ``(B, 1, n - start, n)`` mask of the queries from ``start`` on, or None when the model's own
-        causal mask is the same (no document boundary inside the segment, no padding)."""
+        causal mask is the same (no document boundary inside the segment, no padding).
+
+        Whether it is the same is read on the host, which is free on the CPU; on an accelerator it would cost a
+        sync per call, so there the mask is always built.
+        """
         doc, key_ok = layout.doc, layout.key_ok
-        if bool((doc == doc[:, :1]).all()) and bool(key_ok.all()):
+        if doc.device.type == "cpu" and bool((doc == doc[:, :1]).all()) and bool(key_ok.all()):
             return None
         positions = torch.arange(doc.shape[1], device=doc.device)
         causal = positions[start:, None] >= positions[None, :]
@@ -684,40 +659,39 @@ class MemorizingHFModel(nn.Module):
             ~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
     # ---------------------------------------------------------------------------------------- generation
-    def read_segment(self, tokens: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: None,
-                     pending: HFPendingSegment | None, seq_len: int) -> tuple[Tensor, None, HFPendingSegment | None]:
-        """Feeds tokens through segment-aligned pieces: see ``generation.read_in_segments``."""
-        return read_in_segments(self, tokens, knn_memories, xl_memories, pending, seq_len)
-
     def generate(self, prompt: Tensor, *, max_new_tokens: int, **options: Any) -> GenerationOutput:
-        """Reads ``prompt`` into the memories, then samples: see ``generation.generate`` (no ``xl_memories``)."""
+        """Reads ``prompt`` into the memories, then samples: see ``generation.generate``."""
         return generate(self, prompt, max_new_tokens=max_new_tokens, **options)
 
-    def generate_aligned(self, prompt: Tensor, *, max_new_tokens: int, seq_len: int,
-                         knn_memories: Sequence[KNNMemory] | None = None, use_knn_memory: bool = True,
-                         on_read: Any = None, **options: Any) -> GenerationOutput:
-        """``generate``, with the segments aligned so that the last one holds the prompt's last
-        ``seq_len - max_new_tokens`` tokens (at least one) and the new ones.
+    def generate_aligned(self, prompt: Tensor, *, max_new_tokens: int, seq_len: int, use_knn_memory: bool = True,
+                         max_memories: int | None = None, on_read: Any = None, **options: Any) -> GenerationOutput:
+        """``generate`` from a fresh state, with the segments aligned so that the last one holds the prompt's
+        last ``seq_len - max_new_tokens`` tokens (at least one) and the new ones.
 
         This model has no XL cache: with segments counted from the prompt's start, a prompt that ends just after
         a segment boundary would be answered from almost nothing local. Here the tokens before are read first, in
         one shorter segment and then full ones, into the kNN memory. With the memory off nothing carries across
         segments, so only the last segment's tokens are read.
         """
+        self.check_inputs(prompt, None, None, None)
         n = prompt.shape[1]
         last = min(n, max(1, seq_len - max_new_tokens))
         if not use_knn_memory:
             return self.generate(prompt[:, n - last :], max_new_tokens=max_new_tokens, seq_len=seq_len,
                                  use_knn_memory=False, **options)
-        if knn_memories is None:
-            knn_memories = self.create_knn_memories(batch_size=prompt.shape[0])
+        state = self.new_state(batch_size=prompt.shape[0], seq_len=seq_len, max_memories=max_memories)
         head = (n - last) % seq_len
-        if head:
-            self.generate(prompt[:, :head], max_new_tokens=0, seq_len=head, knn_memories=knn_memories)
+        if head:  # one shorter segment, committed
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad():
+                    self.extend(prompt[:, :head], state, commit=True)
+            finally:
+                self.train(was_training)
         if on_read is not None:  # progress counted over the whole prompt
             report, on_read = on_read, (lambda read, total: report(head + read, n))
-        return self.generate(prompt[:, head:], max_new_tokens=max_new_tokens, seq_len=seq_len,
-                             knn_memories=knn_memories, on_read=on_read, **options)
+        return self.generate(prompt[:, head:], max_new_tokens=max_new_tokens, state=state, on_read=on_read, **options)
 
 
 def _positions_in_documents(doc: Tensor) -> Tensor:
@@ -904,129 +878,38 @@ def check_tokenizer(tokenizer: Any, vocab_size: int, *, what: str = "the model")
                          "(a tokenizer of another model?)")
 
 
-# -------------------------------------------------------------------------------------------- command line
-def _cli_model(args: Any) -> tuple[MemorizingHFModel, Any, int]:
-    """The folder's model (byte-level: document and padding ids of our data), its tokenizer and segment length."""
+# ------------------------------------------------------------------------------------------------ loading
+def load_folder(path: str | Path, *, device: str | torch.device = "cpu", tokenizer: str | Path | None = None,
+                seq_len: int | None = None) -> tuple[MemorizingHFModel, Any, int]:
+    """A model folder or GGUF file ready to read streams: the model (in eval mode, on ``device``), its tokenizer
+    (None: bytes) and its segment length.
+
+    A folder without document ids in its memory config gets ours for bytes (``data.SOS_ID``, ``PAD_ID``) or the
+    tokenizer's. ``tokenizer`` replaces the folder's; ``seq_len`` None takes the folder's ``train_config.json``
+    ``seq_len``, else 512 (capped at GPT-2's positions).
+
+    Raises:
+        as ``MemorizingHFModel.from_pretrained``; ValueError: a tokenizer that does not fit the model.
+    """
     import transformers
 
     from .data import PAD_ID, SOS_ID
 
-    transformers.utils.logging.disable_progress_bar()  # the command line prints its own progress
-    folder = Path(args.checkpoint)
+    transformers.utils.logging.disable_progress_bar()  # callers print their own progress
+    folder = Path(path)
     model = MemorizingHFModel.from_pretrained(folder)
-    tokenizer = model.tokenizer
-    if getattr(args, "tokenizer", None):  # --tokenizer, where the command line has it
-        tokenizer = load_tokenizer(args.tokenizer)
-        check_tokenizer(tokenizer, model.num_tokens, what=f"--tokenizer {args.tokenizer}")
+    codec = model.tokenizer
+    if tokenizer:
+        codec = load_tokenizer(tokenizer)
+        check_tokenizer(codec, model.num_tokens, what=f"tokenizer {tokenizer}")
     c = model.config
     if c.clear_memories_on_sos_token_id is None:
-        sos = SOS_ID if tokenizer is None else tokenizer.bos_token_id
-        pad = PAD_ID if tokenizer is None else tokenizer.pad_token_id
+        sos = SOS_ID if codec is None else codec.bos_token_id
+        pad = PAD_ID if codec is None else codec.pad_token_id
         model.config = dataclasses.replace(c, clear_memories_on_sos_token_id=sos, pad_id=c.pad_id if pad is None else pad)
-    seq_len = getattr(args, "seq_len", None)
     if not seq_len and (folder / "train_config.json").is_file():
         seq_len = read_json_object(folder / "train_config.json", "training config").get("seq_len")
     seq_len = seq_len or 512
     if model.hf.config.model_type == "gpt2":
         seq_len = min(seq_len, model.hf.config.n_positions)
-    return model.to(args.device).eval(), tokenizer, seq_len
-
-
-def run_eval(args: Any, memory_sizes: Sequence[int]) -> dict[str, Any]:
-    """``eval --checkpoint HF_FOLDER``: bits per byte with the memory on, off and by size.
-
-    A byte-level folder (no tokenizer) is evaluated exactly as our own checkpoints (``evaluate.evaluate``);
-    with a tokenizer each document is read as one stream of its tokens, and its bits are divided by its bytes.
-    """
-    import time
-
-    from .data import load_documents
-    from .evaluate import evaluate, format_table, save, select_documents, token_log_probs
-
-    if getattr(args, "baseline_checkpoint", None):
-        raise ValueError("--baseline-checkpoint is not supported with a Hugging Face model folder: evaluate each "
-                         "folder on its own (memory size 0 is the same weights without memory)")
-    model, tokenizer, seq_len = _cli_model(args)
-    documents = select_documents(load_documents(args.eval_data or "stdlib", args.split), max_docs=args.max_docs or None,
-                                 max_doc_bytes=args.max_doc_bytes or None)
-    started = time.perf_counter()
-    if tokenizer is None:
-        result = evaluate(model, documents, memory_sizes=memory_sizes, batch_size=args.eval_batch_size,
-                          seq_len=seq_len, device=args.device)
-    else:
-        streams = []
-        for document in documents:
-            ids = tokenizer(bytes(document).decode("utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
-            streams.append(([model.config.clear_memories_on_sos_token_id] if tokenizer.bos_token_id is not None
-                            else []) + list(ids))
-        total_bytes = sum(len(d) for d in documents)
-        by_size = {}
-        for size in memory_sizes:
-            bits = sum(-float(token_log_probs(model, stream, memory_size=size, seq_len=seq_len, device=args.device)[0]
-                              .sum()) / math.log(2) for stream in streams)
-            by_size[str(size)] = bits / total_bytes
-        trained = str(model.config.max_knn_memories)
-        on = by_size.get(trained, by_size[str(max(memory_sizes))])
-        off = by_size.get("0", on)
-        result = {"bits_per_byte": {"with_memory": on, "without_memory": off}, "by_memory_size": by_size,
-                  "trained_memory_size": model.config.max_knn_memories, "documents": len(documents),
-                  "bytes": total_bytes, "seq_len": seq_len, "memory_gain_percent": 100.0 * (off - on) / off}
-    result["checkpoint"] = str(args.checkpoint)
-    result["eval_seconds"] = time.perf_counter() - started
-    json_path, png_path = save(result, args.output or args.checkpoint)
-    print(format_table(result))
-    print(f"wrote {json_path} and {png_path}")
-    return result
-
-
-def run_generate(args: Any) -> None:
-    """``generate --checkpoint HF_FOLDER``: reads the context into memory, then streams the continuation."""
-    import codecs
-    import time
-
-    from .generation import reading_progress
-    from .tokenizer import read_prompt_bytes
-
-    model, tokenizer, seq_len = _cli_model(args)
-    if args.prompt is not None and args.prompt_file is not None:
-        raise ValueError("give either --prompt or --prompt-file, not both")
-    prompt = args.prompt.encode() if args.prompt is not None else b""
-    if args.prompt_file is not None:
-        prompt = read_prompt_bytes(args.prompt_file, "prompt file")
-    context = read_prompt_bytes(args.context_file, "context file") if args.context_file else b""
-    sos = model.config.clear_memories_on_sos_token_id
-    if tokenizer is None:
-        ids = list(context + prompt)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        show = lambda token: decoder.decode(bytes([int(token[0])]))
-        eos = sos
-    else:
-        ids = tokenizer((context + prompt).decode("utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
-        generated: list[int] = []
-        shown = [""]
-
-        def show(token: Tensor) -> str:
-            generated.append(int(token[0]))
-            text = tokenizer.decode(generated)
-            new, shown[0] = text[len(shown[0]) :], text
-            return new
-
-        eos = tokenizer.eos_token_id
-    stream = ([sos] if sos is not None else []) + ids
-    tokens = torch.tensor([stream], dtype=torch.long, device=args.device)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    knn = None
-    if model.config.memorizing_layers and args.memory_size != 0:
-        knn = model.create_knn_memories(batch_size=1, max_memories=args.memory_size or None)
-    sys.stdout.write(prompt.decode("utf-8", errors="replace"))
-    started = time.perf_counter()
-    out = model.generate_aligned(tokens, max_new_tokens=args.max_new_tokens, seq_len=seq_len, knn_memories=knn,
-                         use_knn_memory=knn is not None, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, eos_token_id=eos, generator=generator, on_read=reading_progress(started),
-                         on_token=lambda token: (sys.stdout.write(show(token)), sys.stdout.flush()))
-    sys.stdout.write("\n")
-    counts = [int(m.count[0]) for m in out.knn_memories] if out.knn_memories else []
-    held = "kNN memory off" if not counts else (f"kNN memory holds {counts[0]} pairs in each of {len(counts)} layers"
-                                                 if len(set(counts)) == 1 else f"kNN memory holds {counts}")
-    print(f"[{len(stream)} tokens read, {out.tokens.shape[1]} generated in {time.perf_counter() - started:.1f}s; "
-          f"{held}]", file=sys.stderr)
+    return model.to(device).eval(), codec, seq_len

@@ -1,9 +1,11 @@
 """The Memorizing Transformer: a decoder whose memorizing layers also attend to a kNN memory.
 
-``forward`` reads one segment per document stream: it lays out where documents start inside the segment,
-builds each layer's attention mask (relative positions, causality, document boundaries, padding), runs the
-blocks, and lets each layer roll its XL cache and write its kNN memory (``attention.write_memory``) after it
-has read. Generation (``generation.py``) runs the same segment code on a partial segment.
+``extend`` reads tokens that continue the current segment of each document stream: it lays out where
+documents start inside the segment, builds each layer's attention mask (relative positions, causality, document
+boundaries, padding), runs the blocks, and, when the segment is complete, lets each layer roll its XL cache and
+write its kNN memory (``xl_cache.write_memory``) after it has read. ``step`` (``segment.StreamReader``) drives
+it over any number of tokens; the seed's ``forward`` is one whole segment; generation (``generation.py``) is
+``step`` a token at a time.
 
 Shapes:
     B batch (= document streams), n tokens in the segment, P tokens of XL cache,
@@ -19,12 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attention, PrefixBuffer, RelativePositionBias, XLCache, write_memory
+from .attention import Attention
 from .config import MemorizingTransformerConfig
-from .generation import GenerationOutput, PendingSegment, generate, read_in_segments
+from .generation import GenerationOutput, generate
 from .memory import KNNMemory, KNNMemoryList
+from .positions import RelativePositionBias
+from .segment import PendingSegment, PrefixBuffer, StreamReader, StreamState
+from .xl_cache import XLCache, write_memory
 
-__all__ = ["MemorizingTransformer", "XLCache", "IGNORE_INDEX"]
+__all__ = ["MemorizingTransformer", "XLCache", "IGNORE_INDEX", "DocumentLayout", "document_layout", "check_tokens",
+           "check_knn_memories"]
 
 IGNORE_INDEX = -100
 
@@ -96,13 +102,16 @@ class Block(nn.Module):
         return x, k, v
 
 
-class MemorizingTransformer(nn.Module):
+class MemorizingTransformer(StreamReader, nn.Module):
     """Decoder-only transformer with kNN memory layers and a Transformer-XL cache.
 
     Build it from a config or from the config's fields as keyword arguments::
 
         MemorizingTransformer(num_tokens=256, dim=256, depth=4, memorizing_layers=(3,))
         MemorizingTransformer(MemorizingTransformerConfig(num_tokens=256))
+
+    Read streams with ``step(tokens, state)`` (``state = new_state(batch_size=B, seq_len=n)``, see
+    ``segment.py``), or one whole segment at a time with ``forward``.
 
     Raises:
         TypeError, ValueError: for an invalid configuration (see ``MemorizingTransformerConfig``).
@@ -184,37 +193,30 @@ class MemorizingTransformer(nn.Module):
             TypeError, ValueError: invalid inputs; no memory is changed then.
         """
         self.check_inputs(x, knn_memories, xl_memories, labels)
-        logits, new_xl_memories, _ = self._extend_segment(x, knn_memories, xl_memories, None, commit=True,
-                                                          add_knn_memory=add_knn_memory)
+        state = StreamState(seq_len=x.shape[1], knn_memories=knn_memories,
+                            xl_memories=tuple(xl_memories) if xl_memories else None)
+        logits = self.extend(x, state, commit=True, add_knn_memory=add_knn_memory)
         if labels is None:
-            return logits, new_xl_memories
+            return logits, state.xl_memories
         if self.config.pad_id is not None:
             labels = labels.masked_fill(labels == self.config.pad_id, IGNORE_INDEX)
         loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX)
-        return loss, new_xl_memories
+        return loss, state.xl_memories
 
-    def _extend_segment(
-        self, x: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None,
-        pending: PendingSegment | None, *, commit: bool, seq_len: int | None = None, add_knn_memory: bool = True,
-    ) -> tuple[Tensor, tuple[XLCache, ...] | None, PendingSegment | None]:
-        """Runs tokens ``x`` that continue the current segment (``pending`` holds its earlier part).
+    def extend(self, x: Tensor, state: StreamState, *, commit: bool, add_knn_memory: bool = True) -> Tensor:
+        """Runs tokens ``x (B, m)`` that continue the current segment (``state.pending`` holds its earlier part);
+        returns their logits ``(B, m, num_tokens)``. See ``segment.StreamReader.extend``.
 
-        With ``commit`` the segment is complete: each layer's XL cache rolls and the
-        pairs that leave it go to the kNN memory (after the layer searched it).
-        Otherwise memories are untouched and ``x`` is written into the pending segment,
-        which a segment of ``seq_len`` tokens starts. ``forward`` is the case
-        ``pending=None, commit=True``.
-
-        Returns:
-            logits ``(B, m, num_tokens)`` for the new tokens, the XL caches (new ones
-            when committed), and the pending segment (None when committed).
+        With ``commit`` the segment is complete: each layer's XL cache rolls and the pairs that leave it go to
+        the kNN memory (after the layer searched it); ``add_knn_memory=False`` reads without storing.
         """
         c = self.config
+        knn_memories, xl_memories, pending = state.knn_memories, state.xl_memories, state.pending
         memories = dict(zip(c.memorizing_layers, knn_memories)) if knn_memories is not None else {}
         pasts = dict(zip(c.xl_memory_layers, xl_memories)) if xl_memories else {}
         if pending is None and not commit:
-            assert seq_len is not None and x.shape[1] < seq_len
-            pending = self._start_segment(seq_len, pasts)
+            assert x.shape[1] < state.seq_len
+            pending = state.pending = self._start_segment(state.seq_len, pasts)
         start = 0 if pending is None else pending.tokens.length
         tokens = x if pending is None else pending.tokens.append(x)
         layout = self._document_layout(tokens)
@@ -240,23 +242,21 @@ class MemorizingTransformer(nn.Module):
                 memory_offset = in_cache + steps.expand(x.shape[0], -1)
             memory_bias = self.rel_pos.farthest if number in memories and c.memory_rel_pos_bias else None
             shifts = (key_shift, query_shift) if number in c.memorizing_layers else (None, None)
-            h, k, v = block(h, *shifts, attn_mask=masks[P], past=past, buffers=buffers,
-                            memory=memories.get(number), memory_ok=memory_ok, memory_offset=memory_offset,
-                            memory_bias=memory_bias)
-            if commit:
-                if buffers is not None:  # the whole segment, after the XL cache
-                    assert buffers[0].length == P + tokens.shape[1]
-                    k, v = buffers[0].filled[:, :, P:], buffers[1].filled[:, :, P:]
+            h, keys, values = block(h, *shifts, attn_mask=masks[P], past=past, buffers=buffers,
+                                    memory=memories.get(number), memory_ok=memory_ok, memory_offset=memory_offset,
+                                    memory_bias=memory_bias)
+            if commit:  # keys, values: the XL cache's P pairs, then the whole segment's
+                assert keys.shape[2] == P + tokens.shape[1]
                 window = c.xl_max_memories if number in c.xl_memory_layers else 0
-                new_cache = write_memory(memories.get(number), k, v, layout.keep, layout.restart, past=xl,
+                new_cache = write_memory(memories.get(number), keys, values, layout.keep, layout.restart, past=xl,
                                          xl_window=window, add=add_knn_memory,
                                          tokens=tokens if c.token_shift else None)
                 if new_cache is not None:
                     new_xl.append(new_cache)
-        logits = self.to_logits(self.norm(h))
-        if not commit:
-            return logits, (tuple(xl_memories) if xl_memories else None), pending
-        return logits, (tuple(new_xl) if c.xl_memory_layers else None), None
+        if commit:
+            state.xl_memories = tuple(new_xl) if c.xl_memory_layers else None
+            state.pending = None
+        return self.to_logits(self.norm(h))
 
     @staticmethod
     def _tokens_before(pasts: dict[int, XLCache], count: int) -> tuple[Tensor, Tensor] | None:
@@ -313,14 +313,6 @@ class MemorizingTransformer(nn.Module):
     def generate(self, prompt: Tensor, *, max_new_tokens: int, **options: Any) -> GenerationOutput:
         """Reads ``prompt`` into the memories, then samples ``max_new_tokens`` tokens: see ``generation.generate``."""
         return generate(self, prompt, max_new_tokens=max_new_tokens, **options)
-
-    def read_segment(
-        self, tokens: Tensor, knn_memories: Sequence[KNNMemory] | None, xl_memories: Sequence[XLCache] | None,
-        pending: PendingSegment | None, seq_len: int,
-    ) -> tuple[Tensor, tuple[XLCache, ...] | None, PendingSegment | None]:
-        """Feeds tokens through segment-aligned pieces, committing each segment that fills: see
-        ``generation.read_in_segments``."""
-        return read_in_segments(self, tokens, knn_memories, xl_memories, pending, seq_len)
 
     def _document_layout(self, x: Tensor) -> DocumentLayout:
         c = self.config

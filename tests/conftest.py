@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from memorizing_transformers_pytorch import MemorizingTransformer
-from memorizing_transformers_pytorch.attention import MLPGate
+from memorizing_transformers_pytorch.knn_attention import MLPGate
 
 
 @pytest.fixture(autouse=True)

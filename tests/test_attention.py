@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from memorizing_transformers_pytorch import KNNMemory, memory_attention, write_memory
-from memorizing_transformers_pytorch.attention import XLCache, make_gate
+from memorizing_transformers_pytorch.knn_attention import make_gate
+from memorizing_transformers_pytorch.xl_cache import XLCache
 
 B, H, n, P, Dh, k, M = 2, 4, 5, 3, 8, 4, 16
 ADDED = (20, 2)  # row 0 wraps its 16-pair ring; row 1 holds fewer pairs than k
@@ -112,7 +113,9 @@ def test_write_memory_rolls_the_xl_cache_and_stores_what_leaves_it():
     seg_keys, seg_values = torch.randn(B, 1, 4, Dh), torch.randn(B, 1, 4, Dh)
     valid = torch.tensor([[True, True, False, True], [True, True, True, True]])
     restart = torch.tensor([False, True])  # row 1's cache belongs to a finished document
-    new = write_memory(memory, seg_keys, seg_values, valid, restart, past=past, xl_window=5)
+    # the layer hands over what it attended to: the cache's pairs, then the segment's
+    new = write_memory(memory, torch.cat((past.keys, seg_keys), dim=2), torch.cat((past.values, seg_values), dim=2),
+                       valid, restart, past=past, xl_window=5)
     assert torch.equal(new.keys, torch.cat((past.keys, seg_keys), dim=2)[:, :, 2:])
     assert new.valid.tolist() == [[True, True, True, False, True], [False, True, True, True, True]]
     # 7 pairs, window 5: the 2 oldest leave; row 0 stores the valid one, row 1 none (its cache was invalidated)

@@ -41,7 +41,7 @@ def test_greedy_generation_matches_teacher_forcing(overrides):
     torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-4)
     assert torch.equal(out.tokens, predicted.argmax(-1))
     if model.config.memorizing_layers:
-        assert out.knn_memories[0].count.tolist()[0] == 16  # the memory overflowed
+        assert out.state.knn_memories[0].count.tolist()[0] == 16  # the memory overflowed
 
 
 def test_generation_with_the_memory_off_matches_a_forward_pass_without_memory():
@@ -50,14 +50,14 @@ def test_generation_with_the_memory_off_matches_a_forward_pass_without_memory():
     prompt = torch.randint(3, 32, (2, 12))
     out = model.generate(prompt, max_new_tokens=9, seq_len=seq_len, temperature=0.0, return_logits=True,
                          use_knn_memory=False)
-    assert out.knn_memories is None
+    assert out.state.knn_memories is None
     sequence = torch.cat((prompt, out.tokens), dim=1)
     predicted = teacher_forced_logits(model, sequence, seq_len, memory_size=0)[:, prompt.shape[1] - 1 : -1]
     torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-4)
     with_memory = model.generate(prompt, max_new_tokens=9, seq_len=seq_len, temperature=0.0, return_logits=True)
     assert not torch.allclose(with_memory.logits, out.logits)  # the memory was read in the other run
     with pytest.raises(ValueError, match="use_knn_memory"):
-        model.generate(prompt, max_new_tokens=1, use_knn_memory=False, knn_memories=with_memory.knn_memories)
+        model.generate(prompt, max_new_tokens=1, use_knn_memory=False, state=with_memory.state)
 
 
 def test_generation_continues_from_returned_state():
@@ -65,8 +65,7 @@ def test_generation_continues_from_returned_state():
     model = tiny_model(xl_max_memories=4, pad_id=PAD)
     prompt = torch.randint(3, 32, (1, 6))
     first = model.generate(prompt, max_new_tokens=5, seq_len=seq_len, temperature=0.0)
-    more = model.generate(torch.tensor([[5]]), max_new_tokens=4, seq_len=seq_len, temperature=0.0,
-                          knn_memories=first.knn_memories, xl_memories=first.xl_memories, pending=first.pending)
+    more = model.generate(torch.tensor([[5]]), max_new_tokens=4, seq_len=seq_len, temperature=0.0, state=first.state)
     together = model.generate(torch.cat((prompt, first.tokens, torch.tensor([[5]])), dim=1), max_new_tokens=4,
                               seq_len=seq_len, temperature=0.0)
     assert torch.equal(more.tokens, together.tokens)
@@ -81,23 +80,23 @@ def test_generation_continued_over_calls_matches_teacher_forcing():
     prompt = torch.randint(3, 32, (2, 9))
     prompt[1, :2] = PAD
     calls = [(prompt, 6), (torch.tensor([[7, SOS, 8], [9, 10, 11]]), 18), (torch.tensor([[5], [6]]), 10)]
-    state, read, expected_positions, outputs, pending_lengths = {}, [], [], [], []
+    state, read, expected_positions, outputs, pending_lengths = None, [], [], [], []
     for feed, new_tokens in calls:
         out = model.generate(feed, max_new_tokens=new_tokens, seq_len=seq_len, temperature=0.0, return_logits=True,
-                             **state)
-        state = dict(knn_memories=out.knn_memories, xl_memories=out.xl_memories, pending=out.pending)
+                             state=state)
+        state = out.state
         before = sum(piece.shape[1] for piece in read)
         expected_positions.append(range(before + feed.shape[1] - 1, before + feed.shape[1] - 1 + new_tokens))
         read += [feed, out.tokens]
         outputs.append(out)
-        pending_lengths.append(None if out.pending is None else out.pending.tokens.length)
+        pending_lengths.append(None if out.state.pending is None else out.state.pending.tokens.length)
     assert pending_lengths == [3, None, 5]
     reference = teacher_forced_logits(model, torch.cat(read, dim=1), seq_len)
     for out, positions in zip(outputs, expected_positions):
         predicted = reference[:, positions]
         torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-4)
         assert torch.equal(out.tokens, predicted.argmax(-1))
-    assert outputs[-1].knn_memories[0].count.tolist()[1] == 16  # the memory overflowed
+    assert outputs[-1].state.knn_memories[0].count.tolist()[1] == 16  # the memory overflowed
 
 
 def test_each_token_is_written_into_the_pending_segments_buffers_in_place():
@@ -105,24 +104,22 @@ def test_each_token_is_written_into_the_pending_segments_buffers_in_place():
     the ones the later tokens are written into."""
     model = tiny_model(xl_max_memories=4)
     first = model.generate(torch.randint(3, 32, (1, 10)), max_new_tokens=2, seq_len=8, temperature=0.0)
-    pending = first.pending
+    pending = first.state.pending
     assert pending.tokens.length == 4 and pending.keys[0].length == 4 + 4  # XL cache, then the segment
     storage = [buffer.data.data_ptr() for buffer in pending.keys + pending.values]
-    more = model.generate(torch.tensor([[5]]), max_new_tokens=2, seq_len=8, temperature=0.0,
-                          knn_memories=first.knn_memories, xl_memories=first.xl_memories, pending=pending)
-    assert more.pending is pending and pending.tokens.length == 7
+    more = model.generate(torch.tensor([[5]]), max_new_tokens=2, seq_len=8, temperature=0.0, state=first.state)
+    assert more.state.pending is pending and pending.tokens.length == 7
     assert [buffer.data.data_ptr() for buffer in pending.keys + pending.values] == storage
     with pytest.raises(ValueError, match="seq_len"):
-        model.generate(torch.tensor([[5]]), max_new_tokens=1, seq_len=16, knn_memories=first.knn_memories,
-                       xl_memories=first.xl_memories, pending=pending)
+        model.generate(torch.tensor([[5]]), max_new_tokens=1, seq_len=16, state=first.state)
 
 
 def test_long_prompt_fills_memory_before_the_first_token():
     model = tiny_model(max_knn_memories=64, xl_max_memories=8)
     prompt = torch.randint(3, 32, (1, 200))
     out = model.generate(prompt, max_new_tokens=1, seq_len=8, temperature=0.0)
-    assert out.knn_memories[0].count.tolist() == [64]
-    assert out.xl_memories[0].keys.shape[2] == 8
+    assert out.state.knn_memories[0].count.tolist() == [64]
+    assert out.state.xl_memories[0].keys.shape[2] == 8
 
 
 def test_sampling_options_and_eos():

@@ -19,7 +19,7 @@ from transformers import (  # noqa: E402
     Qwen2Config,
 )
 
-from memorizing_transformers_pytorch import hf  # noqa: E402
+from memorizing_transformers_pytorch import StreamState, hf  # noqa: E402
 from memorizing_transformers_pytorch.data import Batch  # noqa: E402
 from memorizing_transformers_pytorch.evaluate import read_stream  # noqa: E402
 from memorizing_transformers_pytorch.hf import HFMemoryConfig, MemorizingHFModel, check_tokenizer  # noqa: E402
@@ -286,8 +286,8 @@ def test_greedy_generation_matches_teacher_forcing(tmp_path, family, combine):
     predicted = teacher_forced_logits(model, sequence, seq_len=6)[:, prompt.shape[1] - 1 : -1]
     torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-4)
     assert torch.equal(out.tokens, predicted.argmax(-1))
-    assert out.knn_memories[0].count.tolist()[0] == 16  # the memory overflowed while streaming
-    assert out.xl_memories is None and out.pending is None  # 13 + 17 tokens read: five whole segments
+    assert out.state.knn_memories[0].count.tolist()[0] == 16  # the memory overflowed while streaming
+    assert out.state.xl_memories is None and out.state.pending is None  # 13 + 17 tokens read: five whole segments
 
 
 def test_generation_with_the_memory_off_is_the_plain_model_segment_by_segment(tmp_path):
@@ -536,11 +536,12 @@ def test_aligned_generation_reads_the_prompts_end_in_its_last_segment(tmp_path):
     out = model.generate_aligned(prompt, max_new_tokens=4, seq_len=16, temperature=0.0,
                                  on_read=lambda read, total: seen.append((read, total)))
     knn = model.create_knn_memories(batch_size=1)  # by hand: 70 - 12 = 58 = 10 + 3 x 16; a first segment of 10
-    model.generate(prompt[:, :10], max_new_tokens=0, seq_len=10, knn_memories=knn)
-    by_hand = model.generate(prompt[:, 10:], max_new_tokens=4, seq_len=16, temperature=0.0, knn_memories=knn)
+    model.generate(prompt[:, :10], max_new_tokens=0, state=StreamState(seq_len=10, knn_memories=knn))
+    by_hand = model.generate(prompt[:, 10:], max_new_tokens=4, temperature=0.0,
+                             state=StreamState(seq_len=16, knn_memories=knn))
     assert torch.equal(out.tokens, by_hand.tokens) and seen[-1] == (70, 70)
     # 58 tokens read before the last segment, which the 12 prompt tokens and the 4 new ones fill: all in memory
-    assert int(out.knn_memories[0].count[0]) == 74
+    assert int(out.state.knn_memories[0].count[0]) == 74
     off = model.generate_aligned(prompt, max_new_tokens=4, seq_len=16, temperature=0.0, use_knn_memory=False)
     tail = model.generate(prompt[:, -12:], max_new_tokens=4, seq_len=16, temperature=0.0, use_knn_memory=False)
     assert torch.equal(off.tokens, tail.tokens)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import tiny_model
 
 from memorizing_transformers_pytorch import MemorizingTransformer, MemorizingTransformerConfig, XLCache
-from memorizing_transformers_pytorch.attention import relative_position_bucket
+from memorizing_transformers_pytorch.positions import relative_position_bucket
 
 
 def tokens(batch, n, num_tokens=32, low=2):
@@ -200,7 +200,7 @@ def test_sdpa_local_attention_matches_a_manual_softmax():
 
 @pytest.mark.parametrize("num_queries,num_keys", [(1, 1), (1, 9), (5, 5), (3, 40), (40, 200)])
 def test_relative_position_bias_is_the_bucket_embedding_of_each_distance(num_queries, num_keys):
-    from memorizing_transformers_pytorch.attention import RelativePositionBias
+    from memorizing_transformers_pytorch.positions import RelativePositionBias
 
     rel_pos = RelativePositionBias(heads=3, num_buckets=8, max_distance=16)
     torch.nn.init.normal_(rel_pos.embedding.weight)

@@ -78,7 +78,7 @@ def test_greedy_generation_with_memory_equals_a_teacher_forced_segment_by_segmen
     predicted = forced[:, prompt.shape[1] - 1 : -1]
     torch.testing.assert_close(out.logits, predicted, rtol=1e-4, atol=1e-3)
     assert torch.equal(out.tokens, predicted.argmax(-1))
-    assert out.knn_memories[0].count.tolist() == [48]  # three whole segments of 16 went to memory
+    assert out.state.knn_memories[0].count.tolist() == [48]  # three whole segments of 16 went to memory
 
 
 def test_save_and_load_keep_the_memory_parameters_and_the_tokenizer(model, tokens, tmp_path):

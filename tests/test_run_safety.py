@@ -83,7 +83,7 @@ def test_eval_refuses_weights_that_are_not_finite_and_json_output_is_strict(tmp_
     assert "holds NaN or infinite values" in line and "model.safetensors" in line
     with pytest.raises(CheckpointError):
         load_model(tmp_path / "bad")
-    from memorizing_transformers_pytorch.evaluate import save
+    from memorizing_transformers_pytorch.plots import save_result as save
 
     save({"bits_per_byte": {"with_memory": float("nan"), "without_memory": 1.0}, "by_memory_size": {},
           "trained_memory_size": 0}, tmp_path / "out")
@@ -451,7 +451,8 @@ def test_the_plot_does_not_zoom_a_tiny_difference_into_a_steep_one(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from memorizing_transformers_pytorch.evaluate import plot, set_visible_range
+    from memorizing_transformers_pytorch.plots import plot_eval as plot
+    from memorizing_transformers_pytorch.plots import set_visible_range
 
     fig, ax = plt.subplots()
     set_visible_range(ax, [2.0, 1.9992, None])

@@ -47,8 +47,7 @@ def answer(model: MemorizingHFModel, ids: list[int], setting: str) -> str:
         out = model.generate(prompt, max_new_tokens=8, seq_len=size, temperature=0.0, use_knn_memory=False)
     elif kind == "memory":
         capacity = 1024 * (len(ids) // 1024 + 1)
-        knn = model.create_knn_memories(batch_size=1, max_memories=capacity)
-        out = model.generate(torch.tensor([ids]), max_new_tokens=8, seq_len=size, temperature=0.0, knn_memories=knn)
+        out = model.generate(torch.tensor([ids]), max_new_tokens=8, seq_len=size, temperature=0.0, max_memories=capacity)
     else:
         raise ValueError(f"unknown setting {setting!r}: expected plain_W or memory_S")
     return model.tokenizer.decode(out.tokens[0])

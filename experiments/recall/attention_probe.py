@@ -15,7 +15,7 @@ for a model trained without it: what the untrained change does to the lookup.
     python experiments/recall/attention_probe.py runs/recall/memory --data recall:value_len=4 --k 1 --memory-bias far
     python -m experiments.recall.attention_probe ...      # the same
 
-It records the joint softmax's logits by wrapping ``attention._joint_attention`` (which the
+It records the joint softmax's logits by wrapping ``knn_attention.joint_attention`` (which the
 joint gate calls) while the documents are read.
 """
 
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository root
 sys.path.insert(0, str(ROOT))
 
 from experiments.recall import RecallTask, document_stream, recall_document  # noqa: E402
-from memorizing_transformers_pytorch import attention as attention_module  # noqa: E402
+from memorizing_transformers_pytorch import knn_attention as attention_module  # noqa: E402
 from memorizing_transformers_pytorch.checkpoint import load_model  # noqa: E402
 from memorizing_transformers_pytorch.evaluate import read_stream, segments  # noqa: E402
 
@@ -59,7 +59,7 @@ def main() -> None:
     head = int(attention.log_scale.detach().flatten().argmax())
 
     captured: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    joint = attention_module._joint_attention
+    joint = attention_module.joint_attention
 
     def recording(q_scaled, keys, values, attn_mask, reads, bias, dropout_p):
         """The logits of the joint softmax (local, and retrieved with their bias), for the lookup head."""
@@ -76,12 +76,12 @@ def main() -> None:
     stream = document_stream(docs, args.seq_len)
     argmax = []
     # the joint gate calls the module's _joint_attention: record through it while the documents are read
-    attention_module._joint_attention = recording
+    attention_module.joint_attention = recording
     try:
         for _, logits in read_stream(model, segments(stream, args.seq_len), memory_size=None):
             argmax.append(logits.argmax(-1))
     finally:
-        attention_module._joint_attention = joint
+        attention_module.joint_attention = joint
     predicted = torch.cat(argmax, dim=1).numpy()
     shares, margins, right = [], [], []
     for row, doc in enumerate(docs):

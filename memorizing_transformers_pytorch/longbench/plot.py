@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .runner import SETTINGS, _short
+from .runner import SETTINGS, short_length
 
 __all__ = ["plot_heatmap"]
 
@@ -46,7 +46,7 @@ def plot_heatmap(records: Sequence[dict[str, Any]], path: str | Path, *, title: 
             for (a, b), value in np.ndenumerate(grid):
                 if not np.isnan(value):
                     ax.text(b, a, f"{value:.1f}", ha="center", va="center", fontsize=6)
-            ax.set_xticks(range(len(lengths)), [_short(n) for n in lengths], fontsize=6)
+            ax.set_xticks(range(len(lengths)), [short_length(n) for n in lengths], fontsize=6)
             ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths], fontsize=6)
             if i == 0:
                 ax.set_title(setting, fontsize=8)

@@ -73,12 +73,9 @@ def _our_model(checkpoint: str, *, device: str, seq_len: int | None, memory_size
     def answer(ids: list[int], setting: str, new: int) -> list[int]:
         _check_setting(setting, settings, checkpoint)
         stream = torch.tensor([[codec.sos_id, *ids]], device=device)
-        knn = None
-        if setting == "memory":
-            knn = model.create_knn_memories(batch_size=1, max_memories=_memory_capacity(stream.shape[1] + new,
-                                                                                        memory_size))
-        out = model.generate(stream, max_new_tokens=new, seq_len=seq_len, knn_memories=knn,
-                             use_knn_memory=knn is not None, temperature=0.0, eos_token_id=codec.sos_id)
+        size = _memory_capacity(stream.shape[1] + new, memory_size) if setting == "memory" else None
+        out = model.generate(stream, max_new_tokens=new, seq_len=seq_len, use_knn_memory=setting == "memory",
+                             max_memories=size, temperature=0.0, eos_token_id=codec.sos_id)
         tokens = out.tokens[0].tolist()
         return tokens[: tokens.index(codec.sos_id)] if codec.sos_id in tokens else tokens  # up to the end marker
 
@@ -89,14 +86,9 @@ def _our_model(checkpoint: str, *, device: str, seq_len: int | None, memory_size
 
 def _hf_model(checkpoint: str, *, device: str, seq_len: int | None, memory_size: int | None,
               plain_window: int | None, tokenizer: str | None) -> ModelUnderTest:
-    from ..hf import _cli_model
+    from ..hf import load_folder
 
-    class Args:  # what _cli_model reads
-        pass
-
-    args = Args()
-    args.checkpoint, args.device, args.seq_len, args.tokenizer = checkpoint, device, seq_len, tokenizer
-    model, codec, seq_len = _cli_model(args)
+    model, codec, seq_len = load_folder(checkpoint, device=device, tokenizer=tokenizer, seq_len=seq_len)
     config = model.hf.config
     window = plain_window or min(getattr(config, "max_position_embeddings", 2048) or 2048, 8192)
     sos = model.config.clear_memories_on_sos_token_id
@@ -118,12 +110,9 @@ def _hf_model(checkpoint: str, *, device: str, seq_len: int | None, memory_size:
         stream = ([sos] if sos is not None else []) + list(ids)
         options: dict[str, Any] = dict(max_new_tokens=new, temperature=0.0, eos_token_id=eos)
         if setting in ("memory", "no-memory"):  # the prompt's end and the answer in the last segment
-            knn = None
-            if setting == "memory":
-                knn = model.create_knn_memories(batch_size=1, max_memories=_memory_capacity(len(stream) + new,
-                                                                                            memory_size))
-            out = model.generate_aligned(torch.tensor([stream], device=device), seq_len=seq_len, knn_memories=knn,
-                                         use_knn_memory=knn is not None, **options)
+            size = _memory_capacity(len(stream) + new, memory_size) if setting == "memory" else None
+            out = model.generate_aligned(torch.tensor([stream], device=device), seq_len=seq_len,
+                                         use_knn_memory=setting == "memory", max_memories=size, **options)
         else:  # the model's own full attention over the last tokens that fit its window with the answer
             keep = max(1, window - new - (sos is not None))
             tail = ([sos] if sos is not None and len(ids) > keep else []) + stream[-keep:]
@@ -251,7 +240,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     summary = summarize(records)
     tasks = list(dict.fromkeys(r["task"] for r in records))
     settings = [s for s in SETTINGS if s in summary]
-    lines = ["| task | setting | " + " | ".join(_short(n) for n in lengths) + " |",
+    lines = ["| task | setting | " + " | ".join(short_length(n) for n in lengths) + " |",
              "|---|---|" + "---|" * len(lengths)]
     for task in tasks:
         for setting in settings:
@@ -261,7 +250,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _short(n: int) -> str:
+def short_length(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
