@@ -408,8 +408,7 @@ def _generation_summary(read: int, out: Any, seconds: float) -> None:
     """The line after the continuation (stderr): tokens read and generated, and what the memory holds."""
     sys.stdout.write("\n")
     counts = [int(m.count[0]) for m in out.state.knn_memories] if out.state.knn_memories else []
-    held = "kNN memory off" if not counts else (f"kNN memory holds {counts[0]} pairs in each of {len(counts)} layers"
-                                                 if len(set(counts)) == 1 else f"kNN memory holds {counts}")
+    held = f"kNN memory holds {counts}" if counts else "kNN memory off"  # pairs per memorizing layer
     print(f"[{read} tokens read, {out.tokens.shape[1]} generated in {seconds:.1f}s; {held}]", file=sys.stderr)
 
 
