@@ -615,8 +615,8 @@ class DocumentStream:
                 matches = np.array_equal(document[offset - 1 :], unread)
             if matches:
                 return index, offset
-        raise ValueError(f"data state of the older format: row {row}'s unread tokens end no document of this data, so "
-                         f"the data position cannot be restored; start a new run (--init-from takes this run's weights)")
+        raise ValueError(f"older data state: row {row}'s unread tokens end no document of this data; the data position "
+                         f"cannot be restored: start a new run (--init-from takes its weights)")
 
 
 class _Failed:

@@ -176,8 +176,8 @@ def test_a_state_of_the_older_format_is_converted_exactly():
     reference.next_batch()
     old = reference.state_dict()
     old["pending"][1] = [7] * 500
-    with pytest.raises(ValueError, match="older format: row 1's unread tokens end no document of this data, so the "
-                                         "data position cannot be restored; start a new run"):
+    with pytest.raises(ValueError, match="older data state: row 1's unread tokens end no document of this data; the "
+                                         "data position cannot be restored: start a new run"):
         DocumentStream(documents, batch_size=3, seq_len=8, repeat=True, seed=2).load_state_dict(old)
 
 
