@@ -510,9 +510,11 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     train_parser = _train_parser(sub, "train", "train a model (carries kNN and XL memories across segments)")
     train_parser.add_argument("--resume", action="store_true",
                               help="continue the run in --run-dir from its latest checkpoint, with its own settings "
-                                   "(only --steps, --max-minutes and the logging / checkpoint intervals may change)")
+                                   "(only --steps, --max-minutes, the logging / checkpoint / eval intervals and "
+                                   "--tensorboard may change)")
     train_parser.add_argument("--overwrite", action="store_true",
-                              help="delete the run already in --run-dir (its checkpoints and metrics) and start anew")
+                              help="delete the run already in --run-dir (its checkpoints, metrics and TensorBoard "
+                                   "events) and start anew")
     train_parser.set_defaults(func=cmd_train)
 
     demo = _train_parser(sub, "demo", "a copy warm-up, then a memory model and a baseline (memory off) trained side "

@@ -7,8 +7,9 @@ the same text becomes token ids (tokenized once and cached, ``shards.tokenize_ca
 own padding and document-start ids take these places; token shards (``shards:DIR``) hold ids already.
 
 A ``DocumentStream`` gives each batch row its own stream of documents: row ``b`` reads one document through
-consecutive segments, then the next, each prefixed by the document-start id. Its position is plain data
-(``state_dict``) so training can resume.
+consecutive segments, then the next, each prefixed by the document-start id. Its position is plain data of a
+fixed size (``state_dict``: per row, a document and an offset in it) so training can resume.
+``PrefetchedStream`` reads any stream's batches ahead in a background thread.
 
 Sources are named in a registry (``SOURCES``): ``stdlib``, ``enwik8:PATH``, ``jsonl:PATH[#FIELD]``,
 ``parquet:PATH[#FIELD]``, ``hf:DIR[#FIELD]`` (a dataset saved by ``datasets``), ``shards:DIR`` (token shards
@@ -19,10 +20,14 @@ own (for tasks whose labels are not simply the next byte of every position).
 
 from __future__ import annotations
 
+import copy
 import gzip
+import itertools
 import json
+import queue
 import sys
 import sysconfig
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,9 +51,9 @@ from .tokenizer import (
 )
 
 __all__ = [
-    "PAD_ID", "SOS_ID", "IGNORE_INDEX", "SPLITS", "Batch", "BatchStream", "DocumentStream", "Source", "SOURCES",
-    "register_source", "load_documents", "open_stream", "source_tokenizer", "prepare_shards", "stdlib_documents",
-    "folder_documents", "enwik8_documents", "record_documents",
+    "PAD_ID", "SOS_ID", "IGNORE_INDEX", "SPLITS", "Batch", "BatchStream", "DocumentStream", "PrefetchedStream", "Source",
+    "SOURCES", "register_source", "load_documents", "open_stream", "source_tokenizer", "prepare_shards",
+    "stdlib_documents", "folder_documents", "enwik8_documents", "record_documents",
 ]
 
 PAD_ID = BYTE_PAD_ID
@@ -452,6 +457,12 @@ class DocumentStream:
     reshuffled each epoch (training); otherwise each document is read exactly
     once and finished rows are padded (evaluation), until ``exhausted``.
 
+    A row reads its documents one after another, each prefixed by the document-start id; a segment is the
+    row's next ``seq_len`` tokens, and its labels the ``seq_len`` tokens after the first. A row's position is
+    the document it reads and the offset of its next token there (0: the document-start id, ``i``: the
+    document's token ``i - 1``), so the stream's state (``state_dict``) has the same size whatever the
+    documents' lengths. Segments are copied from views of the documents into one new array per batch.
+
     Args:
         documents: token arrays, one per document.
         batch_size: number of rows B.
@@ -461,6 +472,8 @@ class DocumentStream:
         sos_id, pad_id: the ids that start each document and fill finished rows (bytes' by default; a
             tokenizer's for its ids).
     """
+
+    NO_DOCUMENT = -1  # a row's document index before its first document and after the last one
 
     def __init__(self, documents: Sequence[np.ndarray], *, batch_size: int, seq_len: int,
                  repeat: bool, seed: int = 0, sos_id: int = SOS_ID, pad_id: int = PAD_ID) -> None:
@@ -475,8 +488,8 @@ class DocumentStream:
         self.epoch = 0
         self.cursor = 0  # next position in this epoch's order
         self.order = self._order(0)
-        # Per row: tokens read from documents but not yet emitted as inputs.
-        self.pending: list[np.ndarray] = [np.zeros(0, dtype=np.int64) for _ in range(batch_size)]
+        # per row: (index of the document it reads, offset of its next token in it; see the class docstring)
+        self.rows: list[tuple[int, int]] = [(self.NO_DOCUMENT, 0)] * batch_size
         self.documents_started = 0
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -484,61 +497,202 @@ class DocumentStream:
             return np.arange(len(self.documents))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.documents))
 
-    def _next_document(self) -> np.ndarray | None:
+    def _next_document(self) -> int | None:
+        """The index of the next document in the queue (None when a stream without ``repeat`` has no more)."""
         if self.cursor == len(self.order):
             if not self.repeat:
                 return None
             self.epoch += 1
             self.order, self.cursor = self._order(self.epoch), 0
-        document = self.documents[self.order[self.cursor]]
+        index = int(self.order[self.cursor])
         self.cursor += 1
         self.documents_started += 1
-        return np.concatenate(([self.sos_id], document)).astype(np.int64)
+        return index
+
+    def _unread(self, row: int) -> int:
+        """How many tokens of its document (the document-start id included) ``row`` has not yet read."""
+        index, offset = self.rows[row]
+        return 0 if index == self.NO_DOCUMENT else len(self.documents[index]) + 1 - offset
 
     @property
     def exhausted(self) -> bool:
         """No more real tokens to predict (only with ``repeat=False``)."""
-        return not self.repeat and self.cursor == len(self.order) and all(len(p) <= 1 for p in self.pending)
+        return not self.repeat and self.cursor == len(self.order) and all(self._unread(r) <= 1 for r in range(self.batch_size))
 
     def __iter__(self) -> Iterator[Batch]:
         while not self.exhausted:
             yield self.next_batch()
 
+    def _read(self, row: int, out: np.ndarray) -> int:
+        """Copies ``row``'s next ``len(out)`` tokens into ``out`` (fewer if the documents run out), taking
+        documents from the queue as it needs them; returns how many it copied. The row then stands at the
+        last token copied: the label of this segment's last input is the next segment's first input."""
+        index, offset = self.rows[row]
+        filled = 0
+        while filled < len(out):
+            if index == self.NO_DOCUMENT or offset > len(self.documents[index]):  # take the next document
+                next_index = self._next_document()
+                if next_index is None:
+                    self.rows[row] = (self.NO_DOCUMENT, 0)
+                    return filled
+                index, offset = next_index, 0
+            if offset == 0:
+                out[filled] = self.sos_id
+                filled, offset = filled + 1, 1
+                continue
+            piece = self.documents[index][offset - 1 : offset - 1 + len(out) - filled]  # a view
+            out[filled : filled + len(piece)] = piece
+            filled, offset = filled + len(piece), offset + len(piece)
+        self.rows[row] = (index, offset - 1)
+        return filled
+
     def next_batch(self) -> Batch:
         n = self.seq_len
-        tokens = np.full((self.batch_size, n), self.pad_id, dtype=np.int64)
+        window = np.full((self.batch_size, n + 1), self.pad_id, dtype=np.int64)  # each row's inputs and last label
         labels = np.full((self.batch_size, n), IGNORE_INDEX, dtype=np.int64)
         for row in range(self.batch_size):
-            pieces = [self.pending[row]]
-            have = len(pieces[0])
-            while have < n + 1:  # one extra token: the label of the last input
-                document = self._next_document()
-                if document is None:
-                    break
-                pieces.append(document)
-                have += len(document)
-            stream = np.concatenate(pieces)
-            take = min(n, len(stream))
-            tokens[row, :take] = stream[:take]
-            targets = stream[1 : n + 1]
+            filled = self._read(row, window[row])
+            targets = window[row, 1:filled]
             labels[row, : len(targets)] = targets
-            self.pending[row] = stream[n:] if len(stream) > n else np.zeros(0, dtype=np.int64)
-        return Batch(torch.from_numpy(tokens), torch.from_numpy(labels))
+        return Batch(torch.from_numpy(np.ascontiguousarray(window[:, :n])), torch.from_numpy(labels))
 
     def state_dict(self) -> dict:
-        """Position in the data as plain JSON-able values."""
+        """Position in the data as plain JSON-able values: the epoch, the next position in its order, the seed,
+        the number of documents, and each row's (document index, offset)."""
         return {
             "epoch": self.epoch, "cursor": self.cursor, "seed": self.seed,
-            "documents_started": self.documents_started,
-            "pending": [p.tolist() for p in self.pending],
+            "documents_started": self.documents_started, "documents": len(self.documents),
+            "rows": [[index, offset] for index, offset in self.rows],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if len(state["pending"]) != self.batch_size:
-            raise ValueError(
-                f"data state has {len(state['pending'])} rows but this stream has batch size {self.batch_size}"
-            )
-        self.seed, self.epoch, self.cursor = state["seed"], state["epoch"], state["cursor"]
-        self.documents_started = state["documents_started"]
-        self.order = self._order(self.epoch)
-        self.pending = [np.asarray(p, dtype=np.int64) for p in state["pending"]]
+        """Restores a ``state_dict``; the older format (each row's unread tokens, ``pending``) is converted.
+
+        Raises:
+            ValueError: another batch size, another number of documents, a position outside the documents, or an
+                older state whose unread tokens end no document of this stream.
+        """
+        rows = state["pending"] if "pending" in state else state["rows"]
+        if len(rows) != self.batch_size:
+            raise ValueError(f"data state has {len(rows)} rows but this stream has batch size {self.batch_size}")
+        if "documents" in state and state["documents"] != len(self.documents):
+            raise ValueError(f"data state is over {state['documents']} documents but this data has {len(self.documents)}")
+        seed, epoch, cursor = (int(state[key]) for key in ("seed", "epoch", "cursor"))
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.documents)) if self.repeat \
+            else np.arange(len(self.documents))
+        if not 0 <= cursor <= len(order):
+            raise ValueError(f"data state's cursor {cursor} is outside an epoch of {len(order)} documents")
+        if "pending" in state:
+            rows = [self._position_of(np.asarray(unread, dtype=np.int64), order[:cursor][::-1], row)
+                    for row, unread in enumerate(rows)]
+        for row, (index, offset) in enumerate(rows):
+            if index != self.NO_DOCUMENT and not (0 <= index < len(self.documents)
+                                                  and 0 <= offset <= len(self.documents[index])):
+                raise ValueError(f"data state's row {row} stands at offset {offset} of document {index}, outside "
+                                 f"the {len(self.documents)} documents of this data")
+        self.seed, self.epoch, self.cursor, self.order = seed, epoch, cursor, order
+        self.documents_started = int(state["documents_started"])
+        self.rows = [(int(index), int(offset)) for index, offset in rows]
+
+    def _position_of(self, unread: np.ndarray, recent: np.ndarray, row: int) -> tuple[int, int]:
+        """The (document, offset) of a row whose unread tokens are ``unread`` (the older state format): a
+        document that ends with them, looked for among the ``recent`` documents first, then all. Documents that
+        end alike give the same batches, so any of them will do.
+
+        Raises:
+            ValueError: no document ends with them.
+        """
+        if not len(unread):
+            return self.NO_DOCUMENT, 0
+        for index in itertools.chain(recent.tolist(), range(len(self.documents))):
+            document = self.documents[index]
+            offset = len(document) + 1 - len(unread)
+            if offset < 0:
+                continue
+            if offset == 0:
+                matches = unread[0] == self.sos_id and np.array_equal(document, unread[1:])
+            else:
+                matches = np.array_equal(document[offset - 1 :], unread)
+            if matches:
+                return index, offset
+        raise ValueError(f"older data state: row {row}'s unread tokens end no document of this data; the data position "
+                         f"cannot be restored: start a new run (--init-from takes its weights)")
+
+
+class _Failed:
+    """What the prefetching thread hands over instead of a batch when reading one raised."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class PrefetchedStream:
+    """A ``BatchStream`` read ``depth`` batches ahead by a background thread, so batching overlaps the training
+    step.
+
+    Batches come out in the stream's own order, so a run is the same with or without it. Its position
+    (``state_dict``, ``documents_started``) is the stream's position after the last batch handed out, not after
+    the ones read ahead, so a checkpoint resumes exactly. An error while reading is raised by the ``next_batch``
+    call that would have returned that batch. The thread starts with the first ``next_batch``; ``close`` stops
+    it and puts the stream back to the position handed out (a later ``next_batch`` starts a new thread from
+    there). The thread is a daemon: it never keeps the process alive.
+    """
+
+    def __init__(self, stream: BatchStream, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.stream, self.depth = stream, depth
+        self._state = stream.state_dict()
+        self.documents_started = stream.documents_started
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+    def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
+        """The thread: puts (batch, position after it, documents started) into ``out`` until ``stop`` is set; an
+        error is put as the last item."""
+        while not stop.is_set():
+            try:
+                batch = self.stream.next_batch()
+                item: Any = (batch, self.stream.state_dict(), self.stream.documents_started)
+            except BaseException as error:  # handed to the reader, which raises it
+                item = _Failed(error)
+            out.put(item)  # close() makes room after setting stop
+            if isinstance(item, _Failed):
+                return
+
+    def next_batch(self) -> Batch:
+        if self._thread is None:
+            self._queue, self._stop = queue.Queue(maxsize=self.depth), threading.Event()
+            self._thread = threading.Thread(target=self._produce, args=(self._queue, self._stop), daemon=True,
+                                            name="prefetch-batches")
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, _Failed):
+            self.close()
+            raise item.error
+        batch, self._state, self.documents_started = item
+        return batch
+
+    def close(self) -> None:
+        """Stops the thread (after the batch it is reading) and puts the stream back to the position handed out."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        while True:  # make room, so that a thread waiting to put a batch sees the stop
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
+        self._thread = None
+        self.stream.load_state_dict(self._state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last batch handed out."""
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.close()
+        self.stream.load_state_dict(state)
+        self._state, self.documents_started = self.stream.state_dict(), self.stream.documents_started

@@ -4,7 +4,8 @@ repeat or half-write a line.
 ``RUN_DIR/.lock`` is held (``fcntl.flock``, released by the kernel when the process ends, however it ends) for
 as long as a run trains there; it holds the owner's pid, which a refusal names. ``claim_run_folder`` takes
 the lock and checks what the folder holds against what was asked: a new run into a folder that holds one is
-refused unless ``overwrite`` (which deletes its checkpoints and metrics first); ``resume`` needs a run there.
+refused unless ``overwrite`` (which deletes its checkpoints, metrics and TensorBoard events first); ``resume``
+needs a run there.
 ``truncate_metrics`` cuts ``metrics.jsonl`` back to the resumed step (and drops a half-written last line).
 """
 
@@ -21,6 +22,7 @@ __all__ = ["RunLock", "RunFolderError", "claim_run_folder", "holds_run", "trunca
 
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
+TENSORBOARD = "tensorboard"  # the folder of TensorBoard event files (train --tensorboard)
 
 
 class RunFolderError(ValueError):
@@ -92,6 +94,7 @@ def claim_run_folder(run_dir: str | Path, *, resume: bool, overwrite: bool) -> R
                 raise RunFolderError(f"{run_dir} already holds a run: continue it with --resume, delete it with "
                                      f"--overwrite, or give another --run-dir")
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
             (run_dir / METRICS).unlink(missing_ok=True)
     except BaseException:
         lock.release()

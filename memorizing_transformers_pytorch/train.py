@@ -1,9 +1,12 @@
 """Training: one explicit loop over document-stream segments, carrying kNN and XL memories.
 
 AdamW with linear warmup and cosine decay, gradient clipping, optional gradient
-accumulation over consecutive segments and bf16 autocast. Metrics are appended to
-``RUN_DIR/metrics.jsonl``; checkpoints go to ``RUN_DIR/checkpoints`` (see
-``checkpoint.py``) and ``resume=True`` continues a run exactly where it stopped.
+accumulation over consecutive segments and bf16 autocast. Batches are read ahead in a
+background thread (``data.PrefetchedStream``). Metrics (loss, learning rate, gradient norm,
+tokens/s, and every ``eval_every`` steps the loss on held-out documents) are appended to
+``RUN_DIR/metrics.jsonl``, and with ``tensorboard=True`` written as TensorBoard events to
+``RUN_DIR/tensorboard``; checkpoints go to ``RUN_DIR/checkpoints`` (see ``checkpoint.py``)
+and ``resume=True`` continues a run exactly where it stopped.
 
 ``Trainer`` holds a run's state and has one method per phase: set-up (``__init__``), ``init_from`` /
 ``restore``, ``step`` and ``save``; ``run`` is the loop with logging, and ``train`` the whole thing.
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
@@ -49,9 +53,10 @@ from .checkpoint import (
     write_shard,
 )
 from .config import SEARCH_FIELDS, MemorizingTransformerConfig
-from .data import IGNORE_INDEX, open_stream, source_tokenizer
+from .data import IGNORE_INDEX, PrefetchedStream, load_documents, open_stream, source_tokenizer
+from .evaluate import score
 from .model import MemorizingTransformer
-from .run_folder import append_metrics, claim_run_folder, truncate_metrics
+from .run_folder import TENSORBOARD, append_metrics, claim_run_folder, truncate_metrics
 from .tokenizer import BYTES, HuggingFaceTokenizer, check_model_fits
 
 __all__ = ["TrainConfig", "Trainer", "train", "learning_rate_factor", "TrainingDiverged", "Interrupted",
@@ -104,13 +109,22 @@ class TrainConfig:
         "start from the weights of this run folder or checkpoint (same model config, except that the memory "
         "size, k and index may differ), e.g. a copy warm-up run; the optimizer, schedule and data start fresh. "
         "Ignored when resuming"))
+    eval_every: int = field(default=0, metadata=_help(
+        "steps between validations (and one at the last step): the loss on held-out documents (the data's valid "
+        "split, else its test split), read with fresh memories (0 = off)"))
+    eval_tokens: int = field(default=32768, metadata=_help(
+        "tokens of held-out documents per validation: the split's first documents, the last one cut"))
+    tensorboard: bool = field(default=False, metadata=_help(
+        "also write the metrics as TensorBoard events into RUN_DIR/tensorboard (needs: pip install tensorboard)"))
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "steps", "grad_accum", "log_every", "keep_checkpoints",
                      "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every"):
+        if self.eval_tokens < 1:
+            raise ValueError(f"eval_tokens must be >= 1, got {self.eval_tokens}")
+        for name in ("warmup_steps", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.adam_beta2 < 1:
@@ -138,7 +152,26 @@ class TrainConfig:
 
 # flags that may change when a run is resumed; every other setting comes from the run's saved configs
 RESUMABLE_CHANGES = ("steps", "max_minutes", "checkpoint_every", "log_every", "device", "keep_checkpoints",
-                     "max_bad_steps", "progress_every", "init_from")
+                     "max_bad_steps", "progress_every", "init_from", "eval_every", "eval_tokens", "tensorboard")
+
+
+# metrics written as TensorBoard scalars (``tensorboard=True``): record key -> tag
+SCALARS = {"loss": "train/loss", "bits_per_byte": "train/bits_per_byte", "lr": "train/lr",
+           "grad_norm": "train/grad_norm", "tokens_per_s": "train/tokens_per_s", "val_loss": "val/loss",
+           "val_bpb": "val/bits_per_byte"}
+
+
+def _summary_writer() -> type:
+    """torch's TensorBoard ``SummaryWriter`` class, imported only when asked for.
+
+    Raises:
+        ValueError: the ``tensorboard`` package is not installed.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
 
 
 class TrainingDiverged(ValueError):
@@ -193,14 +226,18 @@ class Trainer:
         if self.tokenizer is not BYTES:
             check_model_fits(self.tokenizer, model_config, f"training on {config.data!r}",
                              num_tokens=getattr(self.model, "num_tokens", None))
-        # one global stream; this rank reads its own rows of it (see distributed.py)
-        self.stream = open_stream(config.data, "train", batch_size=config.batch_size * self.world,
-                                  seq_len=config.seq_len, repeat=True, seed=config.seed, tokenizer=self.tokenizer)
+        # one global stream, read ahead in a thread; this rank reads its own rows of it (see distributed.py)
+        self.stream = PrefetchedStream(open_stream(config.data, "train", batch_size=config.batch_size * self.world,
+                                                   seq_len=config.seq_len, repeat=True, seed=config.seed,
+                                                   tokenizer=self.tokenizer))
+        self.eval_documents = self._held_out_documents() if config.eval_every else []
+        self.summary_writer = _summary_writer() if config.tensorboard and self.rank == 0 else None
         self.scored_tokens = self.scored_bytes = 0  # since the last metric line (token-level bits per byte)
         self.rows = slice(self.rank * config.batch_size, (self.rank + 1) * config.batch_size)
         self.knn_memories = self.model.create_knn_memories(batch_size=config.batch_size) if config.knn_memory else None
         self.xl_memories = None
         self.step_count = 0
+        self.grad_norm: Tensor | None = None  # of the last step, before clipping, on the device
         self.bad_steps = 0  # steps in a row with a non-finite loss or gradient
         self.stop_signal: str | None = None
         self._ddp: torch.nn.Module | None = None
@@ -319,6 +356,7 @@ class Trainer:
         trained = [p for p in self.model.parameters() if p.requires_grad]
         # the norm is of the gradients averaged over ranks, so every rank takes the same decision
         norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip if config.grad_clip > 0 else math.inf)
+        self.grad_norm = norm.detach()
         finite = bool(torch.isfinite(norm)) and (self.world > 1 or bool(torch.isfinite(step_loss)))
         if finite:
             self.optimizer.step()
@@ -344,6 +382,49 @@ class Trainer:
         ratio = self.scored_bytes / self.scored_tokens if self.scored_tokens and self.scored_bytes else 1.0
         self.scored_tokens = self.scored_bytes = 0
         return ratio
+
+    # --------------------------------------------------------------------------------------- validation
+    def _held_out_documents(self) -> list[np.ndarray]:
+        """The first ``eval_tokens`` tokens of the data's valid split (else its test split), whole documents in
+        order, the last one cut.
+
+        Raises:
+            ValueError: the data has neither split, or makes its own batches (no documents).
+        """
+        errors = []
+        for split in ("valid", "test"):
+            try:
+                documents = load_documents(self.config.data, split, self.tokenizer, progress=self.progress)
+            except ValueError as error:
+                errors.append(str(error))
+                continue
+            chosen, left = [], self.config.eval_tokens
+            for document in documents:
+                if left <= 0:
+                    break
+                chosen.append(document[:left])
+                left -= len(chosen[-1])
+            return chosen
+        raise ValueError(f"--eval-every: no held-out documents to validate on ({errors[-1]}); train with --eval-every 0")
+
+    def validate(self) -> dict[str, float]:
+        """The loss on the held-out documents, read as streams of ``batch_size`` rows with fresh kNN memories
+        (memory on, as the run trains; off for a run with ``knn_memory=False``), in eval mode. Train mode and the
+        RNG state are restored afterwards, so training goes on exactly as without it. Every rank must call it
+        (each reads its share of the documents). The loss is per scored token (document-start ids are not
+        scored), ``val_bpb`` its bits per byte of text."""
+        started = time.perf_counter()
+        training = self.model.training
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            try:
+                result = score(self.model, self.eval_documents, memory_size=None if self.config.knn_memory else 0,
+                               tokenizer=self.tokenizer, batch_size=self.config.batch_size, seq_len=self.config.seq_len,
+                               device=self.device)
+            finally:
+                self.model.train(training)
+        return {"val_loss": result.bits * math.log(2) / max(1, result.tokens), "val_bpb": result.bits_per_byte,
+                "val_tokens": result.tokens, "val_s": time.perf_counter() - started}
 
     # --------------------------------------------------------------------------------------- checkpoint
     def save(self) -> None:
@@ -398,9 +479,10 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
-        """Trains to ``steps`` (or ``max_minutes``), logging every ``log_every`` steps and checkpointing every
-        ``checkpoint_every``; returns a summary: final step, the per-step losses (mean over ranks), time, and
-        the model and kNN memories it ended with.
+        """Trains to ``steps`` (or ``max_minutes``), logging every ``log_every`` steps, validating every
+        ``eval_every`` (and at the last step) and checkpointing every ``checkpoint_every``; returns a summary:
+        final step, the per-step losses (mean over ranks), the validations, time, and the model and kNN memories
+        it ended with. The thread reading batches ahead stops when it returns or raises.
 
         SIGINT and SIGTERM stop it at the next step boundary with a checkpoint (``Interrupted``); ``max_bad_steps``
         non-finite steps in a row stop it without one (``TrainingDiverged``).
@@ -411,6 +493,9 @@ class Trainer:
         config, main = self.config, self.rank == 0
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        # a resumed run's events replace those a killed run wrote past its checkpoint (TensorBoard drops them)
+        writer = None if self.summary_writer is None else self.summary_writer(str(self.run_dir / TENSORBOARD),
+                                                                              purge_step=self.step_count + 1)
         self.model.train()
         tokens_per_step = config.batch_size * self.world * config.seq_len * config.grad_accum
         bar = tqdm(total=config.steps, initial=self.step_count, disable=None if self.progress else True, unit="step",
@@ -420,53 +505,79 @@ class Trainer:
         window_start = last_progress = started
         first_step = self.step_count
         window: list[Tensor] = []  # this rank's losses since the last log line, on the device
+        norms: list[Tensor] = []  # and the gradient norms (the same on every rank)
         losses: list[float] = []
         record: dict[str, Any] = {}
-        with self._stop_on_signals():
-            while self.step_count < config.steps:
-                window.append(self.step())
-                bar.update(1)
-                step = self.step_count
-                if self.bad_steps:
-                    self._report_bad_step(float(window[-1]))
-                out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
-                if config.max_minutes > 0 and self.world > 1:  # every rank stops at the same step
-                    out_of_time = distributed.sum_values([float(out_of_time)], self.device)[0] > 0
-                stopping = self._stop_requested()
-                if step % config.log_every == 0 or step == config.steps or out_of_time or stopping:
-                    now = time.perf_counter()
-                    window_losses = [v / self.world
-                                     for v in distributed.sum_values(torch.stack(window).tolist(), self.device)]
-                    losses.extend(window_losses)
-                    mean_loss = sum(window_losses) / len(window_losses)
-                    bytes_per_token = self._bytes_per_token()
-                    record = {
-                        "step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2) / bytes_per_token,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "tokens_per_s": tokens_per_step * len(window) / (now - window_start),
-                        "elapsed_s": now - started, "documents_started": self.stream.documents_started,
-                    }
-                    if self.tokenizer is not BYTES:
-                        record["bytes_per_token"] = bytes_per_token
-                    if main:
-                        append_metrics(self.run_dir, record)
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", bpb=f"{record['bits_per_byte']:.3f}",
-                                    tok_s=f"{record['tokens_per_s']:.0f}")
-                    window_start, window = now, []
-                if quiet_bar and record and time.perf_counter() - last_progress >= config.progress_every:
-                    last_progress = time.perf_counter()
-                    self._print_progress(record, first_step, last_progress - started)
-                if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps \
-                        or out_of_time or stopping:
-                    self.save()
-                if stopping:
-                    raise Interrupted(self.stop_signal or "a signal", step, self.run_dir)
-                if out_of_time:
-                    break
+        validations: list[dict[str, Any]] = []
+        try:
+            with self._stop_on_signals():
+                while self.step_count < config.steps:
+                    window.append(self.step())
+                    norms.append(self.grad_norm)
+                    bar.update(1)
+                    step = self.step_count
+                    if self.bad_steps:
+                        self._report_bad_step(float(window[-1]))
+                    out_of_time = config.max_minutes > 0 and time.perf_counter() - started > 60 * config.max_minutes
+                    if config.max_minutes > 0 and self.world > 1:  # every rank stops at the same step
+                        out_of_time = distributed.sum_values([float(out_of_time)], self.device)[0] > 0
+                    stopping = self._stop_requested()
+                    if step % config.log_every == 0 or step == config.steps or out_of_time or stopping:
+                        now = time.perf_counter()
+                        window_losses = [v / self.world
+                                         for v in distributed.sum_values(torch.stack(window).tolist(), self.device)]
+                        losses.extend(window_losses)
+                        mean_loss = sum(window_losses) / len(window_losses)
+                        bytes_per_token = self._bytes_per_token()
+                        record = {
+                            "step": step, "loss": mean_loss, "bits_per_byte": mean_loss / math.log(2) / bytes_per_token,
+                            "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(torch.stack(norms).mean()),
+                            "tokens_per_s": tokens_per_step * len(window) / (now - window_start),
+                            "elapsed_s": now - started, "documents_started": self.stream.documents_started,
+                        }
+                        if self.tokenizer is not BYTES:
+                            record["bytes_per_token"] = bytes_per_token
+                        self._log(record, writer)
+                        window_start, window, norms = now, [], []
+                    if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+                        validations.append({"step": step, **self.validate()})
+                        self._log(validations[-1], writer)
+                        window_start += validations[-1]["val_s"]  # tokens/s counts training time only
+                    if record:
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", bpb=f"{record['bits_per_byte']:.3f}",
+                                        gnorm=f"{record['grad_norm']:.3g}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                        **({"val": f"{validations[-1]['val_loss']:.3f}"} if validations else {}))
+                    if quiet_bar and record and time.perf_counter() - last_progress >= config.progress_every:
+                        last_progress = time.perf_counter()
+                        self._print_progress(record, validations[-1] if validations else None, first_step,
+                                             last_progress - started)
+                    if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps \
+                            or out_of_time or stopping:
+                        self.save()
+                        if writer is not None:
+                            writer.flush()
+                    if stopping:
+                        raise Interrupted(self.stop_signal or "a signal", step, self.run_dir)
+                    if out_of_time:
+                        break
+        finally:
+            self.stream.close()
+            if writer is not None:
+                writer.close()
         bar.close()
-        return {"step": self.step_count, "losses": losses, "elapsed_s": time.perf_counter() - started,
-                "run_dir": str(self.run_dir), "world_size": self.world, "model": self.model,
-                "knn_memories": self.knn_memories}
+        return {"step": self.step_count, "losses": losses, "validations": validations,
+                "elapsed_s": time.perf_counter() - started, "run_dir": str(self.run_dir), "world_size": self.world,
+                "model": self.model, "knn_memories": self.knn_memories}
+
+    def _log(self, record: dict[str, Any], writer: Any) -> None:
+        """Appends a metrics record (rank 0), and writes its values as TensorBoard scalars when ``writer``."""
+        if self.rank != 0:
+            return
+        append_metrics(self.run_dir, record)
+        if writer is not None:
+            for key, tag in SCALARS.items():
+                if key in record:
+                    writer.add_scalar(tag, record[key], record["step"])
 
     def _report_bad_step(self, loss: float) -> None:
         config = self.config
@@ -481,13 +592,17 @@ class Trainer:
                 f"(to step {self.step_count}); {kept}. Lower --lr (now {config.lr:g}) or raise --warmup-steps "
                 f"or --grad-clip, then train again (--resume continues from the last checkpoint)")
 
-    def _print_progress(self, record: dict[str, Any], first_step: int, elapsed: float) -> None:
+    def _print_progress(self, record: dict[str, Any], validation: dict[str, Any] | None, first_step: int,
+                        elapsed: float) -> None:
         config, step = self.config, self.step_count
         rate = (step - first_step) / max(elapsed, 1e-9)
         left = (config.steps - step) / rate / 60 if rate > 0 else float("inf")
+        validated = "" if validation is None else (f"; validation at step {validation['step']}: loss "
+                                                   f"{validation['val_loss']:.4f}, {validation['val_bpb']:.4f} bits per byte")
         print(f"step {step}/{config.steps} ({100 * step / config.steps:.0f}%): loss {record['loss']:.4f}, "
-              f"{record['bits_per_byte']:.4f} bits per byte, {record['tokens_per_s']:.0f} tokens/s; "
-              f"{elapsed / 60:.1f} min elapsed, about {left:.1f} min left", file=sys.stderr, flush=True)
+              f"{record['bits_per_byte']:.4f} bits per byte, gradient norm {record['grad_norm']:.3g}, "
+              f"{record['tokens_per_s']:.0f} tokens/s{validated}; {elapsed / 60:.1f} min elapsed, about {left:.1f} min "
+              f"left", file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
