@@ -23,9 +23,9 @@ import torch
 from . import distributed
 from .config import MemorizingTransformerConfig, read_json_object
 from .configs import CONFIGS
-from .train import TrainConfig
+from .train_config import TrainConfig
 
-__all__ = ["main", "build_parser", "add_eval_arguments", "parse_sizes"]
+__all__ = ["main", "build_parser", "add_eval_arguments", "parse_sizes", "missing_extra", "EXTRAS"]
 
 
 def _docstring_help(cls: type) -> dict[str, str]:
@@ -111,7 +111,7 @@ def _resumed_configs(args: argparse.Namespace) -> tuple[MemorizingTransformerCon
         FileNotFoundError: no checkpoint in the run folder. ValueError: a setting that contradicts the run's.
     """
     from .checkpoint import latest_checkpoint, load_config
-    from .train import RESUMABLE_CHANGES
+    from .train_config import RESUMABLE_CHANGES
 
     run_dir = Path(args.run_dir or TrainConfig.run_dir)
     latest = latest_checkpoint(run_dir)
@@ -612,6 +612,21 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     return parser
 
 
+# the package each optional dependency comes with: pip install 'memorizing-transformers-pytorch[EXTRA]'
+EXTRAS = {"safetensors": "train", "tqdm": "train", "matplotlib": "train", "tokenizers": "train", "datasets": "train",
+          "pyarrow": "train", "tensorboard": "train", "transformers": "hf", "gguf": "gguf", "accelerate": "gguf"}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The one-line message for a missing optional dependency, or None for any other missing module."""
+    name = (error.name or "").split(".")[0]
+    if name not in EXTRAS:
+        return None
+    extra = EXTRAS[name]
+    return (f"this command needs {name}, from the [{extra}] extra: pip install "
+            f"'memorizing-transformers-pytorch[{extra}]' (or pip install -e '.[{extra}]' in a checkout)")
+
+
 def main(argv: list[str] | None = None, *, extend: Callable[[argparse._SubParsersAction], None] | None = None) -> None:
     parser = build_parser(extend)
     args = parser.parse_args(argv)
@@ -620,6 +635,12 @@ def main(argv: list[str] | None = None, *, extend: Callable[[argparse._SubParser
     try:
         distributed.check_device(getattr(args, "device", None))
         args.func(args)
+    except ModuleNotFoundError as error:
+        message = missing_extra(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     except (ValueError, OSError) as error:  # bad input (CheckpointError is a ValueError); bugs keep their traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -628,7 +649,6 @@ def main(argv: list[str] | None = None, *, extend: Callable[[argparse._SubParser
         sys.exit(130)
     finally:
         distributed.cleanup()
-
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ LAYERS = {
     "model": ["config", "configs", "search", "memory", "positions", "xl_cache", "knn_attention", "segment", "attention",
               "model", "generation"],
     "data": ["tokenizer", "shards", "data", "copy_warmup", "longbench.tasks", "longbench.score"],
-    "training": ["run_folder", "distributed", "checkpoint", "evaluate", "train"],
+    "training": ["run_folder", "distributed", "checkpoint", "evaluate", "train_config", "train"],
     "integrations": ["hf"],
     "applications": ["plots", "demo", "cli", "__main__", "longbench", "longbench.runner", "longbench.plot"],
 }
