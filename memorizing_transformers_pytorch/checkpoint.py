@@ -88,7 +88,7 @@ def memories_from_tensors(tensors: dict, knn_memories: Sequence[KNNMemory] | Non
     i = 0
     while f"xl.{i}.keys" in tensors:
         xl.append(XLCache(tensors[f"xl.{i}.keys"], tensors[f"xl.{i}.values"], tensors[f"xl.{i}.valid"],
-                          tensors.get(f"xl.{i}.tokens")))
+                          tensors.get(f"xl.{i}.inputs")))
         i += 1
     return tuple(xl) if xl else None
 
@@ -300,6 +300,10 @@ def load_weights(checkpoint_dir: str | Path, device: str | torch.device = "cpu")
 
 def load_state_dict_into(model: MemorizingTransformer, weights: dict[str, torch.Tensor], path: Path) -> None:
     """``model.load_state_dict(weights)``, with a mismatch reported as one line naming the weights file."""
+    if any(name.startswith(("key_shift_emb.", "query_shift_emb.")) for name in weights):
+        raise CheckpointError(f"{path / 'model.safetensors'}: written before token_shift became a mix of the layer's "
+                              "inputs (its per-token shift embeddings cannot be converted): train it again, or use "
+                              "a checkpoint without token_shift")
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:

@@ -127,17 +127,17 @@ class MemorizingTransformerConfig(JsonConfig):
             before each position, which a lookup by content matches. Measured once (dev/LOG.md): with 3
             such heads a width-128 model did *not* learn the copy warm-up in 6,000 steps (7.2 bits per
             copied byte, against 0.1 from a random start), so it is off by default.
-        token_shift: ``N`` (0 = off): in memorizing layers, the keys also see the ``N`` tokens before each
-            token and the queries the ``N - 1`` before: the key projection reads ``x + e_1(token 1 back) + ...
-            + e_N(token N back)``, the query projection ``x + f_1(token 1 back) + ... + f_{N-1}(...)`` (learned
-            embeddings, added before the layer's normalisation; a token of another document contributes
-            nothing). With an XL cache (``xl_max_memories > 0``) the shift reaches back into the previous
-            segment (the caches keep their tokens' ids); without one it starts at the segment. A query for
-            "these N tokens" then matches the keys of the tokens that followed them before, whose values hold
-            them: the memorizing layer can copy by content on its own (an
-            induction head over N tokens of context), and what it copies locally it copies from memory too.
-            With ``N = 1`` and the memorizing layer first (``memorizing_layers=(1,)``), the width-128 model
-            learns the copy warm-up in 150-200 steps instead of 3,500-5,000 (dev/LOG.md, 2026-12-02). Off by
+        token_shift: ``N`` (0 = off): in memorizing layers, the keys also see the ``N`` positions before each
+            token and the queries the ``N - 1`` before: the key projection reads ``x_t + A_1 x_{t-1} + ... +
+            A_N x_{t-N}``, the query projection ``x_t + C_1 x_{t-1} + ... + C_{N-1} x_{t-N+1}``, where ``x`` is
+            the layer's input and ``A_i``, ``C_i`` are learned ``dim x dim`` matrices (``token_shift.py``;
+            ``(2N - 1) dim^2`` parameters per memorizing layer, whatever the vocabulary). A position of another
+            document contributes nothing. With an XL cache (``xl_max_memories > 0``) the shift reaches back into
+            the previous segment (the layer's cache keeps its last ``N`` inputs); without one it starts at the
+            segment. A query for "these N positions" then matches the keys of the positions that followed them
+            before, whose values hold them: the memorizing layer can copy by content on its own (an induction
+            head over N positions of context), and what it copies locally it copies from memory too. With the
+            memorizing layer first (``memorizing_layers=(1,)``) it is the demo's recipe (``N = 3``). Off by
             default (the seed's and the paper's model has none).
         memory_rel_pos_bias: with the ``joint`` or ``mlp`` gate, add to every retrieved memory's logit the
             relative position bias of the farthest bucket, the one T5's bucketing gives any key

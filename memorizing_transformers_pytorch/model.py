@@ -27,6 +27,7 @@ from .generation import GenerationOutput, generate
 from .memory import KNNMemory, KNNMemoryList
 from .positions import RelativePositionBias
 from .segment import PendingSegment, PrefixBuffer, StreamReader, StreamState
+from .token_shift import TokenShift
 from .xl_cache import XLCache, write_memory
 
 __all__ = ["MemorizingTransformer", "XLCache", "IGNORE_INDEX", "DocumentLayout", "document_layout", "check_tokens",
@@ -89,11 +90,13 @@ class Block(nn.Module):
         self.attn = Attention(config, memorizing=memorizing)
         self.ff_norm = nn.LayerNorm(config.dim)
         self.ff = FeedForward(config)
+        # token_shift: the keys and queries of a memorizing layer also read its inputs N positions back
+        self.shift = TokenShift(config.dim, config.token_shift) if memorizing and config.token_shift else None
 
     def forward(self, x: Tensor, key_shift: Tensor | None = None, query_shift: Tensor | None = None,
                 **attention_args: Any) -> tuple[Tensor, Tensor, Tensor]:
-        """``key_shift``, ``query_shift`` (``token_shift``): added to ``x`` before the normalisation, for the keys
-        or the queries only."""
+        """``key_shift``, ``query_shift`` (``self.shift``'s, of the positions before): added to ``x`` before the
+        normalisation, for the keys or the queries only."""
         key_input = None if key_shift is None else self.attn_norm(x + key_shift)
         query_input = None if query_shift is None else self.attn_norm(x + query_shift)
         out, k, v = self.attn(self.attn_norm(x), key_input=key_input, query_input=query_input, **attention_args)
@@ -134,9 +137,6 @@ class MemorizingTransformer(StreamReader, nn.Module):
         c = config
         assert c.memorizing_layers is not None and c.xl_memory_layers is not None
         self.token_emb = nn.Embedding(c.num_tokens, c.dim)
-        # token_shift: embeddings of the tokens 1..N back for the keys, 1..N-1 back for the queries
-        self.key_shift_emb = nn.ModuleList(nn.Embedding(c.num_tokens, c.dim) for _ in range(c.token_shift))
-        self.query_shift_emb = nn.ModuleList(nn.Embedding(c.num_tokens, c.dim) for _ in range(c.token_shift - 1))
         self.rel_pos = RelativePositionBias(heads=c.heads, num_buckets=c.rel_pos_num_buckets,
                                             max_distance=c.rel_pos_max_distance)
         self.rel_pos.focus_on_previous_tokens(c.previous_token_heads)
@@ -145,8 +145,7 @@ class MemorizingTransformer(StreamReader, nn.Module):
         )
         self.norm = nn.LayerNorm(c.dim)
         self.to_logits = nn.Linear(c.dim, c.num_tokens, bias=False)
-        for embedding in (self.token_emb, *self.key_shift_emb, *self.query_shift_emb):
-            nn.init.normal_(embedding.weight, std=0.02)
+        nn.init.normal_(self.token_emb.weight, std=0.02)
 
     # ----------------------------------------------------------- memories
     def create_knn_memories(self, *, batch_size: int, max_memories: int | None = None) -> KNNMemoryList:
@@ -223,9 +222,6 @@ class MemorizingTransformer(StreamReader, nn.Module):
         memory_ok = layout.doc[:, start:] == 0
         masks: dict[int, Tensor] = {}  # by XL length: every XL cache covers the same tokens
         h = self.token_emb(x)
-        before = self._tokens_before(pasts, c.token_shift)
-        key_shift = self._shift_embedding(self.key_shift_emb, tokens, layout.doc, start, before)
-        query_shift = self._shift_embedding(self.query_shift_emb, tokens, layout.doc, start, before)
         new_xl = []
         for number, block in enumerate(self.layers, start=1):
             xl = pasts.get(number)
@@ -241,7 +237,10 @@ class MemorizingTransformer(StreamReader, nn.Module):
                 steps = torch.arange(start + 1, start + x.shape[1] + 1, device=x.device)
                 memory_offset = in_cache + steps.expand(x.shape[0], -1)
             memory_bias = self.rel_pos.farthest if number in memories and c.memory_rel_pos_bias else None
-            shifts = (key_shift, query_shift) if number in c.memorizing_layers else (None, None)
+            shifts, inputs = (None, None), None
+            if block.shift is not None:  # the layer's inputs so far in the segment, and its cache's before it
+                inputs = h if pending is None else pending.inputs[number - 1].append(h)
+                shifts = block.shift(inputs, layout.doc, start, _inputs_before(xl))
             h, keys, values = block(h, *shifts, attn_mask=masks[P], past=past, buffers=buffers,
                                     memory=memories.get(number), memory_ok=memory_ok, memory_offset=memory_offset,
                                     memory_bias=memory_bias)
@@ -250,50 +249,13 @@ class MemorizingTransformer(StreamReader, nn.Module):
                 window = c.xl_max_memories if number in c.xl_memory_layers else 0
                 new_cache = write_memory(memories.get(number), keys, values, layout.keep, layout.restart, past=xl,
                                          xl_window=window, add=add_knn_memory,
-                                         tokens=tokens if c.token_shift else None)
+                                         inputs=inputs, keep_inputs=c.token_shift if block.shift is not None else 0)
                 if new_cache is not None:
                     new_xl.append(new_cache)
         if commit:
             state.xl_memories = tuple(new_xl) if c.xl_memory_layers else None
             state.pending = None
         return self.to_logits(self.norm(h))
-
-    @staticmethod
-    def _tokens_before(pasts: dict[int, XLCache], count: int) -> tuple[Tensor, Tensor] | None:
-        """The last ``count`` tokens before the segment and whether each continues the row's document (from
-        any XL cache: they all cover the same tokens), or None without a cache that holds token ids."""
-        cache = next((xl for xl in pasts.values() if xl.tokens is not None), None)
-        if count == 0 or cache is None or cache.tokens.shape[1] == 0:
-            return None
-        tokens, valid = cache.tokens[:, -count:], cache.valid[:, -count:]
-        return tokens, valid & (tokens >= 0)
-
-    @staticmethod
-    def _shift_embedding(embeddings: nn.ModuleList, tokens: Tensor, doc: Tensor, start: int,
-                         before: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
-        """``token_shift``: for ``tokens[:, start:]`` of the segment read so far, the sum over ``i`` of
-        ``embeddings[i - 1]`` of the token ``i`` back, where that token is of the same document: in the segment,
-        or in ``before`` (the tokens before the segment, and whether each continues the segment's first
-        document); None without embeddings."""
-        if not embeddings:
-            return None
-        count = len(embeddings)
-        # the segment's document numbers: 0 continues the previous segment's document; -1 marks "no token"
-        past_tokens = tokens.new_zeros(tokens.shape[0], count)
-        past_doc = doc.new_full((doc.shape[0], count), -1)
-        if before is not None:
-            held_tokens, held_ok = before[0][:, -count:], before[1][:, -count:]
-            held = held_tokens.shape[1]
-            past_tokens[:, count - held :] = held_tokens.clamp(min=0)
-            past_doc[:, count - held :] = torch.where(held_ok, 0, -1)
-        tokens, doc = torch.cat((past_tokens, tokens), dim=1), torch.cat((past_doc, doc), dim=1)
-        total, n = None, tokens.shape[1]
-        for back, embedding in enumerate(embeddings, start=1):
-            previous = tokens[:, count + start - back : n - back]
-            same_document = doc[:, count + start - back : n - back] == doc[:, count + start :]
-            shifted = embedding(previous) * same_document.unsqueeze(-1)
-            total = shifted if total is None else total + shifted
-        return total
 
     def _start_segment(self, seq_len: int, pasts: dict[int, XLCache]) -> PendingSegment:
         """Empty buffers for a segment of ``seq_len`` tokens; each layer's key and value buffers start with
@@ -307,7 +269,8 @@ class MemorizingTransformer(StreamReader, nn.Module):
             if xl is not None:
                 keys[-1].append(xl.keys)
                 values[-1].append(xl.values)
-        return PendingSegment(PrefixBuffer(seq_len, dim=1), tuple(keys), tuple(values))
+        inputs = tuple(PrefixBuffer(seq_len, dim=1) if block.shift is not None else None for block in self.layers)
+        return PendingSegment(PrefixBuffer(seq_len, dim=1), tuple(keys), tuple(values), inputs)
 
     # --------------------------------------------------------- generation
     def generate(self, prompt: Tensor, *, max_new_tokens: int, **options: Any) -> GenerationOutput:
@@ -364,6 +327,13 @@ class MemorizingTransformer(StreamReader, nn.Module):
                         f"XL memories must have keys/values of shape (batch={B}, {c.kv_heads}, <= {c.xl_max_memories}, "
                         f"{c.dim_head}), got {tuple(cache.keys.shape)}"
                     )
+
+
+def _inputs_before(cache: XLCache | None) -> tuple[Tensor, Tensor] | None:
+    """A layer's inputs at the positions its XL cache ends with, and whether each is valid, or None."""
+    if cache is None or cache.inputs is None or cache.inputs.shape[1] == 0:
+        return None
+    return cache.inputs, cache.valid[:, -cache.inputs.shape[1] :]
 
 
 # -------------------------------------------------------------------------------------------- validation

@@ -71,12 +71,14 @@ class PendingSegment(NamedTuple):
     a token copies only its own keys and values.
 
     tokens: ``(B, seq_len)`` along dim 1, ``t`` filled. keys, values: per layer ``(B, Hkv, P + seq_len, Dh)``
-    along dim 2: the ``P`` pairs of the layer's XL cache (0 without one), then the segment's ``t``.
+    along dim 2: the ``P`` pairs of the layer's XL cache (0 without one), then the segment's ``t``. inputs: per
+    layer with a token shift, its inputs ``(B, seq_len, dim)`` along dim 1 (None for the others).
     """
 
     tokens: PrefixBuffer
     keys: tuple[PrefixBuffer, ...]
     values: tuple[PrefixBuffer, ...]
+    inputs: tuple[PrefixBuffer | None, ...] = ()
 
     def layer(self, number: int) -> tuple[PrefixBuffer, PrefixBuffer]:
         return self.keys[number - 1], self.values[number - 1]

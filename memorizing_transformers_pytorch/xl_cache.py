@@ -22,18 +22,19 @@ class XLCache(NamedTuple):
 
     keys, values: ``(B, Hkv, P, Dh)``; valid: ``(B, P)`` bool, False for padding
     and for tokens of a document that has since ended in that row.
-    tokens: ``(B, P)`` the ids of those tokens (-1 where unknown), so that ``token_shift`` reaches back into the
-    previous segment; None in caches made without them (the shift then starts at the segment).
+    inputs: ``(B, K, dim)`` the layer's inputs at its last ``K <= token_shift`` positions, so that the token
+    shift (``token_shift.py``) reaches back into the previous segment; None without a shift.
     """
 
     keys: Tensor
     values: Tensor
     valid: Tensor
-    tokens: Tensor | None = None
+    inputs: Tensor | None = None
 
 
 def write_memory(memory: KNNMemory | None, keys: Tensor, values: Tensor, valid: Tensor, restart: Tensor, *,
-                 past: XLCache | None, xl_window: int, add: bool = True, tokens: Tensor | None = None) -> XLCache | None:
+                 past: XLCache | None, xl_window: int, add: bool = True, inputs: Tensor | None = None,
+                 keep_inputs: int = 0) -> XLCache | None:
     """After a layer has read: roll its XL cache, clear finished documents' memories, and store in ``memory``
     the pairs that leave the XL window.
 
@@ -47,7 +48,8 @@ def write_memory(memory: KNNMemory | None, keys: Tensor, values: Tensor, valid: 
         past: the XL cache the layer read, or None.
         xl_window: tokens of XL cache to keep (0: every pair goes to the kNN memory).
         add: False reads without storing (memory clears still happen).
-        tokens: ``(B, n)`` the segment's token ids, kept in the new cache beside their pairs (or None).
+        inputs, keep_inputs: ``(B, n, dim)`` the layer's inputs at the segment's positions, of which the new cache
+            keeps those of its last ``keep_inputs`` positions (the token shift's context), or None.
 
     Returns:
         The new XL cache, or None when ``xl_window == 0``.
@@ -56,9 +58,6 @@ def write_memory(memory: KNNMemory | None, keys: Tensor, values: Tensor, valid: 
     if past is not None:
         assert keys.shape[2] == past.valid.shape[1] + valid.shape[1], "keys must hold the XL cache's pairs first"
         valid = torch.cat((past.valid & ~restart[:, None], valid), dim=1)
-        if tokens is not None:
-            before = past.tokens if past.tokens is not None else torch.full_like(past.valid, -1, dtype=tokens.dtype)
-            tokens = torch.cat((before, tokens), dim=1)
     leaving = max(0, keys.shape[2] - xl_window)
     if memory is not None:
         memory.clear_rows(restart)
@@ -67,5 +66,12 @@ def write_memory(memory: KNNMemory | None, keys: Tensor, values: Tensor, valid: 
             memory.store(pairs, valid[:, :leaving])
     if xl_window == 0:
         return None
-    return XLCache(keys[:, :, leaving:], values[:, :, leaving:], valid[:, leaving:],
-                   None if tokens is None else tokens[:, leaving:])
+    cache = XLCache(keys[:, :, leaving:], values[:, :, leaving:], valid[:, leaving:])
+    if inputs is None or keep_inputs == 0:
+        return cache
+    kept = min(keep_inputs, cache.valid.shape[1])
+    before = past.inputs if past is not None and past.inputs is not None else inputs[:, :0]
+    held = torch.cat((before.to(inputs.dtype), inputs.detach()), dim=1)[:, -kept:] if kept else inputs[:, :0]
+    if held.shape[1] < kept:  # fewer positions read than the cache holds: nothing known before them
+        held = torch.cat((held.new_zeros(held.shape[0], kept - held.shape[1], held.shape[2]), held), dim=1)
+    return cache._replace(inputs=held.detach())

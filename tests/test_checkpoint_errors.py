@@ -89,3 +89,24 @@ def test_a_bad_checkpoint_is_a_one_line_error_naming_the_file(trained, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert name.removeprefix("../") in err, err
+
+
+def test_a_checkpoint_with_the_older_token_shift_is_a_clear_error(tmp_path):
+    """Before the token shift mixed the layer's inputs, it was per-token embeddings (``key_shift_emb.*``): such
+    weights cannot be converted, and loading them says so."""
+    import torch
+    from conftest import tiny_model
+
+    from memorizing_transformers_pytorch.checkpoint import CheckpointError, load_model, save_checkpoint
+
+    model = tiny_model(token_shift=2)
+    save_checkpoint(tmp_path / "old", 1, model, state={})
+    from safetensors.torch import load_file, save_file
+
+    weights_file = next((tmp_path / "old").rglob("model.safetensors"))
+
+    weights = {k: v for k, v in load_file(weights_file).items() if ".shift." not in k}
+    weights |= {f"key_shift_emb.{i}.weight": torch.zeros(32, model.config.dim) for i in range(2)}
+    save_file(weights, weights_file)
+    with pytest.raises(CheckpointError, match="token_shift"):
+        load_model(weights_file.parent)

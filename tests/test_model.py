@@ -292,62 +292,74 @@ def test_sos_clears_only_its_row_and_the_new_document_starts_fresh(xl_max_memori
 
 
 @pytest.mark.parametrize("shift", [1, 3])
-def test_token_shift_embeds_the_tokens_before_within_segment_and_document(shift):
+def test_token_shift_mixes_the_inputs_before_within_segment_and_document(shift):
     model = tiny_model(token_shift=shift, clear_memories_on_sos_token_id=SOS)
     x = tokens(2, 7)
     x[1, 4] = SOS
     doc = model._document_layout(x).doc
-    for embeddings, count in ((model.key_shift_emb, shift), (model.query_shift_emb, shift - 1)):
-        assert len(embeddings) == count
+    token_shift = model.layers[1].shift  # the memorizing layer's
+    assert model.layers[0].shift is None and model.layers[2].shift is None
+    inputs = torch.randn(2, 7, model.config.dim)
+    shifted = token_shift(inputs, doc, 0)
+    for got, linears, count in ((shifted[0], token_shift.keys, shift), (shifted[1], token_shift.queries, shift - 1)):
+        assert len(linears) == count
+        if count == 0:
+            assert got is None
+            continue
         expected = torch.zeros(2, 7, model.config.dim)
         for row in range(2):
-            for t in range(7):  # naive: each token `back` positions before, if in the segment and the document
+            for t in range(7):  # naive: each input `back` positions before, if in the segment and the document
                 for back in range(1, count + 1):
                     if t - back >= 0 and not (row == 1 and t - back < 4 <= t):
-                        expected[row, t] += embeddings[back - 1].weight[x[row, t - back]]
-        shifted = model._shift_embedding(embeddings, x, doc, 0)
-        if count == 0:
-            assert shifted is None
-            continue
-        torch.testing.assert_close(shifted, expected)
-        # the same when the last tokens arrive one at a time (generation)
-        torch.testing.assert_close(model._shift_embedding(embeddings, x, doc, 5), expected[:, 5:])
-        torch.testing.assert_close(model._shift_embedding(embeddings, x[:, :2], doc[:, :2], 0), expected[:, :2])
+                        expected[row, t] += linears[back - 1].weight @ inputs[row, t - back]
+        torch.testing.assert_close(got, expected)
+        # the same when the last positions arrive one at a time (generation)
+        part = 0 if linears is token_shift.keys else 1
+        torch.testing.assert_close(token_shift(inputs, doc, 5)[part], expected[:, 5:])
+        torch.testing.assert_close(token_shift(inputs[:, :2], doc[:, :2], 0)[part], expected[:, :2])
 
 
-def _naive_shift(embeddings, x, sos, first):
-    """Sum of ``embeddings[back - 1](x[t - back])`` over tokens of the same document (a document starts at an
-    ``sos`` token), for positions ``first`` on."""
+def test_token_shift_parameters_do_not_grow_with_the_vocabulary():
+    small, large = tiny_model(token_shift=3), tiny_model(token_shift=3, num_tokens=4096)
+    count = lambda model: sum(p.numel() for p in model.layers[1].shift.parameters())
+    assert count(small) == count(large) == (2 * 3 - 1) * small.config.dim**2
+
+
+def _naive_shift(linears, inputs, x, sos, first):
+    """Sum of ``linears[back - 1](inputs[t - back])`` over positions of the same document (a document starts at
+    an ``sos`` token ``x``), for positions ``first`` on."""
     B, n = x.shape
-    out = torch.zeros(B, n - first, embeddings[0].weight.shape[1])
+    out = torch.zeros(B, n - first, inputs.shape[-1])
     for row in range(B):
         starts = [t for t in range(n) if x[row, t] == sos]
         for t in range(first, n):
             begin = max([s for s in starts if s <= t], default=0)
-            for back in range(1, len(embeddings) + 1):
+            for back in range(1, len(linears) + 1):
                 if t - back >= begin:
-                    out[row, t - first] += embeddings[back - 1].weight[x[row, t - back]]
+                    out[row, t - first] += linears[back - 1].weight @ inputs[row, t - back]
     return out
 
 
 @pytest.mark.parametrize("xl_max_memories", [0, 4])
 def test_token_shift_reaches_into_the_previous_segment_through_the_xl_cache(xl_max_memories):
-    """With an XL cache, the shift of a segment's first tokens sees the previous segment's last tokens (of the
-    same document); without one it starts at the segment."""
+    """With an XL cache, the shift of a segment's first positions sees the layer's inputs at the previous
+    segment's last positions (of the same document); without one it starts at the segment."""
     model = tiny_model(token_shift=3, xl_max_memories=xl_max_memories, clear_memories_on_sos_token_id=SOS)
     first, second = tokens(3, 6), tokens(3, 6)
     second[0, 0] = SOS  # row 0: a new document from the segment's first token; row 1: from its second
     second[1, 1] = SOS
     seen = []
-    model.layers[1].register_forward_hook(lambda module, args, kwargs, out: seen.append(args[1:]), with_kwargs=True)
+    model.layers[1].register_forward_hook(lambda module, args, kwargs, out: seen.append(args), with_kwargs=True)
     knn = model.create_knn_memories(batch_size=3)
     _, xl = model(first, knn_memories=knn)
     model(second, knn_memories=knn, xl_memories=xl)
     both = torch.cat((first, second), dim=1) if xl_max_memories else second
-    for got, embeddings in zip(seen[1], (model.key_shift_emb, model.query_shift_emb)):
-        torch.testing.assert_close(got, _naive_shift(embeddings, both, SOS, both.shape[1] - 6))
+    inputs = torch.cat((seen[0][0], seen[1][0]), dim=1) if xl_max_memories else seen[1][0]
+    token_shift = model.layers[1].shift
+    for got, linears in zip(seen[1][1:], (token_shift.keys, token_shift.queries)):
+        torch.testing.assert_close(got, _naive_shift(linears, inputs, both, SOS, both.shape[1] - 6))
     if xl_max_memories:  # the row whose document goes on does see the previous segment
-        assert not torch.allclose(seen[1][0][2, 0], torch.zeros_like(seen[1][0][2, 0]))
+        assert not torch.allclose(seen[1][1][2, 0], torch.zeros_like(seen[1][1][2, 0]))
 
 
 def test_token_shift_keys_and_queries_read_the_input_plus_the_shift():
@@ -368,13 +380,14 @@ def test_token_shift_keys_and_queries_read_the_input_plus_the_shift():
     seen = {}
     for number, layer in enumerate(model.layers, start=1):
         layer.register_forward_hook(lambda module, args, kwargs, out, number=number: seen.update(
-            {number: args[1:]}), with_kwargs=True)
+            {number: args}), with_kwargs=True)
     x_tokens = tokens(2, 6)
     model(x_tokens)
-    assert seen[1] == (None, None) and seen[3] == (None, None)
+    assert seen[1][1:] == (None, None) and seen[3][1:] == (None, None)
     doc = model._document_layout(x_tokens).doc
-    torch.testing.assert_close(seen[2][0], model._shift_embedding(model.key_shift_emb, x_tokens, doc, 0))
-    torch.testing.assert_close(seen[2][1], model._shift_embedding(model.query_shift_emb, x_tokens, doc, 0))
+    expected = block.shift(seen[2][0], doc, 0)  # from the layer's own inputs
+    torch.testing.assert_close(seen[2][1], expected[0])
+    torch.testing.assert_close(seen[2][2], expected[1])
 
 
 def test_eos_ends_the_document_after_the_token():
