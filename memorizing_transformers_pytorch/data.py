@@ -487,15 +487,15 @@ class DocumentStream:
         self.sos_id, self.pad_id = sos_id, pad_id
         self.epoch = 0
         self.cursor = 0  # next position in this epoch's order
-        self.order = self._order(0)
+        self.order = self._order(0, seed)
         # per row: (index of the document it reads, offset of its next token in it; see the class docstring)
         self.rows: list[tuple[int, int]] = [(self.NO_DOCUMENT, 0)] * batch_size
         self.documents_started = 0
 
-    def _order(self, epoch: int) -> np.ndarray:
+    def _order(self, epoch: int, seed: int) -> np.ndarray:
         if not self.repeat:
             return np.arange(len(self.documents))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.documents))
+        return np.random.default_rng([seed, epoch]).permutation(len(self.documents))
 
     def _next_document(self) -> int | None:
         """The index of the next document in the queue (None when a stream without ``repeat`` has no more)."""
@@ -503,7 +503,7 @@ class DocumentStream:
             if not self.repeat:
                 return None
             self.epoch += 1
-            self.order, self.cursor = self._order(self.epoch), 0
+            self.order, self.cursor = self._order(self.epoch, self.seed), 0
         index = int(self.order[self.cursor])
         self.cursor += 1
         self.documents_started += 1
@@ -578,8 +578,7 @@ class DocumentStream:
         if "documents" in state and state["documents"] != len(self.documents):
             raise ValueError(f"data state is over {state['documents']} documents but this data has {len(self.documents)}")
         seed, epoch, cursor = (int(state[key]) for key in ("seed", "epoch", "cursor"))
-        order = np.random.default_rng([seed, epoch]).permutation(len(self.documents)) if self.repeat \
-            else np.arange(len(self.documents))
+        order = self._order(epoch, seed)
         if not 0 <= cursor <= len(order):
             raise ValueError(f"data state's cursor {cursor} is outside an epoch of {len(order)} documents")
         if "pending" in state:

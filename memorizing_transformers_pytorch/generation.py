@@ -148,7 +148,7 @@ def generate(
                 on_token(token)
             if eos_token_id is not None and bool(done.all()):
                 break
-            logits, state = model.step(token[:, None], state)
+            logits, state = model.step(token[:, None], state, check=False)  # sampled: valid ids
             next_logits = logits[:, -1]
     finally:
         model.train(was_training)

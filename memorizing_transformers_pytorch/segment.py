@@ -139,17 +139,19 @@ class StreamReader:
             knn = self.create_knn_memories(batch_size=batch_size, max_memories=max_memories)  # type: ignore[attr-defined]
         return StreamState(seq_len=seq_len, knn_memories=knn)
 
-    def step(self, tokens: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
+    def step(self, tokens: Tensor, state: StreamState, *, check: bool = True) -> tuple[Tensor, StreamState]:
         """Reads ``tokens (B, m)`` that continue the streams, in segment-aligned pieces, committing each segment
         that fills; returns the logits of the last piece ``(B, <= m, num_tokens)`` and ``state`` (updated in
-        place).
+        place). ``check=False`` skips validating the tokens and the state (for tokens the model itself sampled,
+        one at a time, after the state was checked).
 
         Raises:
             TypeError, ValueError: tokens or a state that do not fit the model; nothing is changed then.
         """
-        if not isinstance(state, StreamState):
-            raise TypeError(f"state must be a StreamState (model.new_state), got {type(state).__name__}")
-        self.check_inputs(tokens, state.knn_memories, state.xl_memories, None)  # type: ignore[attr-defined]
+        if check:
+            if not isinstance(state, StreamState):
+                raise TypeError(f"state must be a StreamState (model.new_state), got {type(state).__name__}")
+            self.check_inputs(tokens, state.knn_memories, state.xl_memories, None)  # type: ignore[attr-defined]
         logits = None
         position = 0
         while position < tokens.shape[1]:

@@ -50,7 +50,7 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN))
 def test_a_command_that_needs_an_extra_names_it_in_one_line(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "a.txt").write_text("hello world\\n" * 50)
+    (corpus / "a.txt").write_text("hello world\n" * 50)
     done = run(f"""
 from memorizing_transformers_pytorch.cli import main
 main(["train", "--data", {str(corpus)!r}, "--run-dir", {str(tmp_path / "run")!r}, "--steps", "1", "--preset", "tiny"])
