@@ -57,13 +57,14 @@ def interpreters(impls: Sequence[str]) -> dict[str, str]:
 
 
 def run_worker(script: Path, spec: dict[str, Any], python: str, *, timeout: float | None = None,
-               omp_wait_policy: str = "PASSIVE") -> dict[str, Any]:
+               omp_wait_policy: str = "PASSIVE", checkout: Path | None = None) -> dict[str, Any]:
     """Run ``python script --worker spec`` in a temporary directory; return its result dict.
 
     Every worker, ours or the reference, gets the same ``OMP_WAIT_POLICY`` (default
     PASSIVE, which faiss needs, see ``reference_env.faiss_env``): with busy-waiting
     OpenMP threads, torch ran 7x slower on a 2-core machine shared with other work.
-    ``omp_wait_policy="default"`` leaves the variable as it is.
+    ``omp_wait_policy="default"`` leaves the variable as it is. ``checkout``: import our package from this
+    folder (e.g. a git worktree of an older commit, to time before against after) instead of this checkout.
 
     A failing or timed-out worker gives ``{"error": ...}`` instead of raising, so one
     bad case does not lose the rest of a long run.
@@ -73,7 +74,7 @@ def run_worker(script: Path, spec: dict[str, Any], python: str, *, timeout: floa
         env.pop("PYTHONPATH", None)  # never let our package leak into the reference's process
     else:
         # ours: this checkout first, so it runs also where the package is not installed (a GPU box)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout or REPO_ROOT), env.get("PYTHONPATH")]))
     if omp_wait_policy != "default":
         env["OMP_WAIT_POLICY"] = omp_wait_policy
     with tempfile.TemporaryDirectory(prefix=f"bench-{spec.get('impl', 'worker')}-") as workdir:

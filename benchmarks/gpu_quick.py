@@ -1,4 +1,5 @@
-"""GPU timings in one short call: exact KNNMemory search and model steps, fp32 and bf16.
+"""GPU timings in one short call: exact KNNMemory search and model steps, fp32 and bf16, and the card's dense
+bf16 matmul rate measured in the same process (8192^3), so that the search's rate reads as a share of it.
 
     python3 benchmarks/gpu_quick.py --out DIR        (writes DIR/gpu_quick.json, prints a table)
 """
@@ -24,6 +25,12 @@ def cuda_ms(fn, reps=10, warmup=2):
         torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - start))
     return sorted(times)[len(times) // 2]
+
+
+def matmul_tflops(dtype, n=8192):
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    return 2 * n**3 / cuda_ms(lambda: a @ b) / 1e9
 
 
 def memory_rows(dtype):
@@ -82,7 +89,12 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_quick.py needs CUDA; none is available here")
-    rows = memory_rows(torch.float32) + memory_rows(torch.bfloat16) + model_rows(False) + model_rows(True)
+    peak = matmul_tflops(torch.bfloat16)
+    rows = [dict(kind="matmul", dtype="torch.bfloat16", n=8192, tflops=peak)]
+    rows += memory_rows(torch.float32) + memory_rows(torch.bfloat16) + model_rows(False) + model_rows(True)
+    for row in rows:
+        if "search_tflops" in row:
+            row["search_share_of_bf16_matmul"] = row["search_tflops"] / peak
     for row in rows:
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
     out = Path(args.out)

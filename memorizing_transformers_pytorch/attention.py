@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MemorizingTransformerConfig
-from .knn_attention import local_attention, make_gate, memory_attention
+from .knn_attention import l2_normalize, local_attention, make_gate, memory_attention
+from .masks import FlexMask
 from .memory import KNNMemory
 from .segment import PrefixBuffer
 
@@ -48,7 +49,7 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         *,
-        attn_mask: Tensor,
+        attn_mask: Tensor | FlexMask,
         past: tuple[Tensor, Tensor] | None = None,
         buffers: tuple[PrefixBuffer, PrefixBuffer] | None = None,
         key_input: Tensor | None = None,
@@ -61,7 +62,8 @@ class Attention(nn.Module):
         """
         Args:
             x: ``(B, n, dim)``, already normalised.
-            attn_mask: ``(B | 1, H | 1, n, P + n)`` float, added to the local logits.
+            attn_mask: the local mask (``masks.py``): ``(B | 1, H | 1, n, P + n)`` float, added to the local
+                logits, or a ``FlexMask``.
             past: keys and values ``(B, Hkv, P, Dh)`` of the tokens before ``x`` that it may attend to (the XL
                 cache), or None.
             buffers: instead of ``past``, when a segment is read a piece at a time: key and value buffers
@@ -79,14 +81,13 @@ class Attention(nn.Module):
         B, n, _ = x.shape
         H, Hkv, Dh = self.heads, self.kv_heads, self.dim_head
         q = self.to_q(x if query_input is None else query_input).view(B, n, H, Dh).transpose(1, 2)  # (B, H, n, Dh)
-        if key_input is None:
-            k, v = self.to_kv(x).view(B, n, 2, Hkv, Dh).permute(2, 0, 3, 1, 4)  # 2 x (B, Hkv, n, Dh)
-        else:  # keys from key_input, values from x: each projected once
-            key_weight, value_weight = self.to_kv.weight.split(Hkv * Dh)
-            k = F.linear(key_input, key_weight).view(B, n, Hkv, Dh).transpose(1, 2)
-            v = F.linear(x, value_weight).view(B, n, Hkv, Dh).transpose(1, 2)
+        # keys from key_input (token_shift) or x, values from x; two products, not views of one, which a
+        # compiled layer's cached graph mishandles (torch 2.13: outputs sharing a base)
+        key_weight, value_weight = self.to_kv.weight.split(Hkv * Dh)
+        k = F.linear(x if key_input is None else key_input, key_weight).view(B, n, Hkv, Dh).transpose(1, 2)
+        v = F.linear(x, value_weight).view(B, n, Hkv, Dh).transpose(1, 2)  # (B, Hkv, n, Dh)
         if self.memorizing:
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            q, k = l2_normalize(q), l2_normalize(k)
         keys, values = k, v
         if buffers is not None:
             assert past is None

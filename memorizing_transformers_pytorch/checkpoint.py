@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import SEARCH_FIELDS, MemorizingTransformerConfig
+from .config import MemorizingTransformerConfig
 from .memory import KNNMemory
 from .model import MemorizingTransformer
 from .tokenizer import BYTES, HuggingFaceTokenizer, Tokenizer, check_model_fits, check_same_tokenizer, load_tokenizer
@@ -315,8 +315,8 @@ def load_state_dict_into(model: MemorizingTransformer, weights: dict[str, torch.
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", **search: Any) -> MemorizingTransformer:
     """Builds the model from ``config.json`` and loads its safetensors weights.
 
-    ``search``: other memory-search settings (``SEARCH_FIELDS``, e.g. ``num_retrieved_memories=2``); they
-    change no weight.
+    ``search``: other memory-search settings or attention kernel (``MemorizingTransformerConfig.search_fields``,
+    e.g. ``num_retrieved_memories=2``, ``attention_kernel="flex"``); they change no weight.
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``. CheckpointError: an unreadable or mismatched file.
@@ -324,9 +324,10 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", **search
     """
     path = resolve_checkpoint(path)
     config = load_config(path)
-    unknown = sorted(set(search) - set(SEARCH_FIELDS))
+    fields = MemorizingTransformerConfig.search_fields
+    unknown = sorted(set(search) - set(fields))
     if unknown:
-        raise ValueError(f"load_model: {unknown} are not search settings ({', '.join(SEARCH_FIELDS)})")
+        raise ValueError(f"load_model: {unknown} are not search settings ({', '.join(fields)})")
     if search:
         config = dataclasses.replace(config, **search)
     model = MemorizingTransformer(config)

@@ -175,6 +175,23 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                        help="folder for eval.json and eval.png (default: the --checkpoint folder as given)")
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How a loaded model runs (changes no weight): ``--compile`` and ``--attention-kernel``."""
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each layer (the memory search stays eager; slow at first)")
+    parser.add_argument("--attention-kernel", choices=("sdpa", "flex"), default=None,
+                        help="local attention kernel (default: the checkpoint's; see masks.py)")
+
+
+def load_for_running(args: argparse.Namespace, checkpoint: str, device: str) -> Any:
+    """``load_model`` with the runtime flags of ``add_runtime_arguments`` applied."""
+    from .checkpoint import load_model
+
+    kernel = getattr(args, "attention_kernel", None)
+    model = load_model(checkpoint, device=device, **({"attention_kernel": kernel} if kernel else {}))
+    return model.compile_layers() if getattr(args, "compile", False) else model
+
+
 def parse_sizes(text: str, flag: str) -> list[int]:
     """A comma-separated list of ints >= 0, e.g. memory sizes.
 
@@ -191,7 +208,7 @@ def parse_sizes(text: str, flag: str) -> list[int]:
 
 
 def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int, device: str) -> dict[str, Any]:
-    from .checkpoint import checkpoint_tokenizer, load_model
+    from .checkpoint import checkpoint_tokenizer
     from .data import load_documents
     from .evaluate import evaluate, format_table, select_documents
     from .plots import save_result
@@ -199,14 +216,14 @@ def _run_eval(args: argparse.Namespace, checkpoint: str, data: str, seq_len: int
 
     device = str(distributed.setup(device))  # under torchrun, ranks share the documents and sum the results
     tokenizer = checkpoint_tokenizer(checkpoint, getattr(args, "tokenizer", None))
-    model = load_model(checkpoint, device=device)
+    model = load_for_running(args, checkpoint, device)
     baseline, label = None, "second checkpoint (kNN memory off)"
     if getattr(args, "baseline_checkpoint", None):
         from .checkpoint import load_checkpoint
 
         check_same_tokenizer(checkpoint_tokenizer(args.baseline_checkpoint), tokenizer,
                              f"--baseline-checkpoint {args.baseline_checkpoint} against {checkpoint}")
-        baseline = load_model(args.baseline_checkpoint, device=device)
+        baseline = load_for_running(args, args.baseline_checkpoint, device)
         trained_with_memory = load_checkpoint(args.baseline_checkpoint).get("train_config", {}).get("knn_memory", True)
         if not baseline.config.memorizing_layers:
             label = "baseline (no kNN memory)"
@@ -319,7 +336,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """Reads ``--context-file`` and the prompt into memory, then streams the continuation to stdout."""
-    from .checkpoint import checkpoint_tokenizer, load_checkpoint, load_model
+    from .checkpoint import checkpoint_tokenizer, load_checkpoint
     from .generation import reading_progress
     from .hf import is_hf_folder
 
@@ -331,7 +348,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     checkpoint = load_checkpoint(args.checkpoint)
     seq_len = args.seq_len or checkpoint.get("train_config", {}).get("seq_len", 512)
     tokenizer = checkpoint_tokenizer(checkpoint["path"], args.tokenizer)
-    model = load_model(checkpoint["path"], device=args.device)
+    model = load_for_running(args, checkpoint["path"], args.device)
     context, prompt = (text.decode("utf-8", errors="replace") for text in _context_and_prompt(args))
     stream = [tokenizer.sos_id, *tokenizer.encode(context + prompt).tolist()]
     decode = tokenizer.stream_decoder()
@@ -534,6 +551,7 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     ev.add_argument("--device", default="cpu", help="torch device")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_eval_arguments(ev)
+    add_runtime_arguments(ev)
     ev.set_defaults(func=cmd_eval)
 
     gen = sub.add_parser("generate", help="read a context into memory, then generate text, streamed",
@@ -554,6 +572,7 @@ def build_parser(extend: Callable[[argparse._SubParsersAction], None] | None = N
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.add_argument("--device", default="cpu", help="torch device")
     gen.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_runtime_arguments(gen)
     gen.set_defaults(func=cmd_generate)
 
     from .longbench.tasks import HAYSTACKS, TASKS, VALUE_KINDS

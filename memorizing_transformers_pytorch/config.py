@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .masks import ATTENTION_KERNELS
 from .search import INDEXES
 
 __all__ = ["MemorizingTransformerConfig", "KNN_GATES", "read_json_object"]
@@ -111,6 +112,10 @@ class MemorizingTransformerConfig(JsonConfig):
             exactly in float32 (recall@32 1.000 on random and clustered unit keys at 16K-64K, 0.9985 on
             near-duplicate ones; 3-9x slower than ``"exact"`` on our CPU; see docs/benchmarks.md).
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
+        attention_kernel: how local attention runs (``masks.py``): ``"sdpa"`` (default) with a dense additive
+            mask built once per segment; ``"flex"``: a compiled ``flex_attention`` with the position bias as a
+            score_mod and a block mask (no dense mask; no attention dropout; on CPU inference only, as torch's
+            compiled flex attention has no backward there).
         knn_temperature_init: initial inverse temperature of the cosine-similarity
             logits in memorizing layers.
         xl_max_memories: tokens of Transformer-XL cache per layer (0 = no cache).
@@ -147,7 +152,7 @@ class MemorizingTransformerConfig(JsonConfig):
     """
 
     description = "model config"
-    search_fields = SEARCH_FIELDS
+    search_fields = (*SEARCH_FIELDS, "attention_kernel")  # the attention kernel changes no weight either
 
     num_tokens: int
     dim: int = 512
@@ -165,6 +170,7 @@ class MemorizingTransformerConfig(JsonConfig):
     knn_index: Literal["auto", "exact", "flat", "ivf", "bf16"] = "auto"
     knn_ivf_lists: int = 256
     knn_ivf_probe: int = 16
+    attention_kernel: Literal["sdpa", "flex"] = "sdpa"
     knn_temperature_init: float = 10.0
     xl_max_memories: int = 0
     xl_memory_layers: tuple[int, ...] | None = None
@@ -204,6 +210,10 @@ class MemorizingTransformerConfig(JsonConfig):
             raise ValueError(f"knn_gate must be one of {KNN_GATES}, got {self.knn_gate!r}")
         if self.knn_index not in INDEXES:
             raise ValueError(f"knn_index must be one of {INDEXES}, got {self.knn_index!r}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention_kernel must be one of {ATTENTION_KERNELS}, got {self.attention_kernel!r}")
+        if self.attention_kernel == "flex" and self.attn_dropout:
+            raise ValueError("attention_kernel 'flex' has no attention dropout: set attn_dropout=0 or use 'sdpa'")
         if not isinstance(self.knn_temperature_init, (int, float)) or self.knn_temperature_init <= 0:
             raise ValueError(f"knn_temperature_init must be a positive number, got {self.knn_temperature_init!r}")
         if self.num_retrieved_memories > self.max_knn_memories:

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from .config import SEARCH_FIELDS, JsonConfig, read_json_object
 from .generation import GenerationOutput, generate
-from .knn_attention import SigmoidGate, retrieve
+from .knn_attention import SigmoidGate, l2_normalize, retrieve
 from .memory import KNNMemory, KNNMemoryList
 from .model import IGNORE_INDEX, DocumentLayout, check_knn_memories, check_tokens, document_layout
 from .search import INDEXES
@@ -289,7 +289,7 @@ class _SegmentRead:
             cos, sin = (t.unsqueeze(1) for t in self.rotation)
             q, k = unrotate(q, cos, sin), unrotate(k, cos, sin)
         if self.combine == "gate":
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            q, k = l2_normalize(q), l2_normalize(k)
         layer.keys, layer.values = k.to(value.dtype).detach(), value[:, :, -m:].detach()
         if layer.memory is None:
             return local

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import KNN_GATES
+from .masks import FlexMask, flex_attention
 from .memory import KNNMemory
 
-__all__ = ["MemoryReads", "retrieve", "local_attention", "joint_attention", "memory_attention", "SigmoidGate",
-           "JointGate", "MLPGate", "GATES", "make_gate"]
+__all__ = ["MemoryReads", "l2_normalize", "retrieve", "retrieve_eagerly_under_compile", "local_attention",
+           "joint_attention", "memory_attention", "SigmoidGate", "JointGate", "MLPGate", "GATES", "make_gate"]
 
 
 class MemoryReads(NamedTuple):
@@ -45,6 +46,14 @@ class MemoryReads(NamedTuple):
     mask: Tensor
     distances: Tensor | None
     bias: Tensor | None
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``x / max(||x||, eps)`` along the last dim, in ``x``'s dtype: the norm is summed in float32, but under
+    autocast the result stays bfloat16 (``F.normalize`` would return float32 there, and the attention would
+    cast it back)."""
+    norm = x.float().pow(2).sum(dim=-1, keepdim=True).sqrt().clamp(min=eps)
+    return x / norm.to(x.dtype)
 
 
 def retrieve(memory: KNNMemory, q: Tensor, k: int, *, dtype: torch.dtype, memory_ok: Tensor | None = None,
@@ -77,22 +86,51 @@ def retrieve(memory: KNNMemory, q: Tensor, k: int, *, dtype: torch.dtype, memory
     return MemoryReads(pairs[..., 0, :], pairs[..., 1, :], mask, distances, bias)
 
 
-def local_attention(q: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor, dropout_p: float) -> Tensor:
-    """Softmax attention of scaled queries ``(B, H, n, Dh)`` over keys/values ``(B, Hkv, P + n, Dh)``."""
+_retrieve = retrieve  # what memory_attention calls: see retrieve_eagerly_under_compile
+
+
+def retrieve_eagerly_under_compile() -> None:
+    """Makes the memory search a graph break under ``torch.compile``: the search (faiss, or blocked torch code
+    with host-side bookkeeping) then runs eagerly inside a compiled layer. ``compile_layers`` calls it; it is
+    not done at import because it imports ``torch._dynamo`` (a second of import time)."""
+    global _retrieve
+    _retrieve = torch.compiler.disable(retrieve)
+
+
+def local_attention(q: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor | FlexMask, dropout_p: float) -> Tensor:
+    """Softmax attention of scaled queries ``(B, H, n, Dh)`` over keys/values ``(B, Hkv, P + n, Dh)`` under the
+    local mask (``masks.py``): SDPA with a dense additive mask, or flex attention with a ``FlexMask``."""
+    if isinstance(attn_mask, FlexMask):
+        assert dropout_p == 0.0, "flex attention has no dropout (the config refuses attn_dropout with it)"
+        return flex_attention(q, keys, values.to(q.dtype), attn_mask)
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p,
                                           scale=1.0, enable_gqa=q.shape[1] != keys.shape[1])
 
 
-def joint_attention(q: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor, reads: MemoryReads,
-                     bias: Tensor | None, dropout_p: float) -> Tensor:
-    """One softmax over retrieved and local logits, ``bias`` added to the retrieved ones."""
-    G = q.shape[1] // keys.shape[1]
-    keys, values = keys.repeat_interleave(G, dim=1), values.repeat_interleave(G, dim=1)
-    local_logits = q @ keys.transpose(-1, -2) + attn_mask  # (B, H, n, P + n)
+def joint_attention(q: Tensor, keys: Tensor, values: Tensor, attn_mask: Tensor | FlexMask, reads: MemoryReads,
+                    bias: Tensor | None, dropout_p: float) -> Tensor:
+    """One softmax over retrieved and local logits, ``bias`` added to the retrieved ones.
+
+    With a ``FlexMask`` on an accelerator, local attention runs in flex attention and the two parts are joined
+    by their log-sum-exps (the same softmax, without the local logits in memory); on CPU, where compiled flex
+    attention returns no log-sum-exp, it uses the mask's dense form."""
     mem_logits = torch.einsum("bhnd,bhnkd->bhnk", q, reads.keys)
     if bias is not None:
         mem_logits = mem_logits + bias
     mem_logits = mem_logits.masked_fill(~reads.mask, float("-inf"))
+    if isinstance(attn_mask, FlexMask):
+        if q.device.type == "cpu" or dropout_p:
+            attn_mask = attn_mask.dense()
+        else:
+            local, local_lse = flex_attention(q, keys, values.to(q.dtype), attn_mask, with_lse=True)
+            mem_lse = torch.logsumexp(mem_logits.float(), dim=-1)  # -inf where no memory is valid
+            total = torch.logaddexp(local_lse, mem_lse)
+            mem_weights = torch.exp(mem_logits.float() - total[..., None]).nan_to_num(0.0).to(q.dtype)
+            memory = torch.einsum("bhnk,bhnkd->bhnd", mem_weights, reads.values)
+            return memory + torch.exp(local_lse - total)[..., None].to(q.dtype) * local
+    G = q.shape[1] // keys.shape[1]
+    keys, values = keys.repeat_interleave(G, dim=1), values.repeat_interleave(G, dim=1)
+    local_logits = q @ keys.transpose(-1, -2) + attn_mask  # (B, H, n, P + n)
     weights = F.dropout(torch.softmax(torch.cat((mem_logits, local_logits), dim=-1), dim=-1), p=dropout_p)
     k = reads.keys.shape[-2]
     return torch.einsum("bhnk,bhnkd->bhnd", weights[..., :k], reads.values) + weights[..., k:] @ values
@@ -208,8 +246,8 @@ def memory_attention(
     Args:
         q: ``(B, H, n, Dh)`` L2-normalised queries.
         keys, values: ``(B, Hkv, P + n, Dh)`` local keys (L2-normalised) and values.
-        attn_mask: ``(B | 1, H | 1, n, P + n)`` float, added to the local logits (position bias, ``-inf``
-            where a query may not look).
+        attn_mask: the local mask (``masks.py``): ``(B | 1, H | 1, n, P + n)`` float, added to the local logits
+            (position bias, ``-inf`` where a query may not look), or a ``FlexMask``.
         memory: the layer's memory; it stores ``Hkv`` heads of ``Dh`` features.
         gate: one of ``GATES``' modules.
         scale: ``(H, 1, 1)`` inverse temperature of the cosine-similarity logits.
@@ -221,7 +259,7 @@ def memory_attention(
         ``(B, H, n, Dh)``.
     """
     dtype = values.dtype
-    reads = retrieve(memory, q, num_retrieved, dtype=dtype, memory_ok=memory_ok, memory_offset=memory_offset,
+    reads = _retrieve(memory, q, num_retrieved, dtype=dtype, memory_ok=memory_ok, memory_offset=memory_offset,
                      memory_bias=memory_bias, with_distances=gate.needs_distances)
     return gate((q * scale).to(dtype), keys.to(dtype), values, attn_mask, reads, dropout_p)
 

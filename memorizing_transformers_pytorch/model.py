@@ -21,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import masks as local_masks
 from .attention import Attention
 from .config import MemorizingTransformerConfig
 from .generation import GenerationOutput, generate
+from .knn_attention import retrieve_eagerly_under_compile
+from .masks import FlexMask, dense_mask, flex_mask
 from .memory import KNNMemory, KNNMemoryList
 from .positions import RelativePositionBias
 from .segment import PendingSegment, PrefixBuffer, StreamReader, StreamState
@@ -162,6 +165,17 @@ class MemorizingTransformer(StreamReader, nn.Module):
             for _ in c.memorizing_layers
         )
 
+    def compile_layers(self, **options: Any) -> MemorizingTransformer:
+        """Compiles each block with ``torch.compile(**options)`` (in place; returns the model). The memory
+        search and write stay eager (graph breaks inside a memorizing block; the write runs between blocks),
+        so memories behave exactly as without compiling. A new segment shape compiles again (training sees two:
+        the first segment has no XL cache); after the first such recompile torch makes the shapes dynamic.
+        """
+        retrieve_eagerly_under_compile()
+        for block in self.layers:
+            block.compile(**options)
+        return self
+
     # ------------------------------------------------------------ forward
     def forward(
         self,
@@ -220,14 +234,15 @@ class MemorizingTransformer(StreamReader, nn.Module):
         tokens = x if pending is None else pending.tokens.append(x)
         layout = self._document_layout(tokens)
         memory_ok = layout.doc[:, start:] == 0
-        masks: dict[int, Tensor] = {}  # by XL length: every XL cache covers the same tokens
+        masks: dict[int, Tensor | FlexMask] = {}  # by XL length: every XL cache covers the same tokens
         h = self.token_emb(x)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else h.dtype
         new_xl = []
         for number, block in enumerate(self.layers, start=1):
             xl = pasts.get(number)
             P = 0 if xl is None else xl.keys.shape[2]
             if P not in masks:
-                masks[P] = self._attention_mask(layout, xl, start)
+                masks[P] = self._attention_mask(layout, xl, start, dtype=dtype)
             buffers = None if pending is None else pending.layer(number)
             past = None if xl is None or buffers is not None else (xl.keys, xl.values)
             memory_offset = None
@@ -282,26 +297,22 @@ class MemorizingTransformer(StreamReader, nn.Module):
         return document_layout(x, sos_id=c.clear_memories_on_sos_token_id, eos_id=c.clear_memories_on_eos_token_id,
                                pad_id=c.pad_id)
 
-    def _attention_mask(self, layout: DocumentLayout, past: XLCache | None, start: int = 0) -> Tensor:
-        """Additive mask ``(B, H, n - start, P + n)`` for the segment's queries from ``start`` on.
+    def _attention_mask(self, layout: DocumentLayout, past: XLCache | None, start: int = 0, *,
+                        dtype: torch.dtype | None = None) -> Tensor | FlexMask:
+        """The local mask (``masks.py``) of the segment's queries from ``start`` on: the relative position bias
+        of the true distances, and where a query may not look (the future, another document, padding).
 
-        It holds the relative position bias of the true distances, and ``-inf`` where a
-        query may not look: the future, another document, padding.
+        An additive tensor ``(B, H, n - start, P + n)`` in ``dtype`` (default: the weights'), or with
+        ``attention_kernel="flex"`` a ``FlexMask`` when there are at least ``masks.FLEX_MIN_QUERIES`` queries.
         """
         doc, key_ok = layout.doc, layout.key_ok
         n = doc.shape[1]
-        device = doc.device
         P = 0 if past is None else past.keys.shape[2]
-        positions = torch.arange(P + n, device=device)
-        bias = self.rel_pos(n - start, P + n)  # (H, m, P + n)
-        causal = positions[P + start :, None] >= positions[None, P:]  # (m, n)
-        self_key = positions[P + start :, None] == positions[None, P:]
-        query_doc = doc[:, start:]
-        local = causal & (query_doc[:, :, None] == doc[:, None, :]) & (key_ok[:, None, :] | self_key)  # (B, m, n)
-        if past is not None:
-            from_past = past.valid[:, None, :] & (query_doc == 0)[:, :, None]  # (B, m, P)
-            local = torch.cat((from_past, local), dim=2)
-        return bias.unsqueeze(0).masked_fill(~local.unsqueeze(1), float("-inf"))
+        valid = None if past is None else past.valid
+        dtype = self.token_emb.weight.dtype if dtype is None else dtype
+        if self.config.attention_kernel == "flex" and n - start >= local_masks.FLEX_MIN_QUERIES:
+            return flex_mask(self.rel_pos.per_distance(P + n), doc, key_ok, valid, start, dtype)
+        return dense_mask(self.rel_pos(n - start, P + n), doc, key_ok, valid, start, dtype)
 
     # -------------------------------------------------------- validation
     def check_inputs(

@@ -48,6 +48,11 @@ class RelativePositionBias(nn.Module):
         """``(H,)`` the bias of the last bucket: every key ``max_distance`` or more tokens back."""
         return self.embedding.weight[-1]
 
+    def per_distance(self, count: int) -> Tensor:
+        """``(H, count)``: the bias at distances ``0 .. count - 1`` from a query back to a key."""
+        distances = torch.arange(count, device=self.embedding.weight.device)
+        return self.embedding(relative_position_bucket(distances, self.num_buckets, self.max_distance)).t()
+
     def forward(self, num_queries: int, num_keys: int) -> Tensor:
         """Returns ``(H, num_queries, num_keys)`` for keys at positions ``0 .. num_keys - 1`` and queries at
         the last ``num_queries`` of them.

@@ -50,7 +50,7 @@ from .checkpoint import (
     temporary_folder,
     write_shard,
 )
-from .config import SEARCH_FIELDS, MemorizingTransformerConfig
+from .config import MemorizingTransformerConfig
 from .data import IGNORE_INDEX, PrefetchedStream, load_documents, open_stream, source_tokenizer
 from .evaluate import score
 from .model import MemorizingTransformer
@@ -124,6 +124,11 @@ class Trainer:
         self.progress = progress and self.rank == 0
         torch.manual_seed(config.seed)
         self.model = (MemorizingTransformer(model_config) if model is None else model).to(self.device)
+        if config.compile:
+            if not hasattr(self.model, "compile_layers"):
+                raise ValueError(f"--compile: {type(self.model).__name__} has no compile_layers (only "
+                                 "MemorizingTransformer compiles)")
+            self.model.compile_layers()
         if self.world > 1:  # same initial weights everywhere, different dropout masks per rank
             torch.manual_seed(config.seed + self.rank)
         self.optimizer = self._optimizer()
@@ -178,7 +183,7 @@ class Trainer:
         source = resolve_checkpoint(path)
         if not load_config(source, type(self.model_config)).same_model(self.model_config):
             raise ValueError(f"--init-from: the model config differs from {source / 'config.json'} (beyond the "
-                             f"memory search's settings: {', '.join(SEARCH_FIELDS)})")
+                             f"memory search's settings: {', '.join(self.model_config.search_fields)})")
         load_state_dict_into(self.model, load_weights(source, self.device), source)
 
     def restore(self) -> None:

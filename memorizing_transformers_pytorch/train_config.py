@@ -42,6 +42,8 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (0 = off)"))
     grad_accum: int = field(default=1, metadata=_help("consecutive segments per optimizer step"))
     bf16: bool = field(default=False, metadata=_help("bfloat16 autocast"))
+    compile: bool = field(default=False, metadata=_help(
+        "torch.compile each layer (the memory search stays eager; the first steps are slow while it compiles)"))
     seed: int = field(default=0, metadata=_help("seed for weights and data order"))
     checkpoint_every: int = field(default=200, metadata=_help("steps between checkpoints (0 = only at the end)"))
     log_every: int = field(default=10, metadata=_help("steps between metric lines"))
@@ -103,7 +105,8 @@ class TrainConfig:
 
 # flags that may change when a run is resumed; every other setting comes from the run's saved configs
 RESUMABLE_CHANGES = ("steps", "max_minutes", "checkpoint_every", "log_every", "device", "keep_checkpoints",
-                     "max_bad_steps", "progress_every", "init_from", "eval_every", "eval_tokens", "tensorboard")
+                     "max_bad_steps", "progress_every", "init_from", "eval_every", "eval_tokens", "tensorboard",
+                     "compile")
 
 
 # metrics written as TensorBoard scalars (``tensorboard=True``): record key -> tag

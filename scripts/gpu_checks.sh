@@ -1,43 +1,81 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (a lent GPU machine gives ~15 minutes): CUDA tests, the long recipe on the GPU
-# (memorizing model and XL-only baseline trained side by side, then evaluated), and the GPU benchmarks.
-# Usage (repo root, on a CUDA machine whose python3 has torch, safetensors, tqdm, matplotlib):
-#   OUT=/some/folder bash scripts/gpu_checks.sh
+# Every GPU check in one call (a lent GPU machine gives ~15 minutes in all; this takes about 10):
+#   1. the CUDA tests (-m gpu: search, model, autocast, flex attention and compiled layers on CUDA), and the
+#      kernel tests (flex and compiled against the references) on the same machine
+#   2. the kernel benchmark, before against after, in one process per variant (benchmarks/bench_kernels.py):
+#      float32 and bf16 autocast, no memory / 16K / 65K, the code of BEFORE (if present) against this
+#      checkout eager, then compiled layers, flex attention and both (bf16)
+#   3. the search at 16K-1M against the card's dense bf16 matmul rate, and model steps (benchmarks/gpu_quick.py)
+#   4. generation tokens/s with a 64K memory against none (benchmarks/bench_generate.py)
+#   5. with two or more GPUs: a 2-process nccl training run under torchrun
+#   6. with RECIPE=1: the long recipe on the GPU (a memorizing model and an XL-only baseline, then evaluated)
+# Usage (repo root, on a CUDA machine whose python3 has torch, numpy, safetensors, tqdm, matplotlib):
+#   git archive 1642ac8 memorizing_transformers_pytorch | (mkdir -p runs/before && tar -x -C runs/before)
+#   OUT=/some/folder BEFORE=runs/before bash scripts/gpu_checks.sh
+# Dry run on CPU (the same commands, tiny sizes; checks the script, not the GPU):
+#   DEVICE=cpu QUICK=1 OUT=/tmp/gpu_dry BEFORE=runs/before bash scripts/gpu_checks.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" OMP_WAIT_POLICY=PASSIVE
 OUT=${OUT:-runs/gpu_out}
-TRAIN_MINUTES=${TRAIN_MINUTES:-3.5}
-mkdir -p "$OUT" runs
+DEVICE=${DEVICE:-cuda}
+BEFORE=${BEFORE:-runs/before}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
 LOG="$OUT/gpu_checks.log"
-{
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
-echo "== CUDA tests"
-timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py 2>&1 | tail -15
-echo "== long recipe on the GPU ($TRAIN_MINUTES minutes per model, side by side)"
-} > "$LOG" 2>&1
-MT="python3 -m memorizing_transformers_pytorch"
-COMMON=(--device cuda --bf16 --batch-size 8 --steps 4000 --warmup-steps 200 --lr 2e-3 --checkpoint-every 0
-        --log-every 50 --max-minutes "$TRAIN_MINUTES")
-$MT train "${COMMON[@]}" --run-dir runs/gpu/memory > runs/gpu_memory.log 2>&1 &
-$MT train "${COMMON[@]}" --run-dir runs/gpu/baseline --memorizing-layers "" > runs/gpu_baseline.log 2>&1 &
-wait
-{
-for run in memory baseline; do
-  echo "-- $run: last log lines"; tail -c 600 "runs/gpu_$run.log" | tr '\r' '\n' | tail -4
-  cp "runs/gpu/$run/metrics.jsonl" "$OUT/metrics_$run.jsonl"
-done
-# keep the trained weights (small): at most 8 files come back from the machine
-for run in memory baseline; do
-  ckpt=$(cat runs/gpu/$run/checkpoints/latest 2>/dev/null) && tar -C "runs/gpu/$run/checkpoints/$ckpt" -czf "$OUT/weights_$run.tgz" model.safetensors config.json
-done
-echo "== evaluation on held-out stdlib files"
-timeout 240 $MT eval --checkpoint runs/gpu/memory --baseline-checkpoint runs/gpu/baseline --device cuda \
-  --max-docs 32 --max-doc-bytes 262144 --eval-batch-size 8 --memory-sizes 0,1024,4096,16384,65536 \
-  --output "$OUT" 2>&1 | tr '\r' '\n' | grep -v "it/s\|B/s" | tail -20
-if [ -f benchmarks/gpu_quick.py ]; then
-  echo "== GPU benchmarks"
-  timeout 150 python3 benchmarks/gpu_quick.py --out "$OUT" 2>&1 | tail -40
+if [ "${QUICK:-0}" = 1 ]; then
+  SIZES=0,1024; STEPS=(--steps 1 --warmup 0); GEN=(--sizes 0,1024 --tokens 4 --reps 1); TIMEOUT=600
+else
+  SIZES=0,16384,65536; STEPS=(--steps 10 --warmup 2); GEN=(--sizes 0,65536 --tokens 64 --reps 3); TIMEOUT=240
 fi
-} >> "$LOG" 2>&1
+variants=eager; [ -d "$BEFORE/memorizing_transformers_pytorch" ] && variants=before,eager
+step() { echo; echo "== $* ($(date +%T))"; }
+{
+step "machine"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+$PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
+
+step "1. CUDA tests and kernel tests"
+timeout "$TIMEOUT" $PY -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_gpu.py tests/test_kernels.py 2>&1 | tail -15
+
+step "2a. kernels, before ($BEFORE) and after, eager: float32 and bf16"
+timeout "$TIMEOUT" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants "$variants" --before "$BEFORE" \
+  --amp none,bf16 --sizes "$SIZES" "${STEPS[@]}" --out "$OUT" --json-name kernels_eager.json 2>&1 | grep -v "^\[\|^  \["
+
+step "2b. kernels: compiled layers, flex attention, both (bf16)"
+timeout "$TIMEOUT" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants eager,compiled,flex,compiled-flex \
+  --amp bf16 --sizes "${SIZES%%,*},${SIZES##*,}" "${STEPS[@]}" --out "$OUT" --json-name kernels_compiled.json 2>&1 \
+  | grep -v "^\[\|^  \["
+
+step "3. search against the card's matmul rate; model steps"
+if [ "$DEVICE" = cuda ]; then timeout 200 $PY benchmarks/gpu_quick.py --out "$OUT" 2>&1 | tail -30
+else echo "(skipped on $DEVICE: gpu_quick.py needs CUDA)"; fi
+
+step "4. generation with a 64K memory against none"
+timeout 150 $PY benchmarks/bench_generate.py --device "$DEVICE" --knn-index exact "${GEN[@]}" \
+  --out "$OUT/generate.json" 2>&1 | tail -8
+
+gpus=$($PY -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -ge 2 ]; then
+  step "5. nccl: 2 processes under torchrun"
+  timeout 180 $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m memorizing_transformers_pytorch train \
+    --device cuda --bf16 --steps 50 --log-every 10 --checkpoint-every 0 --batch-size 4 --run-dir "$OUT/nccl" \
+    --overwrite 2>&1 | tr '\r' '\n' | grep -v "it/s" | tail -8
+else
+  step "5. nccl: skipped ($gpus GPU)"
+fi
+} > "$LOG" 2>&1
+
+if [ "${RECIPE:-0}" = 1 ]; then
+  TRAIN_MINUTES=${TRAIN_MINUTES:-3.5}
+  echo "== 6. long recipe on the GPU ($TRAIN_MINUTES minutes per model, side by side)" >> "$LOG"
+  MT="$PY -m memorizing_transformers_pytorch"
+  COMMON=(--device cuda --bf16 --batch-size 8 --steps 4000 --warmup-steps 200 --lr 2e-3 --checkpoint-every 0
+          --log-every 50 --max-minutes "$TRAIN_MINUTES")
+  $MT train "${COMMON[@]}" --run-dir runs/gpu/memory > runs/gpu_memory.log 2>&1 &
+  $MT train "${COMMON[@]}" --run-dir runs/gpu/baseline --memorizing-layers "" > runs/gpu_baseline.log 2>&1 &
+  wait
+  timeout 240 $MT eval --checkpoint runs/gpu/memory --baseline-checkpoint runs/gpu/baseline --device cuda \
+    --max-docs 32 --max-doc-bytes 262144 --eval-batch-size 8 --memory-sizes 0,1024,4096,16384,65536 \
+    --output "$OUT" 2>&1 | tr '\r' '\n' | grep -v "it/s\|B/s" | tail -20 >> "$LOG"
+fi
 cat "$LOG"

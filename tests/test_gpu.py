@@ -118,3 +118,60 @@ def test_a_training_step_and_generation_make_no_host_sync_on_cuda():
             loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def _flex_pair(**overrides):
+    """Two tiny CUDA models with the same weights: attention_kernel 'sdpa' and 'flex'."""
+    sdpa = tiny_model(**overrides).cuda()
+    flex = tiny_model(**overrides, attention_kernel="flex").cuda()
+    flex.load_state_dict(sdpa.state_dict())
+    return sdpa, flex
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "joint", "mlp"])
+def test_flex_attention_on_cuda_matches_sdpa_with_gradients(gate, monkeypatch):
+    """Flex attention (compiled, with its backward; the joint softmax through log-sum-exps) against the dense
+    mask on CUDA: the same losses and gradients over three segments with a kNN memory, an XL cache, a document
+    boundary and grouped heads."""
+    from memorizing_transformers_pytorch import masks
+
+    monkeypatch.setattr(masks, "FLEX_MIN_QUERIES", 16)
+    sdpa, flex = _flex_pair(knn_gate=gate, xl_max_memories=16, heads=4, kv_heads=2, dim_head=16,
+                            clear_memories_on_sos_token_id=1,
+                            token_shift=2)
+    torch.manual_seed(0)
+    x = torch.randint(3, 32, (2, 96), device="cuda")
+    x[1, 40] = 1
+    results = []
+    for model in (sdpa, flex):
+        model.train()
+        state = model.new_state(batch_size=2, seq_len=32)
+        total = 0.0
+        for segment in x.split(32, dim=1):
+            logits, state = model.step(segment, state)
+            total = total + logits.float().square().mean()
+        total.backward()
+        results.append((total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-4)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_compiled_layers_on_cuda_match_eager_in_bf16():
+    eager = tiny_model(xl_max_memories=16).cuda().train()
+    compiled = tiny_model(xl_max_memories=16).cuda().train()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_layers()
+    torch.manual_seed(0)
+    x = torch.randint(3, 32, (2, 96), device="cuda")
+    losses = []
+    for model in (eager, compiled):
+        knn, xl, out = model.create_knn_memories(batch_size=2), None, []
+        for segment in x.split(32, dim=1):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss, xl = model(segment, knn_memories=knn, xl_memories=xl, labels=segment)
+            loss.backward()
+            out.append(loss.detach().float())
+        losses.append(torch.stack(out))
+    torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=2e-2)

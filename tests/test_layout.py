@@ -13,7 +13,7 @@ NAME = PACKAGE.name
 
 # lowest first: a module may import modules of its own layer or of a layer below, never above
 LAYERS = {
-    "model": ["config", "configs", "search", "memory", "positions", "xl_cache", "knn_attention", "segment", "token_shift",
+    "model": ["config", "configs", "search", "memory", "positions", "masks", "xl_cache", "knn_attention", "segment", "token_shift",
               "attention", "model", "generation"],
     "data": ["tokenizer", "shards", "data", "copy_warmup", "longbench.tasks", "longbench.score"],
     "training": ["run_folder", "distributed", "checkpoint", "evaluate", "train_config", "train"],
