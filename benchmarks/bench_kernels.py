@@ -13,7 +13,8 @@ timed ones; ``train`` is forward + backward + AdamW, ``infer`` is a no-grad forw
     flex             eager layers, ``attention_kernel="flex"`` (flex attention itself is compiled)
     compiled-flex    both
 
-On CPU, torch's compiled flex attention has no backward: the flex variants time ``infer`` only there.
+On CPU, torch's compiled flex attention has no backward: the flex variant times ``infer`` only there, and
+compiled-flex does not run (torch 2.13's inductor fails to compile flex attention inside a compiled CPU layer).
 
     .venv/bin/python benchmarks/bench_kernels.py                            # CPU: eager, compiled, flex, compiled-flex
     git worktree add /tmp/before 1642ac8 && .venv/bin/python benchmarks/bench_kernels.py --before /tmp/before
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import memorizing_transformers_pytorch as package
 
     device, variant, size = spec["device"], spec["variant"], spec["knn_size"]
+    if variant == "compiled-flex" and device == "cpu":
+        return {"error": "not on CPU: torch 2.13 cannot compile flex attention inside a compiled CPU layer"}
     torch.manual_seed(0)
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--modes", default="train,infer")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="run every variant this many times, alternating "
+                                                                 "the order; report the median tokens/s")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=common.DEFAULT_RESULTS_DIR)
@@ -140,20 +146,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if "before" in variants and args.before is None:
         sys.exit("the 'before' variant needs --before CHECKOUT")
+    runs = []  # every worker's result; with --repeats, the variants alternate and each row takes the median
+    for repeat in range(args.repeats):
+        for size in (int(s) for s in args.sizes.split(",")):
+            for amp in args.amp.split(","):
+                for variant in variants if repeat % 2 == 0 else variants[::-1]:
+                    spec = {"impl": "ours", "variant": variant, "knn_size": size, "amp": amp, "device": args.device,
+                            "modes": args.modes.split(","), "steps": args.steps, "warmup": args.warmup,
+                            "threads": args.threads}
+                    common.log(f"[{variant} knn={size} amp={amp}, repeat {repeat + 1}/{args.repeats}] running")
+                    row = common.run_worker(SCRIPT, spec, sys.executable, timeout=args.timeout,
+                                            checkout=args.before if variant == "before" else None)
+                    row.update(variant=variant, knn_size=size, amp=amp, repeat=repeat)
+                    if "error" in row:
+                        common.log(f"  FAILED: {row['error'].splitlines()[0]}")
+                    runs.append(row)
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for amp in args.amp.split(","):
-            for variant in variants:
-                spec = {"impl": "ours", "variant": variant, "knn_size": size, "amp": amp, "device": args.device,
-                        "modes": args.modes.split(","), "steps": args.steps, "warmup": args.warmup,
-                        "threads": args.threads}
-                common.log(f"[{variant} knn={size} amp={amp}] running")
-                row = common.run_worker(SCRIPT, spec, sys.executable, timeout=args.timeout,
-                                        checkout=args.before if variant == "before" else None)
-                row.update(variant=variant, knn_size=size, amp=amp)
-                if "error" in row:
-                    common.log(f"  FAILED: {row['error']}")
-                rows.append(row)
+    for row in runs:
+        if row["repeat"] > 0:
+            continue
+        same = [r for r in runs if (r["variant"], r["knn_size"], r["amp"]) == (row["variant"], row["knn_size"], row["amp"])]
+        merged = dict(row)
+        for mode, summary in row.get("modes", {}).items():
+            speeds = [r["modes"][mode]["tokens_per_s"] for r in same if "tokens_per_s" in r.get("modes", {}).get(mode, {})]
+            if speeds:
+                median = statistics.median(speeds)
+                merged["modes"] = {**merged["modes"], mode: {**summary, "tokens_per_s": median,
+                                                             "median_ms": BATCH * SEQ_LEN / median * 1e3,
+                                                             "tokens_per_s_each_repeat": speeds}}
+        rows.append(merged)
     table = []
     for row in rows:
         base = next((r for r in rows if r["variant"] == "eager" and r["knn_size"] == row["knn_size"]
@@ -173,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         ("note", "note")]))
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     payload = {"benchmark": "kernels", "environment": common.environment(args.device), "args": settings,
-               "rows": rows, "table": table}
+               "rows": rows, "table": table, "runs": runs}
     path = common.write_json(args.out / args.json_name, payload)
     common.log(f"wrote {path}")
     return payload

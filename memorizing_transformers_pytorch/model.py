@@ -171,6 +171,10 @@ class MemorizingTransformer(StreamReader, nn.Module):
         so memories behave exactly as without compiling. A new segment shape compiles again (training sees two:
         the first segment has no XL cache); after the first such recompile torch makes the shapes dynamic.
         """
+        if self.config.attention_kernel == "flex" and self.token_emb.weight.device.type == "cpu":
+            raise ValueError("compile_layers: with attention_kernel='flex' torch 2.13 fails to compile the layers on "
+                             "CPU (inductor's CPU flex template); flex attention is compiled on its own already, so "
+                             "compile the layers with attention_kernel='sdpa', or use flex without compile_layers")
         retrieve_eagerly_under_compile()
         for block in self.layers:
             block.compile(**options)

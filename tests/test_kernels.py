@@ -104,6 +104,11 @@ def test_flex_refuses_attention_dropout_and_unknown_kernels():
         MemorizingTransformerConfig(num_tokens=8, attention_kernel="flash")
 
 
+def test_compiling_flex_layers_on_cpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="attention_kernel='flex'"):
+        tiny_model(attention_kernel="flex").compile_layers()
+
+
 def test_l2_normalize_is_f_normalize_and_keeps_bfloat16():
     x = torch.randn(3, 5, 16)
     x[0, 0] = 0.0

@@ -87,11 +87,11 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the ablation's run folder (run.sh's OUT)")
     parser.add_argument("--out", type=Path, default=None, help="where ablation.json and .png go (default: folder)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = collect(args.folder)
     if not result["summary"]:
         raise SystemExit(f"no finished runs (SETTING_seedN/eval.json) in {args.folder}")
