@@ -32,6 +32,7 @@ def layout(B, n, *, boundary, padding):
     return doc, key_ok
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager on purpose: the reference
 @pytest.mark.parametrize("P,start,boundary,padding", [(0, 0, None, 0), (8, 0, 5, 3), (8, 7, 3, 0), (16, 19, 9, 2),
                                                       (8, 0, 0, 0)])
 def test_the_flex_mask_is_the_dense_mask(P, start, boundary, padding):

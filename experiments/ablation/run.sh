@@ -7,11 +7,12 @@
 #   shift     token_shift=3 only
 #   warmup    the 400-step copy warm-up only
 #   all       all three (the demo)
+#   no-first, no-shift, no-warmup    all but one (the memorizing layer in the upper half; no shift; no warm-up)
 # Each run is the normal `demo` command: the memory model and a baseline of the same architecture trained with
 # its kNN memory off (XL cache only), then memory on / off / baseline on the held-out documents.
 # The evaluation skips the demo's extra memory sizes (1K, 16K), which do not change on / off / baseline.
-# Usage: bash experiments/ablation/run.sh            (about 15 minutes per run on 2 cores; 15 runs)
-#        SEEDS="0" SETTINGS="paper all" bash experiments/ablation/run.sh
+# Usage: bash experiments/ablation/run.sh            (about 11-13 minutes per run on 2 cores; 15 runs)
+#        SEEDS="0" SETTINGS="no-first no-shift no-warmup" bash experiments/ablation/run.sh   (all but one)
 # Finished runs (OUT/SETTING_seedN/eval.json) are skipped, so a stopped sweep continues where it stopped.
 # Then: python experiments/ablation/summarize.py OUT  -> OUT/ablation.json and a table.
 set -euo pipefail
@@ -28,6 +29,9 @@ flags() {  # the demo's flags for one setting
     shift)  echo "--memorizing-layers 2 --token-shift 3 --copy-warmup-steps 0" ;;
     warmup) echo "--memorizing-layers 2 --token-shift 0 --copy-warmup-steps 400" ;;
     all)    echo "--memorizing-layers 1 --token-shift 3 --copy-warmup-steps 400" ;;
+    no-first)  echo "--memorizing-layers 2 --token-shift 3 --copy-warmup-steps 400" ;;
+    no-shift)  echo "--memorizing-layers 1 --token-shift 0 --copy-warmup-steps 400" ;;
+    no-warmup) echo "--memorizing-layers 1 --token-shift 3 --copy-warmup-steps 0" ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
 }

@@ -18,6 +18,9 @@ SETTINGS = {  # name -> (memorizing layer, token shift, copy warm-up steps), as 
     "shift": ("2 of 2", 3, 0),
     "warmup": ("2 of 2", 0, 400),
     "all": ("1 of 2", 3, 400),
+    "no-first": ("2 of 2", 3, 400),
+    "no-shift": ("1 of 2", 0, 400),
+    "no-warmup": ("1 of 2", 3, 0),
 }
 
 
