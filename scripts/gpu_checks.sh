@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (a lent GPU machine gives ~15 minutes in all; this takes about 10):
+# Every GPU check in one call (a lent GPU machine gives ~15 minutes in all; the parts' time limits add up to
+# 10 minutes; PARTS="2b 3" runs only those parts, e.g. to finish a cut-off call):
 #   1. the CUDA tests (-m gpu: search, model, autocast, flex attention and compiled layers on CUDA), and the
 #      kernel tests (flex and compiled against the references) on the same machine
 #   2. the kernel benchmark, before against after, in one process per variant (benchmarks/bench_kernels.py):
@@ -22,11 +23,14 @@ BEFORE=${BEFORE:-runs/before}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_checks.log"
+PARTS=" ${PARTS:-1 2a 2b 3 4 5} "
 if [ "${QUICK:-0}" = 1 ]; then
-  SIZES=0,1024; STEPS=(--steps 1 --warmup 0); GEN=(--sizes 0,1024 --tokens 4 --reps 1); TIMEOUT=600
+  SIZES=0,1024; STEPS=(--steps 1 --warmup 2); GEN=(--sizes 0,1024 --tokens 4 --reps 1); SLOW=4
 else
-  SIZES=0,16384,65536; STEPS=(--steps 10 --warmup 2); GEN=(--sizes 0,65536 --tokens 64 --reps 3); TIMEOUT=240
+  SIZES=0,16384,65536; STEPS=(--steps 8 --warmup 2); GEN=(--sizes 0,65536 --tokens 64 --reps 3); SLOW=1
 fi
+limit() { echo $(( $1 * SLOW )); }  # seconds for a part (x4 on a CPU dry run)
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 variants=eager; [ -d "$BEFORE/memorizing_transformers_pytorch" ] && variants=before,eager
 step() { echo; echo "== $* ($(date +%T))"; }
 {
@@ -34,28 +38,39 @@ step "machine"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
+if part 1; then
 step "1. CUDA tests and kernel tests"
-timeout "$TIMEOUT" $PY -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_gpu.py tests/test_kernels.py 2>&1 | tail -15
+timeout "$(limit 120)" $PY -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_gpu.py tests/test_kernels.py 2>&1 | tail -15
+fi
 
+if part 2a; then
 step "2a. kernels, before ($BEFORE) and after, eager: float32 and bf16"
-timeout "$TIMEOUT" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants "$variants" --before "$BEFORE" \
+timeout "$(limit 150)" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants "$variants" --before "$BEFORE" \
   --amp none,bf16 --sizes "$SIZES" "${STEPS[@]}" --out "$OUT" --json-name kernels_eager.json 2>&1 | grep -v "^\[\|^  \["
+fi
 
-step "2b. kernels: compiled layers, flex attention, both (bf16)"
-timeout "$TIMEOUT" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants eager,compiled,flex,compiled-flex \
-  --amp bf16 --sizes "${SIZES%%,*},${SIZES##*,}" "${STEPS[@]}" --out "$OUT" --json-name kernels_compiled.json 2>&1 \
+if part 2b; then
+step "2b. kernels at the largest memory, bf16: compiled layers, flex attention, both"
+timeout "$(limit 180)" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants compiled,flex,compiled-flex \
+  --amp bf16 --sizes "${SIZES##*,}" "${STEPS[@]}" --out "$OUT" --json-name kernels_compiled.json 2>&1 \
   | grep -v "^\[\|^  \["
+fi
 
+if part 3; then
 step "3. search against the card's matmul rate; model steps"
-if [ "$DEVICE" = cuda ]; then timeout 200 $PY benchmarks/gpu_quick.py --out "$OUT" 2>&1 | tail -30
+if [ "$DEVICE" = cuda ]; then timeout 90 $PY benchmarks/gpu_quick.py --out "$OUT" 2>&1 | tail -30
 else echo "(skipped on $DEVICE: gpu_quick.py needs CUDA)"; fi
+fi
 
+if part 4; then
 step "4. generation with a 64K memory against none"
-timeout 150 $PY benchmarks/bench_generate.py --device "$DEVICE" --knn-index exact "${GEN[@]}" \
+timeout "$(limit 60)" $PY benchmarks/bench_generate.py --device "$DEVICE" --knn-index exact "${GEN[@]}" \
   --out "$OUT/generate.json" 2>&1 | tail -8
+fi
 
 gpus=$($PY -c "import torch; print(torch.cuda.device_count())")
-if [ "$gpus" -ge 2 ]; then
+if ! part 5; then :
+elif [ "$gpus" -ge 2 ]; then
   step "5. nccl: 2 processes under torchrun"
   timeout 180 $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m memorizing_transformers_pytorch train \
     --device cuda --bf16 --steps 50 --log-every 10 --checkpoint-every 0 --batch-size 4 --run-dir "$OUT/nccl" \
