@@ -123,6 +123,9 @@ class Trainer:
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.progress = progress and self.rank == 0
         torch.manual_seed(config.seed)
+        if getattr(model_config, "attention_kernel", "sdpa") == "flex" and self.device.type == "cpu":
+            raise ValueError("--attention-kernel flex cannot train on CPU: torch's flex attention has no backward "
+                             "there; train with sdpa (the weights are the same) and use flex for eval or generate")
         self.model = (MemorizingTransformer(model_config) if model is None else model).to(self.device)
         if config.compile:
             if not hasattr(self.model, "compile_layers"):

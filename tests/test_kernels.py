@@ -173,6 +173,14 @@ def test_compiled_training_matches_eager(tmp_path, corpus):
     assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-4)
 
 
+def test_training_with_flex_on_cpu_is_a_clear_error(tmp_path, corpus):
+    model = MemorizingTransformerConfig(num_tokens=256, dim=32, depth=1, heads=2, dim_head=16, memorizing_layers=(),
+                                        attention_kernel="flex")
+    with pytest.raises(ValueError, match="cannot train on CPU"):
+        train(model, TrainConfig(data=corpus, seq_len=16, batch_size=2, steps=1, run_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_a_compiled_model_evaluates_as_the_eager_one():
     model = tiny_model(xl_max_memories=8, clear_memories_on_sos_token_id=SOS)
     compiled = tiny_model(xl_max_memories=8, clear_memories_on_sos_token_id=SOS)
