@@ -26,25 +26,23 @@ Results: a markdown table on stdout and JSON in benchmarks/results/kernels.json 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-from bench_model import BATCH, MODEL_ARGS, SEQ_LEN
+from bench_model import BATCH, MODEL_ARGS, SEQ_LEN, ModelSteps
 
 SCRIPT = Path(__file__).resolve()
 VARIANTS = ("before", "eager", "compiled", "flex", "compiled-flex")
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
     import torch
-    import torch.nn.functional as F
 
     import memorizing_transformers_pytorch as package
 
@@ -62,37 +60,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         model.compile_layers()
     knn = model.create_knn_memories(batch_size=BATCH)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if spec["amp"] == "bf16"
-           else contextlib.nullcontext())
-    rng = np.random.default_rng(0)
-    state: dict[str, Any] = {"xl": None}
-
-    def segment() -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.from_numpy(rng.integers(1, 256, (BATCH, SEQ_LEN + 1))).to(device)
-        return tokens[:, :-1], tokens[:, 1:]
-
-    def train_step() -> None:
-        x, y = segment()
-        with amp:
-            loss, state["xl"] = model(x, knn_memories=knn, xl_memories=state["xl"], labels=y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def infer_step() -> None:
-        x, _ = segment()
-        with torch.no_grad(), amp:
-            _, state["xl"] = model(x, knn_memories=knn, xl_memories=state["xl"])
-
-    def prefill() -> None:
-        generator = torch.Generator(device=device).manual_seed(1)
-        for memory in knn:
-            memory.clear()
-            for done in range(0, size, 16384):
-                count = min(16384, size - done)
-                pairs = torch.randn(BATCH, count, 2, MODEL_ARGS["dim_head"], device=device, generator=generator)
-                pairs[:, :, 0] = F.normalize(pairs[:, :, 0], dim=-1)
-                memory.add(pairs)
+    steps = ModelSteps(model, knn, optimizer, device=device, bf16=spec["amp"] == "bf16", seed=0)
 
     result: dict[str, Any] = {"variant": variant, "knn_size": size, "amp": spec["amp"], "device": device,
                               "package_path": str(Path(package.__file__).resolve().parent.parent), "modes": {}}
@@ -100,15 +68,15 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         if mode == "train" and "flex" in variant and device == "cpu":
             result["modes"][mode] = {"skipped": "no flex attention backward on CPU"}
             continue
-        step = train_step if mode == "train" else infer_step
+        step = steps.train if mode == "train" else steps.infer
         model.train(mode == "train")
-        state["xl"] = None
-        started = __import__("time").perf_counter()
+        steps.xl = None
+        started = time.perf_counter()
         for _ in range(2):  # the XL caches fill; compiled variants compile both shapes
             step()
         common.sync(device)
-        first_steps = __import__("time").perf_counter() - started
-        prefill()
+        first_steps = time.perf_counter() - started
+        steps.prefill(size)
         times = common.time_calls(step, reps=spec["steps"], warmup=spec["warmup"], device=device)
         summary = common.summarize(times)
         summary["tokens_per_s"] = BATCH * SEQ_LEN / (summary["median_ms"] / 1e3)

@@ -59,10 +59,68 @@ def config_name(size: int | None) -> str:
 
 
 # ---------------------------------------------------------------------- worker
+class ModelSteps:
+    """Timed steps of a model (ours or the reference: the same call) on random segments of tokens 1..255, its XL
+    caches carried from step to step; ``prefill`` fills its kNN memories with random unit keys. Shared by
+    ``bench_kernels.py``."""
+
+    def __init__(self, model: Any, knn: Any, optimizer: Any, *, device: str, bf16: bool, seed: int) -> None:
+        import numpy as np
+
+        self.model, self.knn, self.optimizer, self.device, self.bf16 = model, knn, optimizer, device, bf16
+        self.rng = np.random.default_rng(seed)
+        self.xl: Any = None
+        self.loss: Any = None
+
+    def _amp(self) -> Any:
+        import torch
+
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+
+    def _segment(self) -> tuple[Any, Any]:
+        import torch
+
+        tokens = torch.from_numpy(self.rng.integers(1, 256, (BATCH, SEQ_LEN + 1))).to(self.device)
+        return tokens[:, :-1], tokens[:, 1:]
+
+    def train(self) -> None:
+        """Forward with labels, backward, AdamW."""
+        x, y = self._segment()
+        with self._amp():
+            loss, self.xl = self.model(x, knn_memories=self.knn, xl_memories=self.xl, labels=y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.loss = loss.detach()
+
+    def infer(self) -> None:
+        """A no-grad forward."""
+        import torch
+
+        x, _ = self._segment()
+        with torch.no_grad(), self._amp():
+            _logits, self.xl = self.model(x, knn_memories=self.knn, xl_memories=self.xl)
+
+    def prefill(self, target: int) -> None:
+        """Clear each kNN memory, then add ``target`` random normalised pairs per row."""
+        import torch
+        import torch.nn.functional as F
+
+        generator = torch.Generator(device=self.device).manual_seed(1)
+        for memory in self.knn:
+            memory.clear()
+            for done in range(0, target, 16384):
+                count = min(16384, target - done)
+                pairs = torch.randn(BATCH, count, 2, MODEL_ARGS["dim_head"], device=self.device, generator=generator)
+                pairs[:, :, 0] = F.normalize(pairs[:, :, 0], dim=-1)
+                memory.add(pairs)
+        common.sync(self.device)
+
+
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
     import torch
-    import torch.nn.functional as F
 
     import memorizing_transformers_pytorch as package
 
@@ -79,43 +137,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     model = package.MemorizingTransformer(**kwargs).to(device)
     knn = model.create_knn_memories(batch_size=BATCH)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
-           if spec["amp"] == "bf16" else contextlib.nullcontext())
 
-    rng = np.random.default_rng(spec["seed"])
-    state: dict[str, Any] = {"xl": None, "loss": None}
-
-    def segment() -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.from_numpy(rng.integers(1, 256, (BATCH, SEQ_LEN + 1))).to(device)
-        return tokens[:, :-1], tokens[:, 1:]
-
-    def train_step() -> None:
-        x, y = segment()
-        with amp:
-            loss, state["xl"] = model(x, knn_memories=knn, xl_memories=state["xl"], labels=y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        state["loss"] = loss.detach()
-
-    def infer_step() -> None:
-        x, _ = segment()
-        with torch.no_grad(), amp:
-            _logits, state["xl"] = model(x, knn_memories=knn, xl_memories=state["xl"])
-
-    def prefill(target: int) -> None:
-        """Clear each kNN memory, then add ``target`` random normalised pairs per row."""
-        generator = torch.Generator(device=device).manual_seed(1)
-        for memory in knn:
-            memory.clear()
-            done = 0
-            while done < target:
-                count = min(16384, target - done)
-                pairs = torch.randn(BATCH, count, 2, MODEL_ARGS["dim_head"], device=device, generator=generator)
-                pairs[:, :, 0] = F.normalize(pairs[:, :, 0], dim=-1)
-                memory.add(pairs)
-                done += count
-        common.sync(device)
+    steps = ModelSteps(model, knn, optimizer, device=device, bf16=spec["amp"] == "bf16", seed=spec["seed"])
+    train_step, infer_step, prefill = steps.train, steps.infer, steps.prefill
 
     model.train()
     for _ in range(2):
@@ -142,7 +166,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         summary = common.summarize(times)
         summary["tokens_per_s"] = BATCH * SEQ_LEN / (summary["median_ms"] / 1e3)
         result["modes"][mode] = summary
-    loss = float(state["loss"]) if state["loss"] is not None else None
+    loss = float(steps.loss) if steps.loss is not None else None
     if loss is not None and not math.isfinite(loss):
         raise RuntimeError(f"non-finite loss {loss}")
     result.update(final_loss=loss, peak_rss_mb=common.peak_rss_mb(), peak_gpu_mb=common.peak_device_mb(device))

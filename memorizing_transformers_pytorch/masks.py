@@ -98,7 +98,7 @@ def flex_mask(per_distance: Tensor, doc: Tensor, key_ok: Tensor, past_valid: Ten
         return dense_mask(bias, doc, key_ok, past_valid, start, dtype)
 
     block_mask = create_block_mask(mask_mod, B, None, m, P + n, device=doc.device)
-    return FlexMask(score_mod, block_mask, dense)
+    return FlexMask(score_mod, block_mask, functools.cache(dense))  # built once, if a layer asks
 
 
 @functools.cache
