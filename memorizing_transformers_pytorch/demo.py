@@ -33,12 +33,13 @@ __all__ = ["warmup_config", "run_demo_training"]
 RUNS = ("warmup", "memory", "baseline")
 
 
-def warmup_config(config: TrainConfig, steps: int) -> TrainConfig:
-    """The copy warm-up of ``config``'s run: rows of 128 random bytes holding a string and its copy, a constant
-    learning rate, no memory (a row is shorter than the XL cache, so nothing would reach it)."""
+def warmup_config(config: TrainConfig, steps: int, num_tokens: int = 256) -> TrainConfig:
+    """The copy warm-up of ``config``'s run: rows of 128 random bytes (or, for a model of another vocabulary than
+    the 256 bytes, token ids: ``copy:vocab=num_tokens``) holding a string and its copy, a constant learning rate,
+    no memory (a row is shorter than the XL cache, so nothing would reach it)."""
     return dataclasses.replace(
-        config, data="copy", seq_len=128, batch_size=8, steps=steps, warmup_steps=min(50, steps), min_lr_ratio=1.0,
-        weight_decay=0.01, adam_beta2=0.999, grad_accum=1, checkpoint_every=0, log_every=50, knn_memory=False,
+        config, data="copy" if num_tokens == 256 else f"copy:vocab={num_tokens}", seq_len=128, batch_size=8,
+        steps=steps, warmup_steps=min(50, steps), min_lr_ratio=1.0, weight_decay=0.01, adam_beta2=0.999, grad_accum=1, checkpoint_every=0, log_every=50, knn_memory=False,
         init_from="", max_minutes=0.0, run_dir=str(Path(config.run_dir) / "warmup"))
 
 
@@ -124,7 +125,7 @@ def run_demo_training(model_config: MemorizingTransformerConfig, config: TrainCo
                                                    "train": config.to_dict()}, indent=2) + "\n")
     init_from = config.init_from
     if copy_warmup_steps > 0:
-        warmup = warmup_config(config, copy_warmup_steps)
+        warmup = warmup_config(config, copy_warmup_steps, model_config.num_tokens)
         print(f"[demo] copy warm-up: {copy_warmup_steps} steps -> {warmup.run_dir}", flush=True)
         train(model_config, warmup)
         init_from = warmup.run_dir

@@ -9,7 +9,7 @@ import torch
 from experiments.recall.task import KEY_SYMBOLS, SYMBOLS
 from memorizing_transformers_pytorch import MemorizingTransformerConfig
 from memorizing_transformers_pytorch.checkpoint import latest_checkpoint
-from memorizing_transformers_pytorch.copy_warmup import CopyStream, copy_batch, parse_span
+from memorizing_transformers_pytorch.copy_warmup import CopyStream, copy_batch, parse_copy_source
 from memorizing_transformers_pytorch.data import IGNORE_INDEX, open_stream
 from memorizing_transformers_pytorch.train import TrainConfig, train
 
@@ -55,11 +55,22 @@ def test_the_copy_source_scores_only_copied_bytes_in_independent_segments():
     following = stream.next_batch()
     stream.load_state_dict(state)
     assert torch.equal(stream.next_batch().tokens, following.tokens)
-    for bad in ("span=0", "spam=3", "span=x"):
+    for bad in ("span=0", "spam=3", "span=x", "vocab=2", "span=8,vocab=", "vocab=-5"):
         with pytest.raises(ValueError, match="copy"):
-            parse_span(bad)
+            parse_copy_source(bad)
+    assert parse_copy_source("") == (48, None) and parse_copy_source("vocab=4096, span=8") == (8, 4096)
     with pytest.raises(ValueError, match="span"):
         open_stream("copy:span=20", "train", batch_size=1, seq_len=32)
+
+
+def test_a_token_level_copy_draws_from_the_whole_vocabulary_past_the_special_ids():
+    stream = open_stream("copy:span=8,vocab=40", "train", batch_size=64, seq_len=32, seed=1)
+    tokens = stream.next_batch().tokens
+    assert tokens.min() >= 2 and tokens.max() <= 39 and len(tokens.unique()) == 38  # every id 2..39 drawn
+    labels = stream.next_batch().labels
+    assert ((labels == IGNORE_INDEX) | ((labels >= 2) & (labels < 40))).all()
+    byte_level = open_stream("copy:span=8", "train", batch_size=64, seq_len=32, seed=1).next_batch().tokens
+    assert byte_level.min() >= 0x21 and byte_level.max() <= 0xFF
 
 
 def test_a_warmup_run_resumes_exactly_and_starts_no_memory_across_segments(tmp_path):

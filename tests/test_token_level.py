@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from memorizing_transformers_pytorch import MemorizingTransformer
-from memorizing_transformers_pytorch.checkpoint import checkpoint_tokenizer, latest_checkpoint, load_model
+from memorizing_transformers_pytorch.checkpoint import checkpoint_tokenizer, latest_checkpoint, load_checkpoint, load_model
 from memorizing_transformers_pytorch.cli import _model_and_train_configs, build_parser, main
 from memorizing_transformers_pytorch.data import load_documents
 from memorizing_transformers_pytorch.evaluate import score, token_log_probs
@@ -149,3 +149,15 @@ def test_byte_level_bits_per_byte_count_one_byte_per_scored_token():
     assert got.tokens == got.bytes == tokens == sum(map(len, documents))
     assert got.bits_per_byte == pytest.approx(bits / tokens, rel=1e-5)
     assert got.perplexity == pytest.approx(2 ** got.bits_per_byte, rel=1e-9)
+
+
+def test_the_demo_at_token_level_warms_up_on_the_tokenizers_vocabulary(corpus, tokenizer_file, tmp_path):
+    shards, run = tmp_path / "shards", tmp_path / "demo"
+    main(["prepare", "--data", str(corpus), "--tokenizer", str(tokenizer_file), "--out", str(shards)])
+    main(["demo", "--data", f"shards:{shards}", "--run-dir", str(run), "--preset", "tiny", "--memorizing-layers", "1",
+          "--xl-max-memories", "16", "--seq-len", "16", "--steps", "2", "--warmup-steps", "1", "--copy-warmup-steps", "2",
+          "--max-docs", "2", "--max-doc-bytes", "64", "--memory-sizes", "0,32"])
+    assert load_checkpoint(run / "warmup")["train_config"]["data"] == "copy:vocab=300"  # ids 2..299, not bytes
+    result = json.loads((run / "eval.json").read_text())
+    assert set(result["bits_per_byte"]) == {"with_memory", "without_memory", "baseline"}
+    assert result["tokenizer"]["num_tokens"] == 300
