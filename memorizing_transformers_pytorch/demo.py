@@ -39,8 +39,8 @@ def warmup_config(config: TrainConfig, steps: int, num_tokens: int = 256) -> Tra
     no memory (a row is shorter than the XL cache, so nothing would reach it)."""
     return dataclasses.replace(
         config, data="copy" if num_tokens == 256 else f"copy:vocab={num_tokens}", seq_len=128, batch_size=8,
-        steps=steps, warmup_steps=min(50, steps), min_lr_ratio=1.0, weight_decay=0.01, adam_beta2=0.999, grad_accum=1, checkpoint_every=0, log_every=50, knn_memory=False,
-        init_from="", max_minutes=0.0, run_dir=str(Path(config.run_dir) / "warmup"))
+        steps=steps, warmup_steps=min(50, steps), min_lr_ratio=1.0, weight_decay=0.01, adam_beta2=0.999, grad_accum=1,
+        checkpoint_every=0, log_every=50, knn_memory=False, init_from="", max_minutes=0.0, run_dir=str(Path(config.run_dir) / "warmup"))
 
 
 def _prepare_folder(run_dir: Path) -> None:
