@@ -36,3 +36,31 @@ def test_gains_by_kind_and_memory_size_with_the_papers_numbers(tmp_path, capsys)
 def test_a_folder_without_finished_runs_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no finished runs"):
         summarize.main([str(tmp_path)])
+
+
+def test_the_curve_evaluates_each_shared_checkpoint_once(tmp_path, capsys):
+    from experiments.token_level import curve
+    from memorizing_transformers_pytorch.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"d{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 30)
+    run = tmp_path / "run"
+    main(["demo", "--data", str(corpus), "--run-dir", str(run), "--preset", "tiny", "--num-tokens", "256",
+          "--memorizing-layers", "1", "--xl-max-memories", "16", "--seq-len", "16", "--steps", "4", "--warmup-steps",
+          "1", "--copy-warmup-steps", "0", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--max-docs", "1",
+          "--max-doc-bytes", "64", "--memory-sizes", "0,32", "--split", "train"])
+    assert curve.shared_steps(run) == [2, 4]
+    curve.main([str(run), "--memory-sizes", "0,32", "--max-doc-bytes", "64", "--max-docs", "2", "--split", "train"])
+    result = json.loads((run / "curve.json").read_text())
+    assert [row["step"] for row in result["steps"]] == [2, 4] and (run / "curve.png").stat().st_size > 0
+    last = json.loads((run / "curve" / "step-4" / "eval.json").read_text())
+    assert result["steps"][1]["baseline"] == last["bits_per_byte"]["baseline"]
+    assert result["steps"][1]["by_memory_size"] == last["by_memory_size"]
+    assert "| 4 |" in capsys.readouterr().out
+    stamp = (run / "curve" / "step-2" / "eval.json").stat().st_mtime_ns
+    curve.main([str(run), "--memory-sizes", "0,32"])  # already evaluated: read, not repeated
+    assert (run / "curve" / "step-2" / "eval.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="no step"):
+        curve.main([str(tmp_path / "corpus")])

@@ -12,6 +12,8 @@
 # Usage: python3 scripts/fetch_documents.py runs/documents      (once, about 30 s)
 #        bash experiments/token_level/run.sh                    (about 30 minutes per kind and seed on 2 cores)
 #        KINDS="code proofs" SEEDS="0 1 2" STEPS=3000 bash experiments/token_level/run.sh
+#        KINDS=proofs STEPS=6000 CHECKPOINT_EVERY=1500 TAG=_long bash experiments/token_level/run.sh
+#            (runs/token_level/proofs_long_seed0, with checkpoints to evaluate along the way: curve.py)
 # Finished runs (OUT/KIND_seedN/eval.json) are skipped. Then: python experiments/token_level/summarize.py OUT
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,6 +26,8 @@ STEPS=${STEPS:-1500}
 WARMUP=${WARMUP:-800}
 VOCAB=${VOCAB:-4096}
 SIZES=${SIZES:-0,1024,4096,16384}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-0}  # 0: only the last step's checkpoint
+TAG=${TAG:-}                             # in the run folders' names: OUT/KIND${TAG}_seedN
 export OMP_WAIT_POLICY=PASSIVE
 mkdir -p "$OUT"
 for kind in $KINDS; do
@@ -32,15 +36,22 @@ for kind in $KINDS; do
   mkdir -p "$OUT/$kind"
   [ -f "$tok" ] || $PY -m memorizing_transformers_pytorch tokenizer --data "$DOCS/$kind" --vocab-size "$VOCAB" --out "$tok" \
     > "$OUT/$kind/tokenizer_stats.json"
-  [ -f "$shards/meta.json" ] || $PY -m memorizing_transformers_pytorch prepare --data "$DOCS/$kind" --tokenizer "$tok" \
-    --out "$shards" > "$OUT/$kind/prepare.log"
-  split=test; [ "$kind" = tex ] && split=valid  # pari-doc's test split holds no file of 32 KB or more
+  if [ "$kind" = tex ]; then
+    # pari-doc's test split holds no file of 32 KB or more, and `prepare` needs every split: read the text with the
+    # tokenizer (tokenized once and cached), and evaluate on the valid split
+    data=(--data "$DOCS/$kind" --tokenizer "$tok") split=valid
+  else
+    [ -f "$shards/meta.json" ] || $PY -m memorizing_transformers_pytorch prepare --data "$DOCS/$kind" --tokenizer "$tok" \
+      --out "$shards" > "$OUT/$kind/prepare.log"
+    data=(--data "shards:$shards") split=test
+  fi
   for seed in $SEEDS; do
-    run="$OUT/${kind}_seed$seed"
+    run="$OUT/${kind}${TAG}_seed$seed"
     [ -f "$run/eval.json" ] && continue
     echo "[token_level] $(date +%H:%M) $kind seed $seed -> $run (log $run.log)"
-    $PY -m memorizing_transformers_pytorch demo --data "shards:$shards" --run-dir "$run" --seed "$seed" \
-      --steps "$STEPS" --copy-warmup-steps "$WARMUP" --split "$split" --max-docs 4 --max-doc-bytes 32768 --memory-sizes "$SIZES" \
+    $PY -m memorizing_transformers_pytorch demo "${data[@]}" --run-dir "$run" --seed "$seed" \
+      --steps "$STEPS" --copy-warmup-steps "$WARMUP" \
+      --checkpoint-every "$CHECKPOINT_EVERY" --keep-checkpoints 100 --split "$split" --max-docs 4 --max-doc-bytes 32768 --memory-sizes "$SIZES" \
       > "$run.log" 2>&1 || { echo "[token_level] $kind seed $seed failed; see $run.log"; exit 1; }
     grep -A3 "^memory on" "$run.log" || true
   done
