@@ -64,3 +64,20 @@ def test_the_curve_evaluates_each_shared_checkpoint_once(tmp_path, capsys):
     assert (run / "curve" / "step-2" / "eval.json").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit, match="no step"):
         curve.main([str(tmp_path / "corpus")])
+
+
+def test_copyable_tokens_are_split_by_how_far_back_their_last_context_was():
+    import numpy as np
+
+    from experiments.token_level.copyable import classify, measure
+
+    near_copy = [5, 6, 7, 8, 9, 5, 6, 7, 8]  # "5 6 7" seen 5 tokens back, followed by 8 there and here
+    masks = classify(np.array(near_copy), context=3, window=10)
+    assert masks["near"].tolist() == [False] * 8 + [True] and not masks["far"].any()
+    far = [1, 2, 3, 4] + list(range(10, 30)) + [1, 2, 3, 4, 1, 2, 3, 9]
+    masks = classify(np.array(far), context=3, window=10)
+    assert np.flatnonzero(masks["far"]).tolist() == [27]  # "1 2 3" then 4, 24 tokens back
+    assert not masks["near"][31]  # "1 2 3" last seen 4 tokens back, followed by 4, not 9
+    row = measure([np.array(far)], np.full(40, 2), context=3, window=10)
+    assert (row["far_tokens"], row["far_bytes"], row["bytes"]) == (1, 2, 64)
+    assert row["far_tokens_percent"] == pytest.approx(100 / 32)
