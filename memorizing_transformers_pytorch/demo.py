@@ -36,9 +36,10 @@ RUNS = ("warmup", "memory", "baseline")
 def warmup_config(config: TrainConfig, steps: int, num_tokens: int = 256) -> TrainConfig:
     """The copy warm-up of ``config``'s run: rows of 128 random bytes (or, for a model of another vocabulary than
     the 256 bytes, token ids: ``copy:vocab=num_tokens``) holding a string and its copy, a constant learning rate,
-    no memory (a row is shorter than the XL cache, so nothing would reach it)."""
+    no memory (a row is shorter than the XL cache, so nothing would reach it). The copy source makes its own ids,
+    so the warm-up takes no ``--tokenizer`` (the runs after it keep theirs)."""
     return dataclasses.replace(
-        config, data="copy" if num_tokens == 256 else f"copy:vocab={num_tokens}", seq_len=128, batch_size=8,
+        config, data="copy" if num_tokens == 256 else f"copy:vocab={num_tokens}", tokenizer="", seq_len=128, batch_size=8,
         steps=steps, warmup_steps=min(50, steps), min_lr_ratio=1.0, weight_decay=0.01, adam_beta2=0.999, grad_accum=1,
         checkpoint_every=0, log_every=50, knn_memory=False, init_from="", max_minutes=0.0, run_dir=str(Path(config.run_dir) / "warmup"))
 

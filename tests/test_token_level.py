@@ -161,3 +161,11 @@ def test_the_demo_at_token_level_warms_up_on_the_tokenizers_vocabulary(corpus, t
     result = json.loads((run / "eval.json").read_text())
     assert set(result["bits_per_byte"]) == {"with_memory", "without_memory", "baseline"}
     assert result["tokenizer"]["num_tokens"] == 300
+    # text with --tokenizer instead of shards: the warm-up takes no tokenizer, the runs after it do
+    text_run = tmp_path / "text_demo"
+    main(["demo", "--data", str(corpus), "--tokenizer", str(tokenizer_file), "--run-dir", str(text_run),
+          "--preset", "tiny", "--memorizing-layers", "1", "--xl-max-memories", "16", "--seq-len", "16", "--steps", "2",
+          "--warmup-steps", "1", "--copy-warmup-steps", "2", "--max-docs", "2", "--max-doc-bytes", "64",
+          "--memory-sizes", "0,32"])
+    assert load_checkpoint(text_run / "warmup")["train_config"]["tokenizer"] == ""
+    assert checkpoint_tokenizer(text_run / "memory").same_vocabulary(load_tokenizer(tokenizer_file))
