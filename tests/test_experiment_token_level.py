@@ -65,6 +65,23 @@ def test_the_curve_evaluates_each_shared_checkpoint_once(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no step"):
         curve.main([str(tmp_path / "corpus")])
 
+    # where the gain comes from: near, far and other tokens partition every scored token's bits
+    import math
+
+    import numpy as np
+
+    from experiments.token_level.copyable import attribute
+    from memorizing_transformers_pytorch.checkpoint import load_model
+    from memorizing_transformers_pytorch.evaluate import token_log_probs
+
+    tokens = np.frombuffer(b"def f(x): return x\n" * 6, dtype=np.uint8).astype(np.int64)
+    row = attribute(run, [tokens], np.ones(256, dtype=np.int64), context=3, window=16)
+    memory = load_model(run / "memory")
+    assert memory.config.clear_memories_on_sos_token_id is None  # the tiny preset: the first token is not scored
+    off = -token_log_probs(memory, tokens, memory_size=0)[0].sum() / math.log(2) / (len(tokens) - 1)
+    assert sum(row["bits_per_byte"]["off"].values()) == pytest.approx(off, rel=1e-5)
+    assert sum(row["on_vs_off"].values()) == pytest.approx(off - sum(row["bits_per_byte"]["on"].values()), abs=1e-6)
+
 
 def test_copyable_tokens_are_split_by_how_far_back_their_last_context_was():
     import numpy as np

@@ -8,6 +8,9 @@ cut to 32,768 tokens). An upper bound of a kind, not of a model: no model predic
     python experiments/token_level/copyable.py runs/token_level [--kinds code,proofs,tex,prose] [--out FILE]
         [--byte-sources stdlib,runs/documents/code]     (also the demo's byte-level view: 32,768 bytes per document,
                                                         --byte-context bytes of context, the same window in bytes)
+        [--runs runs/token_level/KIND_seed0]            (where a run's gain comes from: its memory model's bits with
+                                                        memory on and off, and its baseline's, summed over near, far
+                                                        and other tokens)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from memorizing_transformers_pytorch.data import load_documents
 from memorizing_transformers_pytorch.tokenizer import load_tokenizer
@@ -53,6 +57,36 @@ def measure(tokens_by_doc: list[np.ndarray], byte_lengths: np.ndarray, context: 
                          for name in ("near", "far") for unit in ("tokens", "bytes")}}
 
 
+def attribute(run: Path, docs: list[np.ndarray], byte_lengths: np.ndarray, context: int, window: int) -> dict:
+    """Bits of ``run``'s memory model (memory on at its trained size, and off) and of its baseline (off) on
+    ``docs``, summed over near-copyable, far-copyable and other tokens, per byte of the documents."""
+    from memorizing_transformers_pytorch.checkpoint import load_model
+    from memorizing_transformers_pytorch.evaluate import token_log_probs
+
+    memory, baseline = load_model(run / "memory"), load_model(run / "baseline")
+    models = {"on": (memory, memory.config.max_knn_memories), "off": (memory, 0), "baseline": (baseline, 0)}
+    bits = {name: {"near": 0.0, "far": 0.0, "other": 0.0} for name in models}
+    total_bytes = 0
+    sos = memory.config.clear_memories_on_sos_token_id
+    start = np.array([] if sos is None else [sos], dtype=np.int64)
+    scored = slice(1 - len(start), None)  # without a document-start id, the first token is not scored
+    for tokens in docs:
+        masks = classify(tokens, context, window)
+        masks["other"] = ~(masks["near"] | masks["far"])
+        masks = {part: mask[scored] for part, mask in masks.items()}
+        stream = np.concatenate([start, tokens]).astype(np.int64)  # its log-probs are those of tokens[scored]
+        total_bytes += int(byte_lengths[tokens[scored]].sum())
+        for name, (model, size) in models.items():
+            logp, _ = token_log_probs(model, stream, memory_size=size)
+            for part, mask in masks.items():
+                bits[name][part] += float(-logp[mask].sum()) / np.log(2)
+    per_byte = {name: {part: value / total_bytes for part, value in parts.items()} for name, parts in bits.items()}
+    return {"bits_per_byte": per_byte, "bytes": total_bytes,
+            "on_vs_off": {part: per_byte["off"][part] - per_byte["on"][part] for part in ("near", "far", "other")},
+            "on_vs_baseline": {part: per_byte["baseline"][part] - per_byte["on"][part]
+                               for part in ("near", "far", "other")}}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="run.sh's OUT (holding KIND/tokenizer.json and KIND/shards)")
@@ -65,11 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=32768)
     parser.add_argument("--byte-sources", default="", help="comma-separated byte-level sources to measure too")
     parser.add_argument("--byte-context", type=int, default=8, help="bytes that must match before a byte copy")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for --runs")
+    parser.add_argument("--runs", default="", help="comma-separated run folders (KIND_seedN) to attribute gains in")
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the result")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     result = {"context": args.context, "window": args.window, "kinds": {}}
     print(f"| kind | tokens | near copies (tokens / bytes) | far copies, beyond {args.window} tokens (tokens / bytes) |")
     print("|---|---|---|---|")
+    docs_by_kind = {}
     for kind in args.kinds.split(","):
         tokenizer = load_tokenizer(args.folder / kind / "tokenizer.json")
         split = SPLITS.get(kind, "test")
@@ -82,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         docs = [d[:args.max_tokens] for d in sorted(docs, key=len, reverse=True)[:args.max_docs]]
         row = measure(docs, np.asarray(tokenizer.token_bytes, dtype=np.int64), args.context, args.window)
         result["kinds"][kind] = row
+        docs_by_kind[kind] = (docs, np.asarray(tokenizer.token_bytes, dtype=np.int64))
         print(f"| {kind} | {row['tokens']:,} | {row['near_tokens_percent']:.1f}% / {row['near_bytes_percent']:.1f}% | "
               f"{row['far_tokens_percent']:.1f}% / {row['far_bytes_percent']:.1f}% |")
     for source in filter(None, args.byte_sources.split(",")):
@@ -91,6 +130,18 @@ def main(argv: list[str] | None = None) -> None:
         result.setdefault("bytes", {})[source] = {**row, "context": args.byte_context}
         print(f"| {source}, bytes | {row['tokens']:,} | {row['near_tokens_percent']:.1f}% | "
               f"{row['far_tokens_percent']:.1f}% |")
+    if args.runs:
+        print("\n| run | part | on | off | baseline | on vs off | on vs baseline | (bits per byte of all the text) |")
+        print("|---|---|---|---|---|---|---|---|")
+    for run in map(Path, filter(None, args.runs.split(","))):
+        kind = run.name.split("_")[0]
+        docs, byte_lengths = docs_by_kind[kind]
+        row = attribute(run, docs, byte_lengths, args.context, args.window)
+        result.setdefault("runs", {})[str(run)] = row
+        for part in ("near", "far", "other"):
+            b = {name: row["bits_per_byte"][name][part] for name in ("on", "off", "baseline")}
+            print(f"| {run.name} | {part} | {b['on']:.4f} | {b['off']:.4f} | {b['baseline']:.4f} | "
+                  f"{row['on_vs_off'][part]:+.4f} | {row['on_vs_baseline'][part]:+.4f} | |")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
