@@ -134,9 +134,17 @@ def main(argv: list[str] | None = None) -> None:
         print("\n| run | part | on | off | baseline | on vs off | on vs baseline | (bits per byte of all the text) |")
         print("|---|---|---|---|---|---|---|---|")
     for run in map(Path, filter(None, args.runs.split(","))):
-        kind = run.name.split("_")[0]
-        docs, byte_lengths = docs_by_kind[kind]
-        row = attribute(run, docs, byte_lengths, args.context, args.window)
+        from memorizing_transformers_pytorch.checkpoint import load_checkpoint, load_config, resolve_checkpoint
+
+        data = load_checkpoint(run / "memory")["train_config"]["data"]
+        if load_config(resolve_checkpoint(run / "memory")).num_tokens != 256:  # a token-level run: KIND_seedN
+            docs, byte_lengths = docs_by_kind[run.name.split("_")[0]]
+            context = args.context
+        else:  # a byte-level run (the demo's): the bytes of its own test documents
+            docs = [np.frombuffer(bytes(d), dtype=np.uint8).astype(np.int64) for d in load_documents(data, "test")]
+            docs = [d[:args.max_tokens] for d in sorted(docs, key=len, reverse=True)[:args.max_docs]]
+            byte_lengths, context = np.ones(256, dtype=np.int64), args.byte_context
+        row = attribute(run, docs, byte_lengths, context, args.window)
         result.setdefault("runs", {})[str(run)] = row
         for part in ("near", "far", "other"):
             b = {name: row["bits_per_byte"][name][part] for name in ("on", "off", "baseline")}
