@@ -52,7 +52,8 @@ def test_the_curve_evaluates_each_shared_checkpoint_once(tmp_path, capsys):
           "1", "--copy-warmup-steps", "0", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--max-docs", "1",
           "--max-doc-bytes", "64", "--memory-sizes", "0,32", "--split", "train"])
     assert curve.shared_steps(run) == [2, 4]
-    curve.main([str(run), "--memory-sizes", "0,32", "--max-doc-bytes", "64", "--max-docs", "2", "--split", "train"])
+    curve.main([str(run), "--memory-sizes", "0,32", "--max-doc-bytes", "64", "--max-docs", "2", "--split", "train",
+                "--threads", "1"])
     result = json.loads((run / "curve.json").read_text())
     assert [row["step"] for row in result["steps"]] == [2, 4] and (run / "curve.png").stat().st_size > 0
     last = json.loads((run / "curve" / "step-4" / "eval.json").read_text())

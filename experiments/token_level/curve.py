@@ -4,7 +4,7 @@ on, off and by size, and the baseline, by step. Writes ``RUN/curve.json`` and ``
 evaluation stays in ``RUN/curve/step-N/eval.json`` and is not repeated.
 
     python experiments/token_level/curve.py runs/token_level/proofs_long_seed0 [--memory-sizes 0,4096,16384,65536]
-        [--max-doc-bytes 0] [--split test] [--out docs/results/NAME]
+        [--max-doc-bytes 0] [--split test] [--threads N] [--out docs/results/NAME]
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def evaluate(run: Path, step: int, args: argparse.Namespace) -> dict:
         main(["eval", "--checkpoint", str(run / "memory" / checkpoint),
               "--baseline-checkpoint", str(run / "baseline" / checkpoint), "--split", args.split,
               "--max-docs", str(args.max_docs), "--max-doc-bytes", str(args.max_doc_bytes),
-              "--memory-sizes", args.memory_sizes, "--output", str(out), *args.eval_args])
+              "--memory-sizes", args.memory_sizes, "--output", str(out),
+              *(["--threads", str(args.threads)] if args.threads else [])])
     return json.loads((out / "eval.json").read_text())
 
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-doc-bytes", type=int, default=0, help="cut documents to this many tokens (0: none)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, default=None, help="where curve.json and curve.png go (default: RUN)")
-    parser.add_argument("eval_args", nargs="*", help="more flags for `eval`, after --")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the evaluations")
     args = parser.parse_args(argv)
     if not shared_steps(args.run):
         raise SystemExit(f"no step at which both {args.run}/memory and {args.run}/baseline saved a checkpoint")
