@@ -10,9 +10,11 @@ from experiments.token_level import summarize
 
 def write_eval(folder, by_size, baseline, trained=4096):
     folder.mkdir(parents=True)
+    perplexity = {size: 2.0 ** (3 * bits) for size, bits in by_size.items()}  # as if 3 bytes per token
     (folder / "eval.json").write_text(json.dumps({
         "bits_per_byte": {"with_memory": by_size[str(trained)], "without_memory": by_size["0"], "baseline": baseline},
-        "by_memory_size": by_size, "trained_memory_size": trained, "perplexity": {}, "documents": 4}))
+        "by_memory_size": by_size, "trained_memory_size": trained, "documents": 4,
+        "perplexity": {"baseline": 2.0 ** (3 * baseline)}, "perplexity_by_memory_size": perplexity}))
 
 
 def test_gains_by_kind_and_memory_size_with_the_papers_numbers(tmp_path, capsys):
@@ -29,6 +31,7 @@ def test_gains_by_kind_and_memory_size_with_the_papers_numbers(tmp_path, capsys)
     assert result["runs"]["prose"]["0"]["gain_vs_off_percent"] == pytest.approx(-1.0)
     out = capsys.readouterr().out
     assert "| code | 0,1 | 1.950 | 2.000 | 1.850 | 1.700 | 1.600 | +15.0% (+10.0 to +20.0) |" in out
+    assert "| prose | 0 | 3.000 | 3.000 | 3.000 | 3.030 | 3.000 | -1.0% | -1.0% | 512.0 -> 545.0 -> 512.0 (-6%, 0%) |" in out
     assert "GitHub: 2.26 -> 2.03 -> 1.87 (10%, 17%)" in out and "| prose | 0 |" in out
     assert (tmp_path / "out" / "token_level_documents.png").stat().st_size > 0
 

@@ -46,6 +46,10 @@ def collect(folder: Path) -> dict:
             values = [seeds[s][key] for s in sorted(seeds)]
             row[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
                         "std": statistics.stdev(values) if len(values) > 1 else None}
+        perplexities = [seeds[s]["perplexity_by_memory_size"] for s in sorted(seeds)]
+        row["perplexity"] = {"baseline": statistics.fmean(seeds[s]["perplexity"]["baseline"] for s in seeds),
+                             **{size: statistics.fmean(p[size] for p in perplexities)
+                                for size in perplexities[0] if all(size in p for p in perplexities)}}
         sizes = sorted({int(size) for run in seeds.values() for size in run["by_memory_size"]})
         row["by_memory_size"] = {str(size): statistics.fmean(seeds[s]["by_memory_size"][str(size)] for s in seeds)
                                  for size in sizes if all(str(size) in seeds[s]["by_memory_size"] for s in seeds)}
@@ -61,8 +65,8 @@ def table(result: dict) -> str:
     """Bits per byte by memory size (the paper's Table 4 in small), the gains, and the paper's perplexities."""
     sizes = sorted({int(s) for row in result["summary"].values() for s in row["by_memory_size"]})
     lines = ["| kind | seeds | XL baseline | " + " | ".join(f"memory {_size(s)}" for s in sizes)
-             + " | on vs off | on vs baseline | paper (perplexity: XL -> 8K -> 65K) |",
-             "|---|---|---|" + "---|" * len(sizes) + "---|---|---|"]
+             + " | on vs off | on vs baseline | perplexity: XL -> 4K -> 16K | paper (perplexity: XL -> 8K -> 65K) |",
+             "|---|---|---|" + "---|" * len(sizes) + "---|---|---|---|"]
     for kind, row in result["summary"].items():
         def percent(key: str) -> str:
             v = row[key]
@@ -71,9 +75,13 @@ def table(result: dict) -> str:
         paper = row["paper"]
         paper_text = (f"{paper[0]}: {paper[1]} -> {paper[2]} -> {paper[3]} ({gain(paper[2], paper[1]):.0f}%, "
                       f"{gain(paper[3], paper[1]):.0f}%)" if paper else "-")
+        ppl = row["perplexity"]
+        ppl_text = (f"{ppl['baseline']:.1f} -> {ppl['4096']:.1f} -> {ppl['16384']:.1f} "
+                    f"({gain(ppl['4096'], ppl['baseline']):.0f}%, {gain(ppl['16384'], ppl['baseline']):.0f}%)"
+                    if "4096" in ppl and "16384" in ppl else "-")
         lines.append(f"| {kind} | {','.join(map(str, row['seeds']))} | {row['baseline']['mean']:.3f} | "
                      + " | ".join(cells) + f" | {percent('gain_vs_off_percent')} | "
-                     f"{percent('gain_vs_baseline_percent')} | {paper_text} |")
+                     f"{percent('gain_vs_baseline_percent')} | {ppl_text} | {paper_text} |")
     return "\n".join(lines)
 
 
