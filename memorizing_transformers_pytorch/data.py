@@ -434,7 +434,8 @@ def prepare_shards(source: str, out: str | Path, tokenizer: HuggingFaceTokenizer
     """Tokenizes every split of a text source into a shard folder (``shards:OUT`` reads it); returns its meta.
 
     Raises:
-        ValueError: a source of token ids already, or with no non-empty document in some split.
+        ValueError: a source of token ids already, or with no non-empty document in its train split (an empty
+            valid or test split is written empty, with a warning).
         FileExistsError: ``out`` exists (and is not a shard folder to ``replace``).
     """
     registered, _ = _lookup(source)
@@ -443,7 +444,14 @@ def prepare_shards(source: str, out: str | Path, tokenizer: HuggingFaceTokenizer
 
     def splits() -> Iterator[tuple[str, Iterator[np.ndarray]]]:
         for split in SPLITS:
-            documents = load_documents(source, split)
+            try:
+                documents = load_documents(source, split)
+            except ValueError as error:  # a small folder may have no file in valid or test: write that split empty
+                if split == "train" or "no non-empty documents" not in str(error):
+                    raise
+                print(f"warning: {source!r} has no document in its {split!r} split; it is written empty (reading it "
+                      f"is an error)", file=sys.stderr)
+                documents = []
             yield split, tokenize_documents(documents, tokenizer, progress=progress, description=f"tokenizing {split}")
 
     return write_shards(out, splits(), tokenizer, source=source, replace=replace)

@@ -169,3 +169,23 @@ def test_the_demo_at_token_level_warms_up_on_the_tokenizers_vocabulary(corpus, t
           "--memory-sizes", "0,32"])
     assert load_checkpoint(text_run / "warmup")["train_config"]["tokenizer"] == ""
     assert checkpoint_tokenizer(text_run / "memory").same_vocabulary(load_tokenizer(tokenizer_file))
+
+
+def test_prepare_writes_an_empty_valid_or_test_split_of_a_small_folder(tokenizer_file, tmp_path, capsys):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for i in (1, 2, 3):  # these three names all fall in the train split
+        (folder / f"f{i}.py").write_text(f"def f{i}(x):\n    return x\n" * 50)
+    main(["prepare", "--data", str(folder), "--tokenizer", str(tokenizer_file), "--out", str(tmp_path / "shards")])
+    captured = capsys.readouterr()
+    assert "no document in its 'test' split" in captured.err and "test: 0 documents" in captured.out
+    assert len(load_documents(f"shards:{tmp_path / 'shards'}", "train")) == 3
+    with pytest.raises(ValueError, match="no non-empty documents in its 'test' split"):
+        load_documents(f"shards:{tmp_path / 'shards'}", "test")
+    (tmp_path / "valid_only").mkdir()
+    (tmp_path / "valid_only" / "notes.txt").write_text("")  # no non-empty document at all
+    with pytest.raises(SystemExit):  # an empty train split is still an error
+        main(["prepare", "--data", str(tmp_path / "valid_only"), "--tokenizer", str(tokenizer_file), "--out",
+              str(tmp_path / "none")])
+    assert "no non-empty documents in its 'train' split" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

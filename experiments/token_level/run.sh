@@ -36,20 +36,14 @@ for kind in $KINDS; do
   mkdir -p "$OUT/$kind"
   [ -f "$tok" ] || $PY -m memorizing_transformers_pytorch tokenizer --data "$DOCS/$kind" --vocab-size "$VOCAB" --out "$tok" \
     > "$OUT/$kind/tokenizer_stats.json"
-  if [ "$kind" = tex ]; then
-    # pari-doc's test split holds no file of 32 KB or more, and `prepare` needs every split: read the text with the
-    # tokenizer (tokenized once and cached), and evaluate on the valid split
-    data=(--data "$DOCS/$kind" --tokenizer "$tok") split=valid
-  else
-    [ -f "$shards/meta.json" ] || $PY -m memorizing_transformers_pytorch prepare --data "$DOCS/$kind" --tokenizer "$tok" \
-      --out "$shards" > "$OUT/$kind/prepare.log"
-    data=(--data "shards:$shards") split=test
-  fi
+  [ -f "$shards/meta.json" ] || $PY -m memorizing_transformers_pytorch prepare --data "$DOCS/$kind" --tokenizer "$tok" \
+    --out "$shards" > "$OUT/$kind/prepare.log"
+  split=test; [ "$kind" = tex ] && split=valid  # pari-doc's test split holds no file of 32 KB or more
   for seed in $SEEDS; do
     run="$OUT/${kind}${TAG}_seed$seed"
     [ -f "$run/eval.json" ] && continue
     echo "[token_level] $(date +%H:%M) $kind seed $seed -> $run (log $run.log)"
-    $PY -m memorizing_transformers_pytorch demo "${data[@]}" --run-dir "$run" --seed "$seed" \
+    $PY -m memorizing_transformers_pytorch demo --data "shards:$shards" --run-dir "$run" --seed "$seed" \
       --steps "$STEPS" --copy-warmup-steps "$WARMUP" \
       --checkpoint-every "$CHECKPOINT_EVERY" --keep-checkpoints 100 --split "$split" --max-docs 4 --max-doc-bytes 32768 --memory-sizes "$SIZES" \
       > "$run.log" 2>&1 || { echo "[token_level] $kind seed $seed failed; see $run.log"; exit 1; }
