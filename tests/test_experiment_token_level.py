@@ -21,6 +21,7 @@ def test_gains_by_kind_and_memory_size_with_the_papers_numbers(tmp_path, capsys)
     write_eval(tmp_path / "code_seed0", {"0": 2.0, "1024": 1.9, "4096": 1.8, "16384": 1.7}, 1.9)
     write_eval(tmp_path / "code_seed1", {"0": 2.0, "1024": 1.8, "4096": 1.6, "16384": 1.5}, 2.0)
     write_eval(tmp_path / "prose_seed0", {"0": 3.0, "1024": 3.0, "4096": 3.03, "16384": 3.0}, 3.0)
+    write_eval(tmp_path / "code_seed0_64k", {"0": 9.0, "4096": 9.0}, 9.0)  # another evaluation: not a seed
     summarize.main([str(tmp_path), "--out", str(tmp_path / "out")])
     result = json.loads((tmp_path / "out" / "token_level_documents.json").read_text())
     code = result["summary"]["code"]

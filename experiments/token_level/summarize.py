@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def collect(folder: Path) -> dict:
     runs: dict[str, dict[int, dict]] = {}
     for kind in KINDS:
         for path in sorted(folder.glob(f"{kind}_seed*/eval.json")):
+            if not re.fullmatch(rf"{kind}_seed\d+", path.parent.name):  # e.g. code_seed0_64k, another evaluation
+                continue
             seed = int(path.parent.name.rsplit("seed", 1)[1])
             result = json.loads(path.read_text())
             bpb, ppl = result["bits_per_byte"], result.get("perplexity", {})
