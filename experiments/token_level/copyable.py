@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from memorizing_transformers_pytorch.data import load_documents
+from memorizing_transformers_pytorch.evaluate import select_documents
 from memorizing_transformers_pytorch.tokenizer import load_tokenizer
 
 SPLITS = {"tex": "valid"}  # as run.sh: pari-doc's test split holds no long file
@@ -87,11 +88,23 @@ def attribute(run: Path, docs: list[np.ndarray], byte_lengths: np.ndarray, conte
                                for part in ("near", "far", "other")}}
 
 
+def kind_documents(folder: Path, kind: str, max_docs: int, max_tokens: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The documents ``run.sh`` evaluates for ``kind`` (from its shards), and the bytes each token stands for."""
+    tokenizer = load_tokenizer(folder / kind / "tokenizer.json")
+    shards = load_documents(f"shards:{folder / kind / 'shards'}", SPLITS.get(kind, "test"))
+    docs = select_documents([np.asarray(d, dtype=np.int64) for d in shards], max_docs=max_docs, max_doc_bytes=max_tokens)
+    return docs, np.asarray(tokenizer.token_bytes, dtype=np.int64)
+
+
+def byte_documents(source: str, max_docs: int, max_bytes: int) -> list[np.ndarray]:
+    """The test documents of a byte-level source as the demo evaluates them, as int64 byte arrays."""
+    docs = [np.frombuffer(bytes(d), dtype=np.uint8).astype(np.int64) for d in load_documents(source, "test")]
+    return select_documents(docs, max_docs=max_docs, max_doc_bytes=max_bytes)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="run.sh's OUT (holding KIND/tokenizer.json and KIND/shards)")
-    parser.add_argument("--documents", type=Path, default=Path("runs/documents"),
-                        help="scripts/fetch_documents.py's folder (for a kind without shards: tex)")
     parser.add_argument("--kinds", default="code,proofs,tex,prose")
     parser.add_argument("--context", type=int, default=3, help="tokens that must match before a copy")
     parser.add_argument("--window", type=int, default=1024, help="tokens the local attention and XL cache reach")
@@ -109,24 +122,14 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|")
     docs_by_kind = {}
     for kind in args.kinds.split(","):
-        tokenizer = load_tokenizer(args.folder / kind / "tokenizer.json")
-        split = SPLITS.get(kind, "test")
-        shards = args.folder / kind / "shards"
-        if (shards / "meta.json").is_file():
-            docs = [np.asarray(d, dtype=np.int64) for d in load_documents(f"shards:{shards}", split)]
-        else:
-            docs = [np.asarray(tokenizer.encode(bytes(t).decode("utf-8", errors="replace")), dtype=np.int64)
-                    for t in load_documents(str(args.documents / kind), split)]
-        docs = [d[:args.max_tokens] for d in sorted(docs, key=len, reverse=True)[:args.max_docs]]
-        row = measure(docs, np.asarray(tokenizer.token_bytes, dtype=np.int64), args.context, args.window)
+        docs, byte_lengths = kind_documents(args.folder, kind, args.max_docs, args.max_tokens)
+        docs_by_kind[kind] = docs, byte_lengths
+        row = measure(docs, byte_lengths, args.context, args.window)
         result["kinds"][kind] = row
-        docs_by_kind[kind] = (docs, np.asarray(tokenizer.token_bytes, dtype=np.int64))
         print(f"| {kind} | {row['tokens']:,} | {row['near_tokens_percent']:.1f}% / {row['near_bytes_percent']:.1f}% | "
               f"{row['far_tokens_percent']:.1f}% / {row['far_bytes_percent']:.1f}% |")
     for source in filter(None, args.byte_sources.split(",")):
-        docs = [np.frombuffer(bytes(d), dtype=np.uint8).astype(np.int64) for d in load_documents(source, "test")]
-        docs = [d[:args.max_tokens] for d in sorted(docs, key=len, reverse=True)[:args.max_docs]]
-        row = measure(docs, np.ones(256, dtype=np.int64), args.byte_context, args.window)
+        row = measure(byte_documents(source, args.max_docs, args.max_tokens), np.ones(256, dtype=np.int64), args.byte_context, args.window)
         result.setdefault("bytes", {})[source] = {**row, "context": args.byte_context}
         print(f"| {source}, bytes | {row['tokens']:,} | {row['near_tokens_percent']:.1f}% | "
               f"{row['far_tokens_percent']:.1f}% |")
@@ -141,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             docs, byte_lengths = docs_by_kind[run.name.split("_")[0]]
             context = args.context
         else:  # a byte-level run (the demo's): the bytes of its own test documents
-            docs = [np.frombuffer(bytes(d), dtype=np.uint8).astype(np.int64) for d in load_documents(data, "test")]
-            docs = [d[:args.max_tokens] for d in sorted(docs, key=len, reverse=True)[:args.max_docs]]
+            docs = byte_documents(data, args.max_docs, args.max_tokens)
             byte_lengths, context = np.ones(256, dtype=np.int64), args.byte_context
         row = attribute(run, docs, byte_lengths, context, args.window)
         result.setdefault("runs", {})[str(run)] = row
