@@ -152,14 +152,20 @@ class SigmoidGate(nn.Module):
 
     def mix(self, local: Tensor, q: Tensor, reads: MemoryReads, dropout_p: float) -> Tensor:
         """Mixes a local attention output ``(B, H, n, Dh)`` computed elsewhere (e.g. by a pretrained model's own
-        attention, ``hf.py``) with the attention of the scaled queries ``q (B, H, n, Dh)`` over the memories."""
-        logits = torch.einsum("bhnd,bhnkd->bhnk", q, reads.keys)
-        if reads.bias is not None:
-            logits = logits + reads.bias
-        logits = logits.masked_fill(~reads.mask, float("-inf"))
-        weights = F.dropout(torch.softmax(logits, dim=-1).nan_to_num(0.0), p=dropout_p)
-        memory = torch.einsum("bhnk,bhnkd->bhnd", weights, reads.values)
-        gate = torch.sigmoid(self.bias) * reads.mask.any(dim=-1, keepdim=True)  # (B, H, n, 1)
+        attention, ``hf.py``) with the attention of the scaled queries ``q (B, H, n, Dh)`` over the memories.
+
+        The memory attention is one SDPA call, each query its own batch entry over its own ``k`` pairs (1.2-1.4x
+        faster than the two einsums and the softmax between them on CPU, forward and backward). A query with no
+        valid memory attends to all its (empty) slots, which keeps the result finite on every SDPA backend, and
+        its gate is 0."""
+        B, H, n, k, Dh = reads.keys.shape
+        valid = reads.mask.any(dim=-1, keepdim=True)  # (B, H, n, 1)
+        bias = torch.zeros((), dtype=q.dtype, device=q.device) if reads.bias is None else reads.bias.to(q.dtype)
+        logit_mask = torch.where(reads.mask | ~valid, bias, float("-inf")).to(q.dtype).expand(B, H, n, k)
+        memory = F.scaled_dot_product_attention(
+            q.reshape(B, H * n, 1, Dh), reads.keys.reshape(B, H * n, k, Dh), reads.values.reshape(B, H * n, k, Dh),
+            attn_mask=logit_mask.reshape(B, H * n, 1, k), dropout_p=dropout_p, scale=1.0).view(B, H, n, Dh)
+        gate = torch.sigmoid(self.bias) * valid  # (B, H, n, 1)
         return local + gate * (memory - local)
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["SearchBackend", "ExactSearch", "FaissFlatSearch", "AutoSearch", "FaissIVFSearch", "BFloat16Search",
-           "INDEXES", "make_backend", "exact_top_slots", "reranked_top_slots"]
+           "INDEXES", "make_backend", "exact_top_slots", "reranked_top_slots", "chunked_topk"]
 
 INDEXES = ("auto", "exact", "flat", "ivf", "bf16")
 
@@ -46,6 +46,14 @@ MEMORY_BLOCK = 16384
 # and 1 x 8 x 16K-64K x 128, one query per head), but 1.2-1.4x faster for keys that fit the caches (4-8 MiB).
 FEW_QUERIES = 4
 STREAMED_KEY_BYTES = 32 << 20
+# On an accelerator the top-k of a block of scores is taken over chunks of TOPK_CHUNK consecutive slots first
+# (``chunked_topk``) once the block has at least CHUNKED_TOPK_MIN_CHUNKS x k chunks: one pass for the chunk maxima
+# and two small top-ks instead of one top-k over the block, which dominated the H100 search (docs/benchmarks.md).
+# Not on CPU: there the search's time is the matmul's, and chunks measured 0.79-1.07x one topk in the whole search
+# (benchmarks/bench_topk.py). On a GPU it is measured by the same script (scripts/gpu_checks.sh).
+TOPK_CHUNK = 32
+CHUNKED_TOPK_MIN_CHUNKS = 4
+CHUNKED_TOPK_ON_CPU = False
 # faiss's score blocks: 1,024 x 1,024 instead of its 4,096 x 1,024 default, 17-27% faster here at 16K-65K
 FAISS_QUERY_BLOCK = 1024
 
@@ -80,6 +88,42 @@ class SearchBackend(Protocol):
         ...
 
 
+def chunked_topk(scores: Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest of ``scores (..., m)`` along the last dim and their indices, best first: what
+    ``scores.topk(k)`` returns (up to the order of equal scores), by two small top-ks instead of one over ``m``.
+
+    The scores are cut into chunks of ``chunk`` consecutive ones. Each of the true top ``k`` lies in a chunk whose
+    maximum is at least the k-th largest score, and at most ``k`` chunks have such a maximum, so the ``k`` chunks
+    with the largest maxima hold all of them: the answer is the top ``k`` of those chunks' ``k * chunk`` scores.
+    The last ``m % chunk`` scores are always candidates. Costs one pass over the scores (the chunk maxima), a top-k
+    over ``m / chunk`` maxima and one over ``k * chunk + m % chunk`` candidates.
+    """
+    *lead, m = scores.shape
+    chunks = m // chunk
+    picked = min(k, chunks)
+    if picked == 0:
+        return scores.topk(min(k, m), dim=-1)
+    body = scores[..., : chunks * chunk].unflatten(-1, (chunks, chunk))  # (..., chunks, chunk)
+    _, top_chunks = body.amax(dim=-1).topk(picked, dim=-1)  # (..., picked)
+    candidates = body.gather(-2, top_chunks.unsqueeze(-1).expand(*lead, picked, chunk))
+    slots = (top_chunks.unsqueeze(-1) * chunk + torch.arange(chunk, device=scores.device)).flatten(-2)
+    candidates = candidates.flatten(-2)
+    if m > chunks * chunk:  # the tail that fills no chunk
+        tail = torch.arange(chunks * chunk, m, device=scores.device).expand(*lead, -1)
+        candidates = torch.cat((candidates, scores[..., chunks * chunk :]), dim=-1)
+        slots = torch.cat((slots, tail), dim=-1)
+    values, best = candidates.topk(min(k, m), dim=-1)
+    return values, slots.gather(-1, best)
+
+
+def _block_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k along the last dim: by chunks off the CPU, where the row is long enough (``CHUNKED_TOPK_MIN_CHUNKS``)."""
+    by_chunks = CHUNKED_TOPK_ON_CPU or scores.device.type != "cpu"
+    if by_chunks and scores.shape[-1] >= CHUNKED_TOPK_MIN_CHUNKS * k * TOPK_CHUNK:
+        return chunked_topk(scores, k, TOPK_CHUNK)
+    return scores.topk(min(k, scores.shape[-1]), dim=-1)
+
+
 def exact_top_slots(keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int,
                     dtype: torch.dtype = torch.float32) -> Tensor:
     """Exact top-k slots by ``query . key`` (see ``SearchBackend.search``), with scores computed in ``dtype``.
@@ -112,7 +156,7 @@ def exact_top_slots(keys: Tensor, count: Tensor, held: int, queries: Tensor, k: 
                 scores = torch.matmul(q_part, block.transpose(-1, -2))
             if mask_empty:
                 scores.masked_fill_(empty[..., m_start:m_end], float("-inf"))
-            s, i = scores.topk(min(k, m_end - m_start), dim=-1)
+            s, i = _block_topk(scores, k)
             i = i + m_start
             if top_s is not None:
                 assert top_i is not None

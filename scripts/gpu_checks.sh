@@ -7,6 +7,7 @@
 #      float32 and bf16 autocast, no memory / 16K / 65K, the code of BEFORE (if present) against this
 #      checkout eager, then compiled layers, flex attention and both (bf16)
 #   3. the search at 16K-1M against the card's dense bf16 matmul rate, and model steps (benchmarks/gpu_quick.py)
+#  3b. the search's top-k by chunks against one topk, side by side, 16K-1M (benchmarks/bench_topk.py)
 #   4. generation tokens/s with a 64K memory against none (benchmarks/bench_generate.py)
 #   5. with two or more GPUs: a 2-process nccl training run under torchrun
 #   6. with RECIPE=1: the long recipe on the GPU (a memorizing model and an XL-only baseline, then evaluated)
@@ -23,11 +24,13 @@ BEFORE=${BEFORE:-runs/before}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_checks.log"
-PARTS=" ${PARTS:-1 2a 2b 3 4 5} "
+PARTS=" ${PARTS:-1 2a 2b 3 3b 4 5} "
 if [ "${QUICK:-0}" = 1 ]; then
   SIZES=0,1024; STEPS=(--steps 1 --warmup 2); GEN=(--sizes 0,1024 --tokens 4 --reps 1); SLOW=4
+  TOPK=(--sizes 8192 --queries 1,64 --reps 1)
 else
   SIZES=0,16384,65536; STEPS=(--steps 8 --warmup 2); GEN=(--sizes 0,65536 --tokens 64 --reps 3); SLOW=1
+  TOPK=(--sizes 16384,65536,262144,1048576 --queries 1,4096 --heads 1 --reps 5)
 fi
 limit() { echo $(( $1 * SLOW )); }  # seconds for a part (x4 on a CPU dry run)
 part() { [[ "$PARTS" == *" $1 "* ]]; }
@@ -51,7 +54,7 @@ fi
 
 if part 2b; then
 step "2b. kernels at the largest memory, bf16: compiled layers, flex attention, both"
-timeout "$(limit 180)" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants compiled,flex,compiled-flex \
+timeout "$(limit 150)" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants compiled,flex,compiled-flex \
   --amp bf16 --sizes "${SIZES##*,}" "${STEPS[@]}" --out "$OUT" --json-name kernels_compiled.json 2>&1 \
   | grep -v "^\[\|^  \["
 fi
@@ -60,6 +63,11 @@ if part 3; then
 step "3. search against the card's matmul rate; model steps"
 if [ "$DEVICE" = cuda ]; then timeout 90 $PY benchmarks/gpu_quick.py --out "$OUT" 2>&1 | tail -30
 else echo "(skipped on $DEVICE: gpu_quick.py needs CUDA)"; fi
+fi
+
+if part 3b; then
+step "3b. the search's top-k: by chunks against one topk"
+timeout "$(limit 30)" $PY benchmarks/bench_topk.py --device "$DEVICE" "${TOPK[@]}" --out "$OUT" 2>&1 | tail -12
 fi
 
 if part 4; then

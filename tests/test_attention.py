@@ -123,3 +123,46 @@ def test_write_memory_rolls_the_xl_cache_and_stores_what_leaves_it():
     assert torch.equal(memory.keys[0, 0, 0], past.keys[0, 0, 0])
     assert write_memory(memory, seg_keys, seg_values, valid, torch.tensor([True, False]), past=None, xl_window=0) is None
     assert memory.count.tolist() == [3, 4]  # row 0 cleared, then both rows store every valid pair
+
+
+def reference_sigmoid_mix(gate, local, q, reads):
+    """The sigmoid gate written out: a masked softmax over each query's retrieved logits, two einsums."""
+    logits = torch.einsum("bhnd,bhnkd->bhnk", q, reads.keys)
+    if reads.bias is not None:
+        logits = logits + reads.bias
+    weights = torch.softmax(logits.masked_fill(~reads.mask, float("-inf")), dim=-1).nan_to_num(0.0)
+    memory = torch.einsum("bhnk,bhnkd->bhnd", weights, reads.values)
+    g = torch.sigmoid(gate.bias) * reads.mask.any(dim=-1, keepdim=True)
+    return g * memory + (1 - g) * local
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_sigmoid_gates_batched_kernel_matches_the_einsums_with_gradients(with_bias):
+    """The memory attention as one SDPA call against the einsum form, outputs and every gradient, with partly
+    valid rows and queries with no valid memory (their gradient to the memories must be 0, not NaN)."""
+    from memorizing_transformers_pytorch.knn_attention import MemoryReads
+
+    torch.manual_seed(0)
+    gate = make_gate("sigmoid", H)
+    with torch.no_grad():
+        gate.bias.normal_()
+    inputs = dict(local=torch.randn(B, H, n, Dh), q=torch.randn(B, H, n, Dh), pairs=torch.randn(B, H, n, k, 2, Dh))
+    mask = torch.rand(B, H, n, k) < 0.6
+    mask[0, 1] = False  # a head with no valid memory at all
+    bias = torch.randn(1, H, 1, 1) if with_bias else None
+    results = []
+    for mix in (gate.mix, lambda local, q, reads, dropout_p: reference_sigmoid_mix(gate, local, q, reads)):
+        leaves = {name: value.clone().requires_grad_() for name, value in inputs.items()}
+        gate.zero_grad()
+        pairs = leaves["pairs"]  # keys and values are strided views of the gathered pairs, as retrieve gives them
+        reads = MemoryReads(pairs[..., 0, :], pairs[..., 1, :], mask, None, bias)
+        out = mix(leaves["local"], leaves["q"], reads, 0.0)
+        (out * torch.randn_like(out, generator=torch.Generator().manual_seed(1))).sum().backward()
+        results.append((out, {name: leaf.grad for name, leaf in leaves.items()}, gate.bias.grad.clone()))
+    (out, grads, bias_grad), (want, want_grads, want_bias_grad) = results
+    torch.testing.assert_close(out, want)
+    for name in inputs:
+        assert grads[name].isfinite().all()
+        torch.testing.assert_close(grads[name], want_grads[name], msg=name)
+    torch.testing.assert_close(bias_grad, want_bias_grad)
+    assert (grads["pairs"][0, 1] == 0).all()

@@ -26,6 +26,17 @@ def test_memory_search_on_cuda_matches_cpu():
     torch.testing.assert_close(scores_gpu, scores_cpu, rtol=1e-4, atol=1e-4)
 
 
+def test_chunked_topk_on_cuda_returns_what_topk_returns():
+    """The search's top-k on the GPU (by chunks) against one topk, on a 64K row with an empty tail."""
+    from memorizing_transformers_pytorch.search import chunked_topk
+
+    scores = torch.randn(2, 512, 65536 + 7, device="cuda")
+    scores[1, :, 40000:] = float("-inf")
+    values, index = chunked_topk(scores, 32)
+    assert torch.equal(values, scores.topk(32, dim=-1).values)
+    assert torch.equal(scores.gather(-1, index), values)
+
+
 def test_bf16_search_on_cuda_finds_the_float32_neighbours():
     """The bf16 index on the GPU: recall >= 0.99 against float32 exact search on random unit keys."""
     exact = KNNMemory(dim=64, max_memories=20000, num_indices=2, index="exact")

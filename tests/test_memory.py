@@ -132,6 +132,43 @@ def test_few_queries_search_is_exact_with_keys_streamed(monkeypatch, queries):
         check_against(memory, reference, torch.randn(2, queries, 8), 5)
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), lead=st.lists(st.integers(1, 3), max_size=2), m=st.integers(1, 90),
+       k=st.integers(1, 12), chunk=st.integers(1, 9), ties=st.booleans())
+def test_chunked_topk_returns_what_topk_returns(data, lead, m, k, chunk, ties):
+    """The two-stage top-k (chunk maxima, then the best chunks' scores) against one topk: the same values, each
+    index pointing at its value, no index twice; with many equal scores and with -inf (empty slots)."""
+    k = min(k, m)
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 4, (*lead, m), generator=generator).float() if ties else \
+        torch.randn(*lead, m, generator=generator)
+    scores[torch.rand(*lead, m, generator=generator) < data.draw(st.sampled_from([0.0, 0.3, 1.0]))] = float("-inf")
+    values, index = search_module.chunked_topk(scores, k, chunk)
+    assert values.shape == index.shape == (*lead, k)
+    assert torch.equal(values, scores.topk(k, dim=-1).values)
+    assert torch.equal(scores.gather(-1, index), values)
+    assert (index.sort(dim=-1).values.diff(dim=-1) > 0).all()  # distinct slots
+
+
+@pytest.mark.parametrize("queries", [1, 5])
+def test_search_with_chunked_topk_is_exact(monkeypatch, queries):
+    """Every block's top-k by chunks (2 slots each, as soon as a block has k chunks), in several memory blocks, with
+    rows holding different counts, against brute force."""
+    monkeypatch.setattr(search_module, "TOPK_CHUNK", 2)
+    monkeypatch.setattr(search_module, "CHUNKED_TOPK_MIN_CHUNKS", 1)
+    monkeypatch.setattr(search_module, "CHUNKED_TOPK_ON_CPU", True)  # the accelerators' path, on CPU
+    monkeypatch.setattr(search_module, "MEMORY_BLOCK", 13)
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 64)
+    memory = KNNMemory(dim=8, max_memories=40, num_indices=2, index="exact")
+    reference = BruteForceMemory(40, 2)
+    for _ in range(3):
+        pairs, mask = torch.randn(2, 17, 2, 8), torch.rand(2, 17) < torch.tensor([[1.0], [0.6]])
+        memory.add(pairs, mask)
+        reference.add(pairs, mask)
+        check_against(memory, reference, torch.randn(2, queries, 8), 5)
+
+
 def test_fifo_overwrites_oldest_one_by_one():
     memory = KNNMemory(dim=1, max_memories=4, num_indices=1)
     for i in range(6):
