@@ -88,7 +88,7 @@ class SearchBackend(Protocol):
         ...
 
 
-def chunked_topk(scores: Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[Tensor, Tensor]:
+def chunked_topk(scores: Tensor, k: int, chunk: int = TOPK_CHUNK, limit: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The ``k`` largest of ``scores (..., m)`` along the last dim and their indices, best first: what
     ``scores.topk(k)`` returns (up to the order of equal scores), by two small top-ks instead of one over ``m``.
 
@@ -97,30 +97,43 @@ def chunked_topk(scores: Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[Tenso
     with the largest maxima hold all of them: the answer is the top ``k`` of those chunks' ``k * chunk`` scores.
     The last ``m % chunk`` scores are always candidates. Costs one pass over the scores (the chunk maxima), a top-k
     over ``m / chunk`` maxima and one over ``k * chunk + m % chunk`` candidates.
+
+    ``limit`` (broadcasting to ``scores.shape[:-1] + (1,)``): indices from it on count as ``-inf`` (empty slots),
+    without a pass over the scores to mask them: chunks that start past it are dropped by their maxima, and one more
+    chunk is taken for the one it cuts (whose maximum may be an empty slot's), whose candidates are then masked.
     """
     *lead, m = scores.shape
     chunks = m // chunk
-    picked = min(k, chunks)
-    if picked == 0:
+    picked = min(k + (limit is not None), chunks)
+    if picked == 0 or chunks < k:
+        if limit is not None:
+            scores = scores.masked_fill(torch.arange(m, device=scores.device) >= limit, float("-inf"))
         return scores.topk(min(k, m), dim=-1)
     body = scores[..., : chunks * chunk].unflatten(-1, (chunks, chunk))  # (..., chunks, chunk)
-    _, top_chunks = body.amax(dim=-1).topk(picked, dim=-1)  # (..., picked)
-    candidates = body.gather(-2, top_chunks.unsqueeze(-1).expand(*lead, picked, chunk))
+    maxima = body.amax(dim=-1)
+    if limit is not None:
+        maxima = maxima.masked_fill(torch.arange(chunks, device=scores.device) * chunk >= limit, float("-inf"))
+    _, top_chunks = maxima.topk(picked, dim=-1)  # (..., picked)
+    candidates = body.gather(-2, top_chunks.unsqueeze(-1).expand(*lead, picked, chunk)).flatten(-2)
     slots = (top_chunks.unsqueeze(-1) * chunk + torch.arange(chunk, device=scores.device)).flatten(-2)
-    candidates = candidates.flatten(-2)
     if m > chunks * chunk:  # the tail that fills no chunk
         tail = torch.arange(chunks * chunk, m, device=scores.device).expand(*lead, -1)
         candidates = torch.cat((candidates, scores[..., chunks * chunk :]), dim=-1)
         slots = torch.cat((slots, tail), dim=-1)
-    values, best = candidates.topk(min(k, m), dim=-1)
+    if limit is not None:
+        candidates = candidates.masked_fill(slots >= limit, float("-inf"))
+    values, best = candidates.topk(k, dim=-1)
     return values, slots.gather(-1, best)
 
 
-def _block_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k along the last dim: by chunks off the CPU, where the row is long enough (``CHUNKED_TOPK_MIN_CHUNKS``)."""
+def _block_topk(scores: Tensor, k: int, limit: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Top-k along the last dim, indices from ``limit`` on masked: by chunks off the CPU, where the row is long
+    enough (``CHUNKED_TOPK_MIN_CHUNKS``), else one masked topk."""
     by_chunks = CHUNKED_TOPK_ON_CPU or scores.device.type != "cpu"
     if by_chunks and scores.shape[-1] >= CHUNKED_TOPK_MIN_CHUNKS * k * TOPK_CHUNK:
-        return chunked_topk(scores, k, TOPK_CHUNK)
+        return chunked_topk(scores, k, TOPK_CHUNK, limit)
+    if limit is not None:
+        scores.masked_fill_(torch.arange(scores.shape[-1], device=scores.device) >= limit, float("-inf"))
     return scores.topk(min(k, scores.shape[-1]), dim=-1)
 
 
@@ -139,9 +152,9 @@ def exact_top_slots(keys: Tensor, count: Tensor, held: int, queries: Tensor, k: 
     q_block = max(1, min(Q, budget // (B * H * mem_block)))
     key_bytes = B * H * held * D * q.element_size()
     streamed = Q <= FEW_QUERIES and q.device.type == "cpu" and key_bytes >= STREAMED_KEY_BYTES
-    empty = torch.arange(held, device=q.device).view(1, 1, 1, held) >= count.view(B, 1, 1, 1)
+    count = count.view(B, 1, 1, 1)
     # usually no stream holds fewer than `held`; asking costs a device sync, which is free only on the CPU
-    mask_empty = q.device.type != "cpu" or bool(empty.any())
+    mask_empty = q.device.type != "cpu" or bool((count < held).any())
     best_scores, best_slots = [], []
     for q_start in range(0, Q, q_block):
         q_part = q[:, :, q_start : q_start + q_block]
@@ -154,9 +167,7 @@ def exact_top_slots(keys: Tensor, count: Tensor, held: int, queries: Tensor, k: 
                 scores = torch.matmul(block, q_part.transpose(-1, -2)).transpose(-1, -2)  # (B, H, Q, m)
             else:
                 scores = torch.matmul(q_part, block.transpose(-1, -2))
-            if mask_empty:
-                scores.masked_fill_(empty[..., m_start:m_end], float("-inf"))
-            s, i = _block_topk(scores, k)
+            s, i = _block_topk(scores, k, count - m_start if mask_empty else None)
             i = i + m_start
             if top_s is not None:
                 assert top_i is not None

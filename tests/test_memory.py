@@ -132,22 +132,25 @@ def test_few_queries_search_is_exact_with_keys_streamed(monkeypatch, queries):
         check_against(memory, reference, torch.randn(2, queries, 8), 5)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(data=st.data(), lead=st.lists(st.integers(1, 3), max_size=2), m=st.integers(1, 90),
-       k=st.integers(1, 12), chunk=st.integers(1, 9), ties=st.booleans())
-def test_chunked_topk_returns_what_topk_returns(data, lead, m, k, chunk, ties):
+       k=st.integers(1, 12), chunk=st.integers(1, 9), ties=st.booleans(), limited=st.booleans())
+def test_chunked_topk_returns_what_topk_returns(data, lead, m, k, chunk, ties, limited):
     """The two-stage top-k (chunk maxima, then the best chunks' scores) against one topk: the same values, each
-    index pointing at its value, no index twice; with many equal scores and with -inf (empty slots)."""
+    index pointing at its value, no index twice; with many equal scores, with -inf, and with the indices from a
+    per-row limit on (empty slots) counting as -inf without being masked first."""
     k = min(k, m)
     seed = data.draw(st.integers(0, 2**31 - 1))
     generator = torch.Generator().manual_seed(seed)
     scores = torch.randint(0, 4, (*lead, m), generator=generator).float() if ties else \
         torch.randn(*lead, m, generator=generator)
     scores[torch.rand(*lead, m, generator=generator) < data.draw(st.sampled_from([0.0, 0.3, 1.0]))] = float("-inf")
-    values, index = search_module.chunked_topk(scores, k, chunk)
+    limit = torch.randint(0, m + 2, (*lead, 1), generator=generator) if limited else None
+    masked = scores if limit is None else scores.masked_fill(torch.arange(m) >= limit, float("-inf"))
+    values, index = search_module.chunked_topk(scores.clone(), k, chunk, limit)
     assert values.shape == index.shape == (*lead, k)
-    assert torch.equal(values, scores.topk(k, dim=-1).values)
-    assert torch.equal(scores.gather(-1, index), values)
+    assert torch.equal(values, masked.topk(k, dim=-1).values)
+    assert torch.equal(masked.gather(-1, index), values)
     assert (index.sort(dim=-1).values.diff(dim=-1) > 0).all()  # distinct slots
 
 
