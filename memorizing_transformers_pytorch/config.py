@@ -110,7 +110,9 @@ class MemorizingTransformerConfig(JsonConfig):
             kernels on CPU (1.2-3.8x faster than torch here); ``"ivf"``: approximate faiss IVF search on CPU for
             large memories; ``"bf16"``: for GPUs, candidates (8k) scored in bfloat16 with torch, then re-ranked
             exactly in float32 (recall@32 1.000 on random and clustered unit keys at 16K-64K, 0.9985 on
-            near-duplicate ones; 3-9x slower than ``"exact"`` on our CPU; see docs/benchmarks.md).
+            near-duplicate ones; 3-9x slower than ``"exact"`` on our CPU; see docs/benchmarks.md); ``"fused"``: for
+            GPUs with Triton, exact, in two stages (chunk maxima on tensor cores, then exact scores of the best
+            chunks; ``search.FusedSearch``).
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         attention_kernel: how local attention runs (``masks.py``): ``"sdpa"`` (default) with a dense additive
             mask built once per segment; ``"flex"``: a compiled ``flex_attention`` with the position bias as a
@@ -167,7 +169,7 @@ class MemorizingTransformerConfig(JsonConfig):
     max_knn_memories: int = 16384
     num_retrieved_memories: int = 32
     knn_gate: Literal["sigmoid", "joint", "mlp"] = "sigmoid"
-    knn_index: Literal["auto", "exact", "flat", "ivf", "bf16"] = "auto"
+    knn_index: Literal["auto", "exact", "flat", "ivf", "bf16", "fused"] = "auto"
     knn_ivf_lists: int = 256
     knn_ivf_probe: int = 16
     attention_kernel: Literal["sdpa", "flex"] = "sdpa"

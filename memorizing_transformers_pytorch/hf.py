@@ -95,7 +95,7 @@ class HFMemoryConfig(JsonConfig):
         max_knn_memories: capacity of each stream's memory per layer (FIFO beyond it).
         num_retrieved_memories: neighbours k retrieved per query.
         knn_index: the search backend (``KNNMemory``'s ``index``): ``"auto"`` (the faster exact search for each
-            call), ``"exact"``, ``"flat"``, ``"ivf"`` or ``"bf16"``.
+            call), ``"exact"``, ``"flat"``, ``"ivf"``, ``"bf16"`` or ``"fused"``.
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         knn_keep_first: the first pairs of each document that the memory never overwrites (FIFO turns over the
             rest; ``KNNMemory(keep_first=...)``). A pretrained model's first tokens are attention sinks: on

@@ -19,6 +19,9 @@ Backends:
     ``bf16``:  for accelerators: candidates scored in bfloat16 (from a bfloat16 copy of the keys), re-ranked
                exactly in float32; what it returns is ordered by exact scores, and it misses a neighbour only when
                bfloat16 rounding drops it from the candidates (recall in docs/benchmarks.md).
+    ``fused``: for GPUs with Triton: exact, in two stages (``search_kernels.py``): each chunk of slots' largest
+               score on tensor cores (tf32x3), then exact scores of the best chunks' slots, with a proof per query
+               that no chunk left out can hold a better one (else the ``exact`` search). Torch code elsewhere.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SearchBackend", "ExactSearch", "FaissFlatSearch", "AutoSearch", "FaissIVFSearch", "BFloat16Search",
-           "INDEXES", "make_backend", "exact_top_slots", "reranked_top_slots", "chunked_topk"]
+from .search_kernels import chunk_maxima, chunk_scores, score_error_bound
 
-INDEXES = ("auto", "exact", "flat", "ivf", "bf16")
+__all__ = ["SearchBackend", "ExactSearch", "FaissFlatSearch", "AutoSearch", "FaissIVFSearch", "BFloat16Search",
+           "FusedSearch", "INDEXES", "make_backend", "exact_top_slots", "reranked_top_slots", "chunked_topk"]
+
+INDEXES = ("auto", "exact", "flat", "ivf", "bf16", "fused")
 
 # Score blocks hold at most this many elements (float32: 32 MiB), which bounds the extra memory a search needs
 # whatever the memory size; sized for CPU caches. Memory blocks have MEMORY_BLOCK keys, or more when few
@@ -413,6 +418,57 @@ class BFloat16Search:
         self.keys16 = None if keys.dtype == torch.bfloat16 else keys.to(torch.bfloat16)
 
 
+class FusedSearch:
+    """Top-k search in two stages, for GPUs (``search_kernels.py`` has the kernels and the torch equivalents):
+
+    1. the largest score of each chunk of ``chunk`` slots, computed on tensor cores (tf32x3: three tf32 products,
+       off by at most ``m = score_error_bound x |q| max |k|``), so only ``1 / chunk`` of the scores leaves the chip;
+    2. exact float32 scores of the slots of the ``chunks_per_k * k`` chunks with the largest maxima; the best ``k``
+       of them are returned.
+
+    No slot left out scores more than ``U = `` (the smallest kept stage-1 maximum) ``+ m``, so the i-th score
+    returned is at least the exact i-th best minus ``U - `` (the k-th score returned). The call is accepted when
+    that is at most ``slack x m`` for every query; else it is searched again by ``exact_top_slots`` (``fallbacks``
+    counts those calls). ``slack=0``: exact up to equal scores, but many equal keys (a repeated n-gram gives the
+    memorizing layer one key per copy) then fail the proof; the default 2 accepts them, and bounds what any
+    answer can lose at ``2m`` (about 5e-5 for unit vectors of width 64; the real stage-1 error is far smaller).
+    """
+
+    name = "fused"
+
+    def __init__(self, chunk: int = 16, chunks_per_k: int = 2, slack: float = 2.0) -> None:
+        self.chunk, self.chunks_per_k, self.slack = chunk, chunks_per_k, slack
+        self.searches = self.fallbacks = 0
+
+    def search(self, keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int) -> Tensor:
+        D = queries.shape[-1]
+        maxima = chunk_maxima(queries, keys, count, held, self.chunk)  # (B, H, Q, chunks)
+        kept = min(maxima.shape[-1], self.chunks_per_k * k)
+        top_maxima, picked = maxima.topk(kept, dim=-1)
+        scores = chunk_scores(queries, keys, count, picked, self.chunk)  # (B, H, Q, kept * chunk)
+        best, j = scores.topk(k, dim=-1)
+        slots = picked.gather(-1, j // self.chunk) * self.chunk + j % self.chunk
+        self.searches += 1
+        if kept < maxima.shape[-1]:
+            key_norm = keys[:, :, :held].float().norm(dim=-1).amax(dim=-1)  # (B, H)
+            margin = score_error_bound(D) * queries.float().norm(dim=-1) * key_norm[..., None]
+            last = top_maxima[..., -1]  # no chunk left out has a larger stage-1 maximum
+            accepted = (last == float("-inf")) | (last + margin - best[..., -1] <= self.slack * margin)
+            if not bool(accepted.all()):
+                self.fallbacks += 1
+                return exact_top_slots(keys, count, held, queries, k)
+        return slots.masked_fill(best == float("-inf"), -1)
+
+    def added(self, keys: Tensor, count: Tensor, kept: Tensor, slots: Tensor) -> None:
+        pass
+
+    def cleared(self, rows: Tensor) -> None:
+        pass
+
+    def loaded(self, keys: Tensor, count: Tensor) -> None:
+        pass
+
+
 def make_backend(index: str, *, rows: int, heads: int, dim: int, max_memories: int, ivf_lists: int = 256,
                  ivf_probe: int = 16, ivf_train_size: int | None = None) -> SearchBackend:
     """The backend named ``index`` (one of ``INDEXES``) for a memory of this shape.
@@ -428,6 +484,8 @@ def make_backend(index: str, *, rows: int, heads: int, dim: int, max_memories: i
         return FaissFlatSearch()
     if index == "bf16":
         return BFloat16Search()
+    if index == "fused":
+        return FusedSearch()
     if index == "ivf":
         for name, value in (("ivf_lists", ivf_lists), ("ivf_probe", ivf_probe)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

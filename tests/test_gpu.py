@@ -37,6 +37,33 @@ def test_chunked_topk_on_cuda_returns_what_topk_returns():
     assert torch.equal(scores.gather(-1, index), values)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_search_on_cuda_is_exact(dtype):
+    """The Triton kernels of the fused search against the exact search, 64K unit keys, one stream part full."""
+    pytest.importorskip("triton")
+    from memorizing_transformers_pytorch.search_kernels import triton_usable
+
+    exact = KNNMemory(dim=64, max_memories=65536, num_indices=2, index="exact")
+    fused = KNNMemory(dim=64, max_memories=65536, num_indices=2, index="fused")
+    pairs = torch.nn.functional.normalize(torch.randn(2, 65536, 2, 64, device="cuda"), dim=-1).to(dtype)
+    mask = torch.ones(2, 65536, dtype=torch.bool, device="cuda")
+    mask[1, 40000:] = False
+    for memory in (exact, fused):
+        memory.add(pairs, mask=mask)
+    assert triton_usable(fused.keys)
+    queries = torch.nn.functional.normalize(torch.randn(2, 1024, 64, device="cuda"), dim=-1)
+    want = exact.backend.search(exact.keys, exact.count, 65536, queries[:, None], 32)
+    got = fused.backend.search(fused.keys, fused.count, 65536, queries[:, None], 32)
+    keys = fused.keys.float()
+
+    def scores(slots):
+        return torch.gather(keys, 2, slots.flatten(2)[..., None].expand(-1, -1, -1, 64)).view(2, 1, 1024, 32, 64) \
+            @ queries[:, None, :, :, None].float()
+
+    torch.testing.assert_close(scores(got), scores(want), rtol=0, atol=1e-5)
+    assert fused.backend.fallbacks == 0
+
+
 def test_bf16_search_on_cuda_finds_the_float32_neighbours():
     """The bf16 index on the GPU: recall >= 0.99 against float32 exact search on random unit keys."""
     exact = KNNMemory(dim=64, max_memories=20000, num_indices=2, index="exact")

@@ -79,10 +79,10 @@ operation = st.one_of(
 
 @settings(max_examples=60, deadline=None)
 @given(max_memories=st.integers(1, 10), operations=st.lists(operation, max_size=25),
-       index=st.sampled_from(["exact", "flat", "ivf"]), keep_first=st.integers(0, 4))
+       index=st.sampled_from(["exact", "flat", "ivf", "fused"]), keep_first=st.integers(0, 4))
 def test_random_add_clear_search_matches_brute_force(max_memories, operations, index, keep_first):
-    """Exact search (torch, and faiss's flat kernels), and the faiss IVF index scanning all its lists
-    (which is exact), against brute force; with and without the first pairs of each stream kept."""
+    """Exact search (torch, faiss's flat kernels, the two-stage fused search), and the faiss IVF index scanning all
+    its lists (which is exact), against brute force; with and without the first pairs of each stream kept."""
     rows, dim = 3, 4
     keep_first = min(keep_first, max_memories - 1)
     options = dict(index="ivf", ivf_lists=2, ivf_probe=2, ivf_train_size=2) if index == "ivf" else dict(index=index)
@@ -170,6 +170,113 @@ def test_search_with_chunked_topk_is_exact(monkeypatch, queries):
         memory.add(pairs, mask)
         reference.add(pairs, mask)
         check_against(memory, reference, torch.randn(2, queries, 8), 5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(operations=st.lists(st.tuples(st.sampled_from(["add", "add", "clear", "search"]), st.integers(0, 2**31 - 1)),
+                           min_size=1, max_size=12), unit=st.booleans())
+def test_fused_search_with_many_chunks_matches_brute_force(operations, unit):
+    """The fused search where it leaves chunks out (400 slots, chunks of 16, 2k of 25 chunks kept): its tf32-like
+    first stage, the bound that proves a query exact, and the fallback, against brute force."""
+    rows, dim, size = 2, 16, 400
+    memory = KNNMemory(dim=dim, max_memories=size, num_indices=rows, index="fused")
+    reference = BruteForceMemory(size, rows)
+    for kind, seed in operations:
+        generator = torch.Generator().manual_seed(seed)
+        if kind == "add":
+            pairs = torch.randn(rows, int(torch.randint(1, 300, (1,), generator=generator)), 2, dim, generator=generator)
+            if unit:
+                pairs[..., 0, :] = torch.nn.functional.normalize(pairs[..., 0, :], dim=-1)
+            mask = torch.rand(rows, pairs.shape[1], generator=generator) < 0.9
+            memory.add(pairs, mask=mask)
+            reference.add(pairs, mask)
+        elif kind == "clear":
+            memory.clear([seed % rows])
+            reference.clear([seed % rows])
+        else:
+            check_against(memory, reference, torch.randn(rows, 6, dim, generator=generator),
+                          int(torch.randint(1, 9, (1,), generator=generator)))
+
+
+@pytest.mark.parametrize("slack", [0.0, 2.0])
+def test_fused_search_on_random_and_on_equal_keys(slack):
+    """Random unit keys are answered exactly without a fallback. A copy of one key in every chunk (more chunks than
+    kept hold the best score): with no slack the proof fails and the call is searched again; with the default
+    slack the copies are accepted as they are. Both return 32 copies."""
+    memory = KNNMemory(dim=64, max_memories=4096, num_indices=2, index="fused")
+    memory.backend.slack = slack
+    keys = torch.nn.functional.normalize(torch.randn(2, 4096, 64), dim=-1)
+    memory.add(torch.stack((keys, torch.randn(2, 4096, 64)), dim=2))
+    queries = torch.randn(2, 32, 64)
+    kv, _ = memory.search(queries, 32)
+    torch.testing.assert_close((kv[..., 0, :] * queries[:, :, None]).sum(-1),
+                               _brute_force_top_scores(memory, queries, 32), rtol=0, atol=1e-5)
+    assert (memory.backend.searches, memory.backend.fallbacks) == (1, 0)
+    copies = KNNMemory(dim=64, max_memories=4096, num_indices=2, index="fused")
+    copies.backend.slack = slack
+    keys[:, ::16] = keys[:, :1]
+    copies.add(torch.stack((keys, torch.randn(2, 4096, 64)), dim=2))
+    kv, _ = copies.search(keys[:, :1].expand(2, 4, 64), 32)
+    assert copies.backend.fallbacks == (1 if slack == 0 else 0)
+    torch.testing.assert_close(kv[..., 0, :], keys[:, :1, None].expand(2, 4, 32, 64))
+
+
+@pytest.mark.parametrize("slack", [0.0, 2.0])
+def test_fused_search_with_a_first_stage_as_wrong_as_its_bound_allows(monkeypatch, slack):
+    """A first stage that errs adversarially by 0.99 m (m: the bound): each chunk holding a true top-k slot scored
+    that much low, every other chunk that much high. Three chunks' best keys score t (A), t - 0.2m (B) and
+    t - 1.5m (C): B and C are kept, A left out. With no slack the proof fails (A might beat B) and the call falls
+    back and finds A; with slack 2 it returns B, within its promise of 2m of the exact answer."""
+    from memorizing_transformers_pytorch.search_kernels import score_error_bound
+
+    k, dim = 1, 16
+    margin = score_error_bound(dim)  # unit query, keys of norm <= 1
+
+    def adversarial_maxima(queries, keys, count, held, chunk):
+        exact = queries.double() @ keys[:, :, :held].double().transpose(-1, -2)
+        B, H, Q, _ = exact.shape
+        top = torch.zeros_like(exact, dtype=torch.bool).scatter_(-1, exact.topk(k, dim=-1).indices, True)
+        chunks = -(-held // chunk)
+        pad = (0, chunks * chunk - held)
+        maxima = torch.nn.functional.pad(exact, pad, value=float("-inf")).view(B, H, Q, chunks, chunk).amax(-1)
+        holds_top = torch.nn.functional.pad(top, pad).view(B, H, Q, chunks, chunk).any(-1)
+        return torch.where(holds_top, maxima - 0.99 * margin, maxima + 0.99 * margin).float()
+
+    monkeypatch.setattr(search_module, "chunk_maxima", adversarial_maxima)
+    keys = torch.zeros(1, 64, dim)
+    keys[0, :, 0] = 0.5
+    keys[0, 0, 0], keys[0, 16, 0], keys[0, 32, 0] = 1.0, 1.0 - 0.2 * margin, 1.0 - 1.5 * margin  # A, B, C
+    memory = KNNMemory(dim=dim, max_memories=64, num_indices=1, index="fused")
+    memory.backend.slack = slack
+    memory.add(torch.stack((keys, torch.randn(1, 64, dim)), dim=2))
+    query = torch.zeros(1, 1, dim)
+    query[..., 0] = 1.0
+    kv, _ = memory.search(query, k)
+    if slack == 0:
+        assert torch.equal(kv[0, 0, 0, 0], keys[0, 0])
+        assert (memory.backend.searches, memory.backend.fallbacks) == (1, 1)
+    else:
+        assert torch.equal(kv[0, 0, 0, 0], keys[0, 16])
+        assert memory.backend.fallbacks == 0
+
+
+def test_the_first_stages_error_stays_within_its_bound():
+    """tf32x3 as the tensor cores compute it (heads and tails cut, three products), against the exact score of
+    the float32 query and the stored key (float32 or bfloat16): random vectors of many scales, and positive ones
+    whose every entry loses almost the most it can; a single tf32 product would break the bound."""
+    from memorizing_transformers_pytorch.search_kernels import score_error_bound, tf32_split, tf32x3_scores
+
+    generator = torch.Generator().manual_seed(0)
+    for dim in (16, 64, 256):
+        q = torch.randn(512, dim, generator=generator) * torch.rand(512, 1, generator=generator) * 100
+        k = torch.randn(1024, dim, generator=generator)
+        worst = torch.full((4, dim), 1 + 0x1FFF * 2.0**-23)  # all 13 bits below tf32's set
+        for queries, keys in ((q, k), (q, k.bfloat16()), (q, k * 1e-3), (worst, worst)):
+            exact = queries.double() @ keys.double().T
+            bound = score_error_bound(dim) * queries.double().norm(dim=-1)[:, None] * keys.double().norm(dim=-1)
+            assert ((tf32x3_scores(queries, keys).double() - exact).abs() <= bound).all()
+            one_product = (tf32_split(queries)[0] @ tf32_split(keys)[0].T).double()
+            assert keys.dtype == torch.bfloat16 or ((one_product - exact).abs() > bound).any()
 
 
 def test_fifo_overwrites_oldest_one_by_one():

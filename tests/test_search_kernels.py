@@ -1,0 +1,57 @@
+"""The fused search's Triton kernels (search_kernels.py) against their torch equivalents, run on CPU by Triton's
+interpreter (TRITON_INTERPRET=1, in a fresh process: the setting is read when Triton is imported). On CUDA,
+tests/test_gpu.py runs the compiled kernels."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+CHECK = textwrap.dedent("""
+    import torch
+    from memorizing_transformers_pytorch import search_kernels as sk
+
+    kernels = sk._kernels()
+    torch.manual_seed(0)
+    B, H, M, D = 2, 3, 200, 16
+    for dtype in (torch.float32, torch.bfloat16):
+        pairs = torch.randn(B, H, 2, M, D).to(dtype)  # the memory's layout: keys are a strided view
+        keys = pairs[:, :, 0]
+        count = torch.tensor([200, 70])
+        for Q, held, chunk in ((5, 200, 16), (70, 130, 8), (1, 37, 32)):
+            q = torch.randn(B, H, Q, D)
+            chunks = -(-held // chunk)
+            if dtype == torch.bfloat16:  # the interpreter's bfloat16 tl.dot returns garbage (numpy has no bf16)
+                dtype_keys = keys.float()   # tests/test_gpu.py checks bfloat16 on CUDA
+            else:
+                dtype_keys = keys
+            got = kernels.chunk_maxima(q.to(dtype).float().contiguous(), dtype_keys, count, held, chunk, chunks)
+            want = sk.chunk_maxima(q, keys, count, held, chunk)  # torch, inputs rounded as tensor cores do
+            exact = (q.to(dtype).float() @ keys[:, :, :held].float().transpose(-1, -2))
+            exact = exact.masked_fill(torch.arange(held) >= count.view(B, 1, 1, 1), float("-inf"))
+            exact = torch.nn.functional.pad(exact, (0, chunks * chunk - held), value=float("-inf"))
+            exact = exact.view(B, H, Q, chunks, chunk).amax(-1)
+            assert got.shape == want.shape == (B, H, Q, chunks), (got.shape, want.shape)
+            assert torch.equal(got == float("-inf"), want == float("-inf"))
+            finite = want != float("-inf")
+            bound = sk.score_error_bound(D) * q.norm(dim=-1, keepdim=True) * keys.float().norm(dim=-1).amax()
+            bound = bound.expand_as(got)[finite]
+            assert ((got[finite] - exact[finite]).abs() <= bound).all()
+            picked = torch.randint(0, chunks, (B, H, Q, 5))
+            got = kernels.chunk_scores(q.float().contiguous(), keys, count, picked.contiguous(), chunk)
+            want = sk.chunk_scores(q, keys, count, picked, chunk)
+            assert torch.equal(got == float("-inf"), want == float("-inf"))
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    print("kernels match")
+""")
+
+
+def test_triton_kernels_match_torch_in_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kernels match" in result.stdout
