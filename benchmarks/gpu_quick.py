@@ -54,9 +54,10 @@ def memory_rows(dtype):
 
 def model_rows(bf16):
     rows = []
-    for memorizing, size in (((), 16384), ((3,), 16384), ((3,), 65536)):
+    for memorizing, size, index in (((), 16384, "auto"), ((3,), 16384, "auto"), ((3,), 65536, "auto"),
+                                    ((3,), 16384, "fused"), ((3,), 65536, "fused")):
         model = MemorizingTransformer(num_tokens=256, dim=256, depth=4, heads=4, dim_head=64,
-                                      memorizing_layers=memorizing, max_knn_memories=size,
+                                      memorizing_layers=memorizing, max_knn_memories=size, knn_index=index,
                                       xl_max_memories=512, xl_memory_layers=(3, 4)).cuda()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         knn = model.create_knn_memories(batch_size=2)
@@ -77,7 +78,7 @@ def model_rows(bf16):
                 _, state["xl"] = model(x, knn_memories=knn, xl_memories=state["xl"])
 
         train_ms, infer_ms = cuda_ms(step), cuda_ms(infer)
-        rows.append(dict(kind="model", bf16=bf16, memorizing_layers=list(memorizing), memories=size,
+        rows.append(dict(kind="model", bf16=bf16, memorizing_layers=list(memorizing), memories=size, knn_index=index,
                          train_ms=train_ms, train_tokens_s=1024 / train_ms * 1000,
                          infer_ms=infer_ms, infer_tokens_s=1024 / infer_ms * 1000))
     return rows

@@ -31,9 +31,10 @@ NEG_INF = float("-inf")
 
 
 def triton_usable(keys: Tensor) -> bool:
-    """Whether the Triton kernels run for these keys: on CUDA, Triton importable, D a power of two >= 16."""
+    """Whether the Triton kernels run for these keys: on CUDA, Triton importable, D a power of two >= 16, features
+    contiguous."""
     D = keys.shape[-1]
-    return keys.is_cuda and D >= 16 and D & (D - 1) == 0 and _triton() is not None
+    return keys.is_cuda and D >= 16 and D & (D - 1) == 0 and keys.stride(-1) == 1 and _triton() is not None
 
 
 @functools.cache

@@ -6,8 +6,10 @@
 #   2. the kernel benchmark, before against after, in one process per variant (benchmarks/bench_kernels.py):
 #      float32 and bf16 autocast, no memory / 16K / 65K, the code of BEFORE (if present) against this
 #      checkout eager, then compiled layers, flex attention and both (bf16)
-#   3. the search at 16K-1M against the card's dense bf16 matmul rate, and model steps (benchmarks/gpu_quick.py)
-#  3b. the search's top-k by chunks against one topk, side by side, 16K-1M (benchmarks/bench_topk.py)
+#   3. the search at 16K-1M against the card's dense bf16 matmul rate, and model steps, with the exact and the
+#      fused search (benchmarks/gpu_quick.py)
+#  3b. the search three ways side by side, 16K-1M: one topk per block, chunked top-k, and the fused Triton
+#      search (benchmarks/bench_topk.py)
 #   4. generation tokens/s with a 64K memory against none (benchmarks/bench_generate.py)
 #   5. with two or more GPUs: a 2-process nccl training run under torchrun
 #   6. with RECIPE=1: the long recipe on the GPU (a memorizing model and an XL-only baseline, then evaluated)
@@ -54,7 +56,7 @@ fi
 
 if part 2b; then
 step "2b. kernels at the largest memory, bf16: compiled layers, flex attention, both"
-timeout "$(limit 150)" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants compiled,flex,compiled-flex \
+timeout "$(limit 135)" $PY benchmarks/bench_kernels.py --device "$DEVICE" --variants compiled,flex,compiled-flex \
   --amp bf16 --sizes "${SIZES##*,}" "${STEPS[@]}" --out "$OUT" --json-name kernels_compiled.json 2>&1 \
   | grep -v "^\[\|^  \["
 fi
@@ -66,8 +68,8 @@ else echo "(skipped on $DEVICE: gpu_quick.py needs CUDA)"; fi
 fi
 
 if part 3b; then
-step "3b. the search's top-k: by chunks against one topk"
-timeout "$(limit 30)" $PY benchmarks/bench_topk.py --device "$DEVICE" "${TOPK[@]}" --out "$OUT" 2>&1 | tail -12
+step "3b. the search: one topk, chunked top-k, fused (Triton)"
+timeout "$(limit 45)" $PY benchmarks/bench_topk.py --device "$DEVICE" "${TOPK[@]}" --out "$OUT" 2>&1 | tail -12
 fi
 
 if part 4; then

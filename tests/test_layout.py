@@ -1,5 +1,5 @@
 """The layout's rules: the package's modules import one way, down a stack of layers, with no cycle; the model
-layer needs only torch, numpy and faiss; and the library never imports the experiments."""
+layer needs only torch, numpy, faiss and triton (the last two optional); and the library never imports the experiments."""
 
 import ast
 import subprocess
@@ -13,7 +13,7 @@ NAME = PACKAGE.name
 
 # lowest first: a module may import modules of its own layer or of a layer below, never above
 LAYERS = {
-    "model": ["config", "configs", "search", "memory", "positions", "masks", "xl_cache", "knn_attention", "segment", "token_shift",
+    "model": ["config", "configs", "search_kernels", "search", "memory", "positions", "masks", "xl_cache", "knn_attention", "segment", "token_shift",
               "attention", "model", "generation"],
     "data": ["tokenizer", "shards", "data", "copy_warmup", "longbench.tasks", "longbench.score"],
     "training": ["run_folder", "distributed", "checkpoint", "evaluate", "train_config", "train"],
@@ -21,7 +21,7 @@ LAYERS = {
     "applications": ["plots", "demo", "cli", "__main__", "longbench", "longbench.runner", "longbench.plot"],
 }
 LEVEL = {module: level for level, modules in enumerate(LAYERS.values()) for module in modules}
-MODEL_LAYER_PACKAGES = {"torch", "numpy", "faiss"}  # beyond the standard library
+MODEL_LAYER_PACKAGES = {"torch", "numpy", "faiss", "triton"}  # beyond the standard library (faiss, triton: optional)
 
 
 def module_names() -> list[str]:
