@@ -424,19 +424,21 @@ class FusedSearch:
     1. the largest score of each chunk of ``chunk`` slots, computed on tensor cores (tf32x3: three tf32 products,
        off by at most ``m = score_error_bound x |q| max |k|``), so only ``1 / chunk`` of the scores leaves the chip;
     2. exact float32 scores of the slots of the ``chunks_per_k * k`` chunks with the largest maxima; the best ``k``
-       of them are returned.
+       of them are returned. With exact maxima, the ``k`` best chunks hold every top-k slot (``chunked_topk``),
+       so ``chunks_per_k=1`` needs only the first stage's error to be covered, which the check below does.
 
     No slot left out scores more than ``U = `` (the smallest kept stage-1 maximum) ``+ m``, so the i-th score
     returned is at least the exact i-th best minus ``U - `` (the k-th score returned). The call is accepted when
     that is at most ``slack x m`` for every query; else it is searched again by ``exact_top_slots`` (``fallbacks``
-    counts those calls). ``slack=0``: exact up to equal scores, but many equal keys (a repeated n-gram gives the
-    memorizing layer one key per copy) then fail the proof; the default 2 accepts them, and bounds what any
-    answer can lose at ``2m`` (about 5e-5 for unit vectors of width 64; the real stage-1 error is far smaller).
+    counts those calls). ``slack=0``: exact up to equal scores, but it needs ``chunks_per_k >= 2`` (a gap between
+    the kept maxima and the k-th score), and many equal keys (a repeated n-gram gives the first memorizing layer
+    one key per copy) then fail it; the default 2 accepts them, and bounds what any answer can lose at ``2m``
+    (about 4e-5 for unit vectors of width 64; the real stage-1 error is far smaller, docs/benchmarks.md).
     """
 
     name = "fused"
 
-    def __init__(self, chunk: int = 16, chunks_per_k: int = 2, slack: float = 2.0) -> None:
+    def __init__(self, chunk: int = 16, chunks_per_k: int = 1, slack: float = 2.0) -> None:
         self.chunk, self.chunks_per_k, self.slack = chunk, chunks_per_k, slack
         self.searches = self.fallbacks = 0
 

@@ -176,7 +176,7 @@ def test_search_with_chunked_topk_is_exact(monkeypatch, queries):
 @given(operations=st.lists(st.tuples(st.sampled_from(["add", "add", "clear", "search"]), st.integers(0, 2**31 - 1)),
                            min_size=1, max_size=12), unit=st.booleans())
 def test_fused_search_with_many_chunks_matches_brute_force(operations, unit):
-    """The fused search where it leaves chunks out (400 slots, chunks of 16, 2k of 25 chunks kept): its tf32-like
+    """The fused search where it leaves chunks out (400 slots, chunks of 16, k of 25 chunks kept): its tf32x3
     first stage, the bound that proves a query exact, and the fallback, against brute force."""
     rows, dim, size = 2, 16, 400
     memory = KNNMemory(dim=dim, max_memories=size, num_indices=rows, index="fused")
@@ -200,11 +200,13 @@ def test_fused_search_with_many_chunks_matches_brute_force(operations, unit):
 
 @pytest.mark.parametrize("slack", [0.0, 2.0])
 def test_fused_search_on_random_and_on_equal_keys(slack):
-    """Random unit keys are answered exactly without a fallback. A copy of one key in every chunk (more chunks than
+    """Random unit keys are answered exactly without a fallback (with no slack, by keeping 2k chunks: the k-th
+    kept maximum must fall below the k-th score by the bound). A copy of one key in every chunk (more chunks than
     kept hold the best score): with no slack the proof fails and the call is searched again; with the default
     slack the copies are accepted as they are. Both return 32 copies."""
     memory = KNNMemory(dim=64, max_memories=4096, num_indices=2, index="fused")
     memory.backend.slack = slack
+    memory.backend.chunks_per_k = 2 if slack == 0 else 1  # no slack: the kept chunks must leave a gap
     keys = torch.nn.functional.normalize(torch.randn(2, 4096, 64), dim=-1)
     memory.add(torch.stack((keys, torch.randn(2, 4096, 64)), dim=2))
     queries = torch.randn(2, 32, 64)
@@ -247,7 +249,7 @@ def test_fused_search_with_a_first_stage_as_wrong_as_its_bound_allows(monkeypatc
     keys[0, :, 0] = 0.5
     keys[0, 0, 0], keys[0, 16, 0], keys[0, 32, 0] = 1.0, 1.0 - 0.2 * margin, 1.0 - 1.5 * margin  # A, B, C
     memory = KNNMemory(dim=dim, max_memories=64, num_indices=1, index="fused")
-    memory.backend.slack = slack
+    memory.backend.slack, memory.backend.chunks_per_k = slack, 2
     memory.add(torch.stack((keys, torch.randn(1, 64, dim)), dim=2))
     query = torch.zeros(1, 1, dim)
     query[..., 0] = 1.0
