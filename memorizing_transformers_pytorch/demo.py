@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 from .config import MemorizingTransformerConfig
+from .data import source_tokenizer
+from .tokenizer import BYTES
 from .train import TrainConfig, train
 
 __all__ = ["warmup_config", "run_demo_training"]
@@ -33,13 +35,13 @@ __all__ = ["warmup_config", "run_demo_training"]
 RUNS = ("warmup", "memory", "baseline")
 
 
-def warmup_config(config: TrainConfig, steps: int, num_tokens: int = 256) -> TrainConfig:
-    """The copy warm-up of ``config``'s run: rows of 128 random bytes (or, for a model of another vocabulary than
-    the 256 bytes, token ids: ``copy:vocab=num_tokens``) holding a string and its copy, a constant learning rate,
-    no memory (a row is shorter than the XL cache, so nothing would reach it). The copy source makes its own ids,
-    so the warm-up takes no ``--tokenizer`` (the runs after it keep theirs)."""
+def warmup_config(config: TrainConfig, steps: int, vocab: int | None = None) -> TrainConfig:
+    """The copy warm-up of ``config``'s run: rows of 128 random bytes (``vocab=None``, a run that reads bytes) or
+    token ids ``2 .. vocab - 1`` (``copy:vocab=V``, a run that reads a tokenizer's ids) holding a string and its
+    copy, a constant learning rate, no memory (a row is shorter than the XL cache, so nothing would reach it). The
+    copy source makes its own ids, so the warm-up takes no ``--tokenizer`` (the runs after it keep theirs)."""
     return dataclasses.replace(
-        config, data="copy" if num_tokens == 256 else f"copy:vocab={num_tokens}", tokenizer="", seq_len=128, batch_size=8,
+        config, data="copy" if vocab is None else f"copy:vocab={vocab}", tokenizer="", seq_len=128, batch_size=8,
         steps=steps, warmup_steps=min(50, steps), min_lr_ratio=1.0, weight_decay=0.01, adam_beta2=0.999, grad_accum=1,
         checkpoint_every=0, log_every=50, knn_memory=False, init_from="", max_minutes=0.0, run_dir=str(Path(config.run_dir) / "warmup"))
 
@@ -126,7 +128,8 @@ def run_demo_training(model_config: MemorizingTransformerConfig, config: TrainCo
                                                    "train": config.to_dict()}, indent=2) + "\n")
     init_from = config.init_from
     if copy_warmup_steps > 0:
-        warmup = warmup_config(config, copy_warmup_steps, model_config.num_tokens)
+        reads_bytes = source_tokenizer(config.data, config.tokenizer or None) is BYTES
+        warmup = warmup_config(config, copy_warmup_steps, None if reads_bytes else model_config.num_tokens)
         print(f"[demo] copy warm-up: {copy_warmup_steps} steps -> {warmup.run_dir}", flush=True)
         train(model_config, warmup)
         init_from = warmup.run_dir

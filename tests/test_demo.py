@@ -17,6 +17,23 @@ TINY = ["--preset", "tiny", "--num-tokens", "256", "--memorizing-layers", "1", "
         "--max-docs", "2", "--max-doc-bytes", "96", "--memory-sizes", "0,32", "--split", "train"]
 
 
+def test_a_byte_level_run_warms_up_on_bytes_whatever_its_vocabulary():
+    """What the warm-up copies follows what the run reads (bytes here), not the model's vocabulary size."""
+    from memorizing_transformers_pytorch.demo import warmup_config
+    from memorizing_transformers_pytorch.train_config import TrainConfig
+
+    config = TrainConfig(data="stdlib", run_dir="runs/x")
+    assert warmup_config(config, 5).data == "copy"
+    assert warmup_config(config, 5, vocab=300).data == "copy:vocab=300"
+
+
+def test_a_byte_level_demo_with_a_larger_vocabulary_warms_up_on_bytes(corpus, tmp_path):
+    run = tmp_path / "demo"
+    main(["demo", "--data", corpus, "--run-dir", str(run), *TINY[:2], "--num-tokens", "300", *TINY[4:],
+          "--memory-sizes", "0"])
+    assert load_checkpoint(run / "warmup")["train_config"]["data"] == "copy"
+
+
 def test_demo_trains_both_models_from_one_warmup_and_writes_the_comparison(corpus, tmp_path, capsys):
     run = tmp_path / "demo"
     main(["demo", "--data", corpus, "--run-dir", str(run), *TINY])
