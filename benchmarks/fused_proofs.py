@@ -5,7 +5,7 @@ searches and fallbacks, and each search is also run exactly, to compare the scor
 
     .venv/bin/python benchmarks/fused_proofs.py --checkpoint runs/token_level/code_seed0/memory \\
         --data runs/token_level/code/shards --split test [--max-docs 2] [--max-tokens 32768] \\
-        [--memory-size 16384] [--chunks-per-k 2] [--out docs/results/fused_proofs.json]
+        [--memory-size 16384] [--chunks-per-k 1] [--slack 2] [--out docs/results/fused_proofs.json]
 
 Off CUDA the two stages run as torch code whose first stage rounds as the tensor cores do (tf32 by truncation),
 so the proof rate measured here is the GPU's; the times are not.
@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-docs", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32768, help="tokens read per document")
     parser.add_argument("--memory-size", type=int, default=16384)
-    parser.add_argument("--chunks-per-k", type=int, default=2)
-    parser.add_argument("--slack", type=float, default=2.0)
+    defaults = FusedSearch()
+    parser.add_argument("--chunks-per-k", type=int, default=defaults.chunks_per_k)
+    parser.add_argument("--slack", type=float, default=defaults.slack)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
