@@ -111,8 +111,8 @@ class MemorizingTransformerConfig(JsonConfig):
             large memories; ``"bf16"``: for GPUs, candidates (8k) scored in bfloat16 with torch, then re-ranked
             exactly in float32 (recall@32 1.000 on random and clustered unit keys at 16K-64K, 0.9985 on
             near-duplicate ones; 3-9x slower than ``"exact"`` on our CPU; see docs/benchmarks.md); ``"fused"``: for
-            GPUs with Triton, exact, in two stages (chunk maxima on tensor cores, then exact scores of the best
-            chunks; ``search.FusedSearch``).
+            GPUs with Triton, two stages (chunk maxima on tensor cores, then exact scores of the best chunks), each
+            answer checked against a proven error bound (``search.FusedSearch``).
         knn_ivf_lists, knn_ivf_probe: IVF inverted lists per index, and lists scanned per query.
         attention_kernel: how local attention runs (``masks.py``): ``"sdpa"`` (default) with a dense additive
             mask built once per segment; ``"flex"``: a compiled ``flex_attention`` with the position bias as a

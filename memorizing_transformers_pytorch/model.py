@@ -176,6 +176,12 @@ class MemorizingTransformer(StreamReader, nn.Module):
                              "CPU (inductor's CPU flex template); flex attention is compiled on its own already, so "
                              "compile the layers with attention_kernel='sdpa', or use flex without compile_layers")
         retrieve_eagerly_under_compile()
+        # Every block shares Block.forward's code, so its compiled variants (memorizing or not, with an XL cache or
+        # not, train or eval, autocast) count against one recompile limit, 8 by default: past it torch runs the
+        # remaining variants eagerly (under bf16 autocast 4 blocks already did). Room for 8 per block:
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), 8 * len(self.layers)))
         for block in self.layers:
             block.compile(**options)
         return self

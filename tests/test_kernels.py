@@ -158,6 +158,39 @@ def losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
 
 
+RECOMPILES = """
+import torch
+from memorizing_transformers_pytorch import MemorizingTransformer
+
+torch._dynamo.config.fail_on_recompile_limit_hit = True  # running a block eagerly past the limit is an error
+model = MemorizingTransformer(num_tokens=64, dim=32, depth=4, heads=2, dim_head=16, memorizing_layers=(3,),
+                              max_knn_memories=64, xl_max_memories=16, xl_memory_layers=(3, 4)).compile_layers()
+knn, xl = model.create_knn_memories(batch_size=2), None
+for train in (True, True, True, False, False):
+    model.train(train)
+    with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.randint(2, 64, (2, 16))
+        loss, xl = model(x, knn_memories=knn, xl_memories=xl, labels=x)
+    if train:
+        loss.backward()
+print("no block ran eagerly")
+"""
+
+
+def test_compiled_blocks_stay_compiled_through_every_variant():
+    """Four blocks of three kinds (plain, XL, memorizing), a first segment and later ones, training and eval, under
+    bf16 autocast: more compiled variants of Block.forward than torch's default recompile limit (8), past which
+    it would run the rest eagerly; compile_layers makes room. In a fresh process: the limit counts per process."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", RECOMPILES], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no block ran eagerly" in result.stdout
+
+
 def test_compiled_training_matches_eager(tmp_path, corpus):
     """``train --compile`` (each layer compiled, the memory search eager): the losses of eager training, with a
     kNN memory, XL caches, token shift and document boundaries over 5 steps."""
