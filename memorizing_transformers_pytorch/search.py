@@ -429,37 +429,66 @@ class FusedSearch:
        so ``chunks_per_k=1`` needs only the first stage's error to be covered, which the check below does.
 
     No slot left out scores more than ``U = `` (the smallest kept stage-1 maximum) ``+ m``, so the i-th score
-    returned is at least the exact i-th best minus ``U - `` (the k-th score returned). The call is accepted when
-    that is at most ``slack x m`` for every query; else it is searched again by ``exact_top_slots`` (``fallbacks``
-    counts those calls). ``slack=0``: exact up to equal scores, but it needs ``chunks_per_k >= 2`` (a gap between
-    the kept maxima and the k-th score), and many equal keys (a repeated n-gram gives the first memorizing layer
-    one key per copy) then fail it; the default 2 accepts them, and bounds what any answer can lose at ``2m``
-    (about 1e-4 for unit vectors of width 64; the real stage-1 error is far smaller, docs/benchmarks.md).
+    returned is at least the exact i-th best minus ``U - `` (the k-th score returned). A block of queries is
+    accepted when that is at most ``slack x m`` for each of its queries; else the block is searched again by
+    ``exact_top_slots`` (``fallbacks`` counts the calls where a block needed it). ``slack=0``: exact up to equal
+    scores, but it needs ``chunks_per_k >= 2`` (a gap between the kept maxima and the k-th score), and many equal
+    keys (a repeated n-gram gives the first memorizing layer one key per copy) then fail it; the default 2 accepts
+    them, and bounds what any answer can lose at ``2m`` (about 1e-4 for unit vectors of width 64; the real
+    stage-1 error is far smaller, docs/benchmarks.md). The exact scores assume float32 matmuls stay float32
+    (``torch.set_float32_matmul_precision("highest")``, torch's default) wherever torch computes them.
+
+    Raises (at construction): ValueError for a chunk that is not a power of two up to 64, ``chunks_per_k < 1`` or
+    a negative slack.
     """
 
     name = "fused"
 
     def __init__(self, chunk: int = 16, chunks_per_k: int = 1, slack: float = 2.0) -> None:
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 64 or chunk & (chunk - 1):
+            raise ValueError(f"chunk must be a power of two from 1 to 64, got {chunk!r}")
+        if isinstance(chunks_per_k, bool) or not isinstance(chunks_per_k, int) or chunks_per_k < 1:
+            raise ValueError(f"chunks_per_k must be an int >= 1, got {chunks_per_k!r}")
+        if not slack >= 0:
+            raise ValueError(f"slack must be >= 0, got {slack!r}")
         self.chunk, self.chunks_per_k, self.slack = chunk, chunks_per_k, slack
         self.searches = self.fallbacks = 0
 
     def search(self, keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int) -> Tensor:
-        D = queries.shape[-1]
+        B, H, Q, D = queries.shape
+        chunks = -(-held // self.chunk)
+        # a block of queries' first-stage maxima (and, in torch, its scores) within the score budget
+        budget = SCORE_BLOCK_ELEMENTS if queries.device.type == "cpu" else ACCELERATOR_SCORE_BLOCK_ELEMENTS
+        q_block = max(1, min(Q, budget // (B * H * chunks)))
+        # the largest key norm, for the error bound (without a float32 copy of bfloat16 keys)
+        key_norm = torch.linalg.vector_norm(keys[:, :, :held], dim=-1, dtype=torch.float32).amax(dim=-1)  # (B, H)
+        self.searches += 1
+        parts, fell_back = [], False
+        for start in range(0, Q, q_block):
+            part = queries[:, :, start : start + q_block]
+            slots = self._search_block(keys, count, held, part, k, key_norm)
+            if slots is None:
+                fell_back = True
+                slots = exact_top_slots(keys, count, held, part, k)
+            parts.append(slots)
+        self.fallbacks += fell_back
+        return torch.cat(parts, dim=2)
+
+    def _search_block(self, keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int,
+                      key_norm: Tensor) -> Tensor | None:
+        """The two stages for a block of queries: slots, or None where the check fails for any query."""
         maxima = chunk_maxima(queries, keys, count, held, self.chunk)  # (B, H, Q, chunks)
         kept = min(maxima.shape[-1], self.chunks_per_k * k)
         top_maxima, picked = maxima.topk(kept, dim=-1)
         scores = chunk_scores(queries, keys, count, picked, self.chunk)  # (B, H, Q, kept * chunk)
         best, j = scores.topk(k, dim=-1)
         slots = picked.gather(-1, j // self.chunk) * self.chunk + j % self.chunk
-        self.searches += 1
         if kept < maxima.shape[-1]:
-            key_norm = keys[:, :, :held].float().norm(dim=-1).amax(dim=-1)  # (B, H)
-            margin = score_error_bound(D) * queries.float().norm(dim=-1) * key_norm[..., None]
+            margin = score_error_bound(queries.shape[-1]) * queries.float().norm(dim=-1) * key_norm[..., None]
             last = top_maxima[..., -1]  # no chunk left out has a larger stage-1 maximum
             accepted = (last == float("-inf")) | (last + margin - best[..., -1] <= self.slack * margin)
             if not bool(accepted.all()):
-                self.fallbacks += 1
-                return exact_top_slots(keys, count, held, queries, k)
+                return None
         return slots.masked_fill(best == float("-inf"), -1)
 
     def added(self, keys: Tensor, count: Tensor, kept: Tensor, slots: Tensor) -> None:

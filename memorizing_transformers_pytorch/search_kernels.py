@@ -28,13 +28,16 @@ from torch import Tensor
 __all__ = ["triton_usable", "tf32_split", "tf32x3_scores", "score_error_bound", "chunk_maxima", "chunk_scores"]
 
 NEG_INF = float("-inf")
+TORCH_BLOCK_ELEMENTS = 1 << 23  # the torch code's temporaries (scores, gathered keys) per block of queries
+MAXIMA_TILE = 64  # queries and keys per program of the first stage's kernel (keys: at least one chunk)
 
 
 def triton_usable(keys: Tensor) -> bool:
-    """Whether the Triton kernels run for these keys: on CUDA, Triton importable, D a power of two >= 16, features
+    """Whether the Triton kernels run for these keys: on CUDA, Triton importable, D a power of two from 16 to 128
+    (at 256 the first kernel spills registers, at 512 it needs more shared memory than an H100 has), features
     contiguous."""
     D = keys.shape[-1]
-    return keys.is_cuda and D >= 16 and D & (D - 1) == 0 and keys.stride(-1) == 1 and _triton() is not None
+    return keys.is_cuda and 16 <= D <= 128 and D & (D - 1) == 0 and keys.stride(-1) == 1 and _triton() is not None
 
 
 @functools.cache
@@ -85,11 +88,16 @@ def chunk_maxima(queries: Tensor, keys: Tensor, count: Tensor, held: int, chunk:
     B, H, Q, D = queries.shape
     chunks = math.ceil(held / chunk)
     if triton_usable(keys):
-        return _triton().chunk_maxima(queries.float().contiguous(), keys, count, held, chunk, chunks)
-    scores = tf32x3_scores(queries, keys[:, :, :held])
-    scores = scores.masked_fill(torch.arange(held, device=keys.device) >= count.view(B, 1, 1, 1), NEG_INF)
-    scores = torch.nn.functional.pad(scores, (0, chunks * chunk - held), value=NEG_INF)
-    return scores.view(B, H, Q, chunks, chunk).amax(dim=-1)
+        with torch.cuda.device(keys.device):
+            return _triton().chunk_maxima(queries.float().contiguous(), keys, count, held, chunk, chunks)
+    out = torch.empty(B, H, Q, chunks, device=keys.device)
+    empty = torch.arange(held, device=keys.device) >= count.view(B, 1, 1, 1)
+    q_block = max(1, min(Q, TORCH_BLOCK_ELEMENTS // (B * H * held)))  # each temporary holds ~q_block x held scores
+    for start in range(0, Q, q_block):
+        scores = tf32x3_scores(queries[:, :, start : start + q_block], keys[:, :, :held]).masked_fill(empty, NEG_INF)
+        scores = torch.nn.functional.pad(scores, (0, chunks * chunk - held), value=NEG_INF)
+        out[:, :, start : start + q_block] = scores.unflatten(-1, (chunks, chunk)).amax(dim=-1)
+    return out
 
 
 def chunk_scores(queries: Tensor, keys: Tensor, count: Tensor, picked: Tensor, chunk: int) -> Tensor:
@@ -98,11 +106,12 @@ def chunk_scores(queries: Tensor, keys: Tensor, count: Tensor, picked: Tensor, c
     B, H, Q, D = queries.shape
     P = picked.shape[-1]
     if triton_usable(keys):
-        return _triton().chunk_scores(queries.float().contiguous(), keys, count, picked.contiguous(), chunk)
+        with torch.cuda.device(keys.device):
+            return _triton().chunk_scores(queries.float().contiguous(), keys, count, picked.contiguous(), chunk)
     M = keys.shape[2]
     slots = (picked.unsqueeze(-1) * chunk + torch.arange(chunk, device=keys.device)).flatten(-2)  # (B, H, Q, P*C)
     out = torch.empty(B, H, Q, P * chunk, device=keys.device)
-    q_block = max(1, min(Q, (1 << 22) // max(1, H * P * chunk * D)))  # the gathered keys stay ~16 MiB per stream
+    q_block = max(1, min(Q, TORCH_BLOCK_ELEMENTS // (B * H * P * chunk * D)))  # the gathered keys per block
     for start in range(0, Q, q_block):
         part = slots[:, :, start : start + q_block]
         n = part.shape[2]
@@ -123,18 +132,18 @@ def _kernels():
                       D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, C: tl.constexpr):
         bh = tl.program_id(2)
         b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
-        rq = tl.program_id(0) * BQ + tl.arange(0, BQ)
-        rk = tl.program_id(1) * BK + tl.arange(0, BK)
+        rq = tl.program_id(1) * BQ + tl.arange(0, BQ)
+        rk = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)  # key tiles on axis 0: up to 2^31 - 1 of them
         rd = tl.arange(0, D)
         n = tl.minimum(tl.load(count_ptr + b), held)
         q = tl.load(q_ptr + b * sq_b + h * sq_h + rq[:, None] * sq_q + rd[None, :], mask=rq[:, None] < Q, other=0.0)
-        k = tl.load(k_ptr + b * sk_b + h * sk_h + rk[:, None].to(tl.int64) * sk_m + rd[None, :],
+        k = tl.load(k_ptr + b * sk_b + h * sk_h + rk[:, None] * sk_m + rd[None, :],
                     mask=rk[:, None] < n, other=0.0).to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision="tf32x3")  # (BQ, BK), float32 accumulation
         s = tl.where(rk[None, :] < n, s, float("-inf"))
         m = tl.max(tl.reshape(s, (BQ, BK // C, C)), axis=2)
-        rc = tl.program_id(1) * (BK // C) + tl.arange(0, BK // C)
-        tl.store(out_ptr + b * so_b + h * so_h + rq[:, None] * so_q + rc[None, :], m,
+        rc = tl.program_id(0).to(tl.int64) * (BK // C) + tl.arange(0, BK // C)
+        tl.store(out_ptr + b * so_b + h * so_h + rq[:, None].to(tl.int64) * so_q + rc[None, :], m,
                  mask=(rq[:, None] < Q) & (rc[None, :] < chunks))
 
     @triton.jit
@@ -156,25 +165,34 @@ def _kernels():
                     mask=valid[:, :, None], other=0.0).to(tl.float32)  # (BQ, C, D)
         s = tl.sum(k * q[:, None, :], axis=2)
         s = tl.where(valid, s, float("-inf"))
-        tl.store(out_ptr + b * so_b + h * so_h + rq[:, None] * so_q + p * C + rc[None, :], s, mask=rq[:, None] < Q)
+        tl.store(out_ptr + b * so_b + h * so_h + rq[:, None].to(tl.int64) * so_q + p * C + rc[None, :], s,
+                 mask=rq[:, None] < Q)
 
     class Kernels:
+        maxima = maxima_kernel  # the kernels themselves, for an ahead-of-time compile (tests/test_search_kernels.py)
+        scores = scores_kernel
+
         @staticmethod
         def chunk_maxima(q: Tensor, keys: Tensor, count: Tensor, held: int, chunk: int, chunks: int) -> Tensor:
             B, H, Q, D = q.shape
             out = torch.empty(B, H, Q, chunks, device=q.device, dtype=torch.float32)
-            BQ, BK = 64, max(64, chunk)
-            grid = (triton.cdiv(Q, BQ), triton.cdiv(held, BK), B * H)
+            BQ, BK = MAXIMA_TILE, max(MAXIMA_TILE, chunk)
+            grid = (triton.cdiv(held, BK), triton.cdiv(Q, BQ), B * H)
             maxima_kernel[grid](q, keys, count, out, H, Q, held, chunks, *q.stride()[:3], *keys.stride()[:3],
                                 *out.stride()[:3], D=D, BQ=BQ, BK=BK, C=chunk)
             return out
+
+        @staticmethod
+        def scores_block(chunk: int, D: int) -> int:
+            """Queries per program of the scores kernel: its (queries, chunk, D) block holds 8K floats."""
+            return max(1, min(16, 8192 // (chunk * D)))
 
         @staticmethod
         def chunk_scores(q: Tensor, keys: Tensor, count: Tensor, picked: Tensor, chunk: int) -> Tensor:
             B, H, Q, D = q.shape
             P = picked.shape[-1]
             out = torch.empty(B, H, Q, P * chunk, device=q.device, dtype=torch.float32)
-            BQ = max(1, min(16, 8192 // (chunk * D)))
+            BQ = Kernels.scores_block(chunk, D)
             grid = (triton.cdiv(Q, BQ), P, B * H)
             scores_kernel[grid](q, keys, count, picked, out, H, Q, keys.shape[2], P, *q.stride()[:3],
                                 *keys.stride()[:3], *picked.stride()[:3], *out.stride()[:3], D=D, BQ=BQ, C=chunk)

@@ -35,30 +35,73 @@ def test_chunked_topk_on_cuda_returns_what_topk_returns():
     values, index = chunked_topk(scores, 32)
     assert torch.equal(values, scores.topk(32, dim=-1).values)
     assert torch.equal(scores.gather(-1, index), values)
+    # empty slots past a per-row limit, unmasked in the scores (as exact_top_slots passes them on the GPU)
+    limit = torch.tensor([65543, 40007], device="cuda").view(2, 1, 1)
+    masked = scores.masked_fill(torch.arange(65543, device="cuda") >= limit, float("-inf"))
+    noisy = scores.clone()
+    noisy[1, :, 40007:] = 10.0  # stale keys that would win if not masked
+    values, index = chunked_topk(noisy, 32, limit=limit)
+    assert torch.equal(values, masked.topk(32, dim=-1).values)
+    assert torch.equal(masked.gather(-1, index), values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_first_stage_on_cuda_is_tf32x3_within_its_bound(dtype):
+    """The Triton chunk maxima against float64 ones, with 4 heads, width 128, a stream holding 40,007 of 50,000
+    looked-at slots of 65,536, and 1,000 queries (no multiple of a tile): within the bound everywhere, and on
+    inputs whose every entry loses almost the most tf32 can, far closer than one tf32 product would be (so the
+    kernel really computes tf32x3)."""
+    pytest.importorskip("triton")
+    from memorizing_transformers_pytorch import search_kernels as sk
+
+    B, H, M, D, Q, held, chunk = 2, 4, 65536, 128, 1000, 50000, 16
+    pairs = torch.randn(B, H, 2, M, D, device="cuda").to(dtype)
+    keys = pairs[:, :, 0]  # the memory's strided layout
+    count = torch.tensor([50000, 40007], device="cuda")
+    worst = 1 + 0x1FFF * 2.0**-23  # all 13 bits below tf32's set
+    for queries in (torch.randn(B, H, Q, D, device="cuda"), torch.full((B, H, Q, D), worst, device="cuda")):
+        if queries[0, 0, 0, 0] == worst:
+            keys = torch.full_like(keys, worst).to(dtype)
+        assert sk.triton_usable(keys)
+        got = sk.chunk_maxima(queries, keys, count, held, chunk)
+        exact = queries.double() @ keys[:, :, :held].double().transpose(-1, -2)
+        exact = exact.masked_fill(torch.arange(held, device="cuda") >= count.view(B, 1, 1, 1), float("-inf"))
+        exact = torch.nn.functional.pad(exact, (0, -held % chunk), value=float("-inf")).unflatten(-1, (-1, chunk))
+        exact = exact.amax(dim=-1)
+        assert torch.equal(got == float("-inf"), exact == float("-inf"))
+        finite = exact > float("-inf")
+        bound = sk.score_error_bound(D) * queries.double().norm(dim=-1, keepdim=True) \
+            * keys.double().norm(dim=-1).amax(dim=-1)[..., None, None]
+        error = (got.double() - exact).abs()
+        assert (error[finite] <= bound.expand_as(error)[finite]).all()
+        if queries[0, 0, 0, 0] == worst and dtype == torch.float32:
+            one_tf32_product = D * (worst**2 - 1.0)  # what cutting both factors to tf32 would lose
+            assert error[finite].max() < one_tf32_product / 100
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_search_on_cuda_is_exact(dtype):
-    """The Triton kernels of the fused search against the exact search, 64K unit keys, one stream part full."""
+    """The Triton kernels of the fused search against the exact search: 4 heads, 60,000 unit keys in a 64K memory,
+    one stream holding 40,007, 1,000 queries."""
     pytest.importorskip("triton")
     from memorizing_transformers_pytorch.search_kernels import triton_usable
 
-    exact = KNNMemory(dim=64, max_memories=65536, num_indices=2, index="exact")
-    fused = KNNMemory(dim=64, max_memories=65536, num_indices=2, index="fused")
-    pairs = torch.nn.functional.normalize(torch.randn(2, 65536, 2, 64, device="cuda"), dim=-1).to(dtype)
-    mask = torch.ones(2, 65536, dtype=torch.bool, device="cuda")
-    mask[1, 40000:] = False
+    exact = KNNMemory(dim=64, max_memories=65536, num_indices=2, heads=4, index="exact")
+    fused = KNNMemory(dim=64, max_memories=65536, num_indices=2, heads=4, index="fused")
+    pairs = torch.nn.functional.normalize(torch.randn(2, 4, 60000, 2, 64, device="cuda"), dim=-1).to(dtype)
+    mask = torch.ones(2, 60000, dtype=torch.bool, device="cuda")
+    mask[1, 40007:] = False
     for memory in (exact, fused):
         memory.add(pairs, mask=mask)
     assert triton_usable(fused.keys)
-    queries = torch.nn.functional.normalize(torch.randn(2, 1024, 64, device="cuda"), dim=-1)
-    want = exact.backend.search(exact.keys, exact.count, 65536, queries[:, None], 32)
-    got = fused.backend.search(fused.keys, fused.count, 65536, queries[:, None], 32)
+    queries = torch.nn.functional.normalize(torch.randn(2, 4, 1000, 64, device="cuda"), dim=-1)
+    want = exact.backend.search(exact.keys, exact.count, 60000, queries, 32)
+    got = fused.backend.search(fused.keys, fused.count, 60000, queries, 32)
     keys = fused.keys.float()
 
     def scores(slots):
-        return torch.gather(keys, 2, slots.flatten(2)[..., None].expand(-1, -1, -1, 64)).view(2, 1, 1024, 32, 64) \
-            @ queries[:, None, :, :, None].float()
+        return (torch.gather(keys, 2, slots.flatten(2)[..., None].expand(-1, -1, -1, 64)).view(2, 4, 1000, 32, 64)
+                @ queries[..., None].float())[..., 0]
 
     torch.testing.assert_close(scores(got), scores(want), rtol=0, atol=1e-5)
     assert fused.backend.fallbacks == 0

@@ -262,6 +262,36 @@ def test_fused_search_with_a_first_stage_as_wrong_as_its_bound_allows(monkeypatc
         assert memory.backend.fallbacks == 0
 
 
+def test_fused_search_in_blocks_of_queries_searches_again_only_the_blocks_that_fail(monkeypatch):
+    """Blocks of 2 queries (and the torch first stage in blocks of 1): with no slack, the queries for a key copied
+    into every chunk fail their check and only their blocks are searched again; everything matches brute force."""
+    from memorizing_transformers_pytorch import search_kernels
+
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 2 * 2 * 256)  # 2 streams x 256 chunks x 2 queries
+    monkeypatch.setattr(search_kernels, "TORCH_BLOCK_ELEMENTS", 1)
+    calls = []
+    exact = search_module.exact_top_slots
+    monkeypatch.setattr(search_module, "exact_top_slots", lambda *a: calls.append(a[3].shape[2]) or exact(*a))
+    keys = torch.nn.functional.normalize(torch.randn(2, 4096, 64), dim=-1)
+    keys[:, ::16] = keys[:, :1]
+    memory = KNNMemory(dim=64, max_memories=4096, num_indices=2, index="fused")
+    memory.backend.slack, memory.backend.chunks_per_k = 0.0, 2
+    reference = BruteForceMemory(4096, 2)
+    pairs = torch.stack((keys, torch.randn(2, 4096, 64)), dim=2)
+    memory.add(pairs)
+    reference.add(pairs, torch.ones(2, 4096, dtype=torch.bool))
+    queries = torch.nn.functional.normalize(torch.randn(2, 6, 64), dim=-1)
+    queries[:, 4:] = keys[:, :1]  # the last block asks for the copied key
+    check_against(memory, reference, queries, 8)
+    assert calls == [2, 2] and memory.backend.fallbacks == 2  # the last block, in each of check_against's searches
+
+
+@pytest.mark.parametrize("settings", [dict(chunk=12), dict(chunk=128), dict(chunks_per_k=0), dict(slack=-1.0)])
+def test_fused_search_refuses_bad_settings(settings):
+    with pytest.raises(ValueError):
+        search_module.FusedSearch(**settings)
+
+
 def test_the_first_stages_error_stays_within_its_bound():
     """tf32x3 as the tensor cores compute it (heads and tails cut, three products), against the exact score of
     the float32 query and the stored key (float32 or bfloat16): random vectors of many scales, and positive ones

@@ -55,3 +55,34 @@ def test_triton_kernels_match_torch_in_the_interpreter():
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kernels match" in result.stdout
+
+
+def compile_for_h100(kernel, argument_types: dict, constants: dict):
+    """``kernel`` compiled ahead of time for sm_90 (Triton ships ptxas; no GPU needed)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    signature = {name: argument_types.get(name, "constexpr" if name in constants else "i32") for name in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
+    return compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
+
+
+@pytest.mark.parametrize("dim, chunk, key_type", [(64, 16, "fp32"), (128, 16, "bf16"), (128, 64, "fp32"), (16, 1, "fp32")])
+def test_the_kernels_compile_for_an_h100_and_use_tensor_cores(dim, chunk, key_type):
+    """What the interpreter cannot show (it ignores the dot's precision): both kernels compile for sm_90 within an
+    H100's 227 KiB of shared memory, and the first stage's dot is tf32x3 on tensor cores: three wgmma per 8 of the
+    width (plain tf32: one), on heads split off by rounding (cvt.rna.tf32)."""
+    from memorizing_transformers_pytorch import search_kernels as sk
+
+    kernels = sk._kernels()
+    pointers = dict(q_ptr="*fp32", k_ptr=f"*{key_type}", count_ptr="*i64", out_ptr="*fp32", picked_ptr="*i64",
+                    sk_b="i64")  # a stream's stride in a large memory passes 2^31
+    tile = sk.MAXIMA_TILE
+    maxima = compile_for_h100(kernels.maxima, pointers, dict(D=dim, BQ=tile, BK=max(tile, chunk), C=chunk))
+    scores = compile_for_h100(kernels.scores, pointers, dict(D=dim, BQ=kernels.scores_block(chunk, dim), C=chunk))
+    for compiled in (maxima, scores):
+        assert compiled.metadata.shared <= 227 * 1024
+    ptx = maxima.asm["ptx"]
+    assert ptx.count("wgmma.mma_async") == 3 * dim // 8
+    assert "cvt.rna.tf32" in ptx
