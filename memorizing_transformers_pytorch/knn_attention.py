@@ -165,8 +165,8 @@ class SigmoidGate(nn.Module):
         memory = F.scaled_dot_product_attention(
             q.reshape(B, H * n, 1, Dh), reads.keys.reshape(B, H * n, k, Dh), reads.values.reshape(B, H * n, k, Dh),
             attn_mask=logit_mask.reshape(B, H * n, 1, k), dropout_p=dropout_p, scale=1.0).view(B, H, n, Dh)
-        gate = torch.sigmoid(self.bias) * valid  # (B, H, n, 1)
-        return local + gate * (memory - local)
+        gate = (torch.sigmoid(self.bias) * valid).to(local.dtype)  # (B, H, n, 1); a float32 gate would promote
+        return local + gate * (memory.to(local.dtype) - local)
 
 
 class JointGate(nn.Module):

@@ -154,6 +154,23 @@ def test_memorizing_layers_stay_in_bfloat16_under_autocast(monkeypatch):
     assert seen == [(torch.bfloat16,) * 3] * 2
 
 
+@pytest.mark.parametrize("gate", ["sigmoid", "joint", "mlp"])
+def test_memory_attention_returns_bfloat16_under_autocast(gate):
+    """No float32 round trip out of the gates: their output stays in the compute dtype (a float32 parameter
+    mixed in elementwise would promote the whole (B, H, n, Dh) output)."""
+    from memorizing_transformers_pytorch import KNNMemory, memory_attention
+    from memorizing_transformers_pytorch.knn_attention import make_gate
+
+    memory = KNNMemory(dim=8, max_memories=16, num_indices=2, heads=2)
+    memory.add(torch.randn(2, 2, 16, 2, 8))
+    q, keys, values = (F.normalize(torch.randn(2, 2, 4, 8), dim=-1) for _ in range(3))
+    mask = torch.zeros(1, 1, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = memory_attention(q.bfloat16(), keys.bfloat16(), values.bfloat16(), mask.bfloat16(), memory,
+                               make_gate(gate, 2), scale=torch.ones(2, 1, 1), num_retrieved=4)
+    assert out.dtype == torch.bfloat16
+
+
 def losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line]
 
