@@ -25,11 +25,20 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["triton_usable", "tf32_split", "tf32x3_scores", "score_error_bound", "chunk_maxima", "chunk_scores"]
+__all__ = ["triton_usable", "tf32_split", "tf32x3_scores", "score_error_bound", "chunk_maxima", "chunk_scores",
+           "MAXIMA_CONFIGS", "maxima_configs"]
 
 NEG_INF = float("-inf")
 TORCH_BLOCK_ELEMENTS = 1 << 23  # the torch code's temporaries (scores, gathered keys) per block of queries
-MAXIMA_TILE = 64  # queries and keys per program of the first stage's kernel (keys: at least one chunk)
+# the first stage's tile shapes: (queries, keys per tile, tiles per program, warps, pipeline stages); keys per
+# tile >= 64 >= a chunk. At width 128, tiles of 128 keys need more than an H100's 227 KiB of shared memory
+# (compiled for sm_90: 256 KiB), so they are tried only up to width 64 (``maxima_configs``).
+MAXIMA_CONFIGS = ((64, 64, 4, 4, 3), (128, 64, 4, 8, 2), (64, 128, 2, 4, 2), (128, 128, 2, 8, 1), (64, 64, 1, 4, 1))
+
+
+def maxima_configs(dim: int) -> list[tuple[int, int, int, int, int]]:
+    """The first stage's tile shapes that fit an H100 at width ``dim``."""
+    return [config for config in MAXIMA_CONFIGS if dim <= 64 or config[1] <= 64]
 
 
 def triton_usable(keys: Tensor) -> bool:
@@ -129,22 +138,39 @@ def _kernels():
     @triton.jit
     def maxima_kernel(q_ptr, k_ptr, count_ptr, out_ptr, H, Q, held, chunks,
                       sq_b, sq_h, sq_q, sk_b, sk_h, sk_m, so_b, so_h, so_q,
-                      D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, C: tl.constexpr):
+                      D: tl.constexpr, C: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, TILES: tl.constexpr):
+        # a program: BQ queries (loaded once) against TILES consecutive tiles of BK keys
         bh = tl.program_id(2)
         b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
         rq = tl.program_id(1) * BQ + tl.arange(0, BQ)
-        rk = tl.program_id(0).to(tl.int64) * BK + tl.arange(0, BK)  # key tiles on axis 0: up to 2^31 - 1 of them
         rd = tl.arange(0, D)
         n = tl.minimum(tl.load(count_ptr + b), held)
         q = tl.load(q_ptr + b * sq_b + h * sq_h + rq[:, None] * sq_q + rd[None, :], mask=rq[:, None] < Q, other=0.0)
-        k = tl.load(k_ptr + b * sk_b + h * sk_h + rk[:, None] * sk_m + rd[None, :],
-                    mask=rk[:, None] < n, other=0.0).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision="tf32x3")  # (BQ, BK), float32 accumulation
-        s = tl.where(rk[None, :] < n, s, float("-inf"))
-        m = tl.max(tl.reshape(s, (BQ, BK // C, C)), axis=2)
-        rc = tl.program_id(0).to(tl.int64) * (BK // C) + tl.arange(0, BK // C)
-        tl.store(out_ptr + b * so_b + h * so_h + rq[:, None].to(tl.int64) * so_q + rc[None, :], m,
-                 mask=(rq[:, None] < Q) & (rc[None, :] < chunks))
+        first = tl.program_id(0).to(tl.int64) * TILES * BK  # key tiles on axis 0: up to 2^31 - 1 programs
+        for tile in tl.range(0, TILES):
+            rk = first + tile * BK + tl.arange(0, BK)
+            k = tl.load(k_ptr + b * sk_b + h * sk_h + rk[:, None] * sk_m + rd[None, :],
+                        mask=rk[:, None] < n, other=0.0).to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision="tf32x3")  # (BQ, BK), float32 accumulation
+            s = tl.where(rk[None, :] < n, s, float("-inf"))
+            m = tl.max(tl.reshape(s, (BQ, BK // C, C)), axis=2)
+            rc = (first + tile * BK) // C + tl.arange(0, BK // C)
+            tl.store(out_ptr + b * so_b + h * so_h + rq[:, None].to(tl.int64) * so_q + rc[None, :], m,
+                     mask=(rq[:, None] < Q) & (rc[None, :] < chunks))
+
+    # tile shapes tried on a GPU's first call per (width, chunk) (autotuning: none was measured on a GPU yet);
+    # the interpreter and the ahead-of-time compile test take each explicitly
+    configs = [triton.Config(dict(BQ=bq, BK=bk, TILES=tiles), num_warps=warps, num_stages=stages)
+               for bq, bk, tiles, warps, stages in MAXIMA_CONFIGS]
+
+    def fitting(configs, named_args, **kwargs):
+        dim = kwargs.get("D", named_args.get("D"))
+        keep = maxima_configs(dim)
+        return [c for c in configs if (c.kwargs["BQ"], c.kwargs["BK"], c.kwargs["TILES"], c.num_warps, c.num_stages)
+                in keep]
+
+    maxima_tuned = triton.autotune(configs, key=["D", "C"], prune_configs_by=dict(early_config_prune=fitting))(
+        maxima_kernel)
 
     @triton.jit
     def scores_kernel(q_ptr, k_ptr, count_ptr, picked_ptr, out_ptr, H, Q, M, P,
@@ -171,15 +197,26 @@ def _kernels():
     class Kernels:
         maxima = maxima_kernel  # the kernels themselves, for an ahead-of-time compile (tests/test_search_kernels.py)
         scores = scores_kernel
+        tuned = maxima_tuned
 
         @staticmethod
-        def chunk_maxima(q: Tensor, keys: Tensor, count: Tensor, held: int, chunk: int, chunks: int) -> Tensor:
+        def chunk_maxima(q: Tensor, keys: Tensor, count: Tensor, held: int, chunk: int, chunks: int,
+                         config: tuple[int, int, int, int, int] | None = None) -> Tensor:
+            """Launches the first stage: autotuned, or with ``config`` (one of ``MAXIMA_CONFIGS``)."""
             B, H, Q, D = q.shape
             out = torch.empty(B, H, Q, chunks, device=q.device, dtype=torch.float32)
-            BQ, BK = MAXIMA_TILE, max(MAXIMA_TILE, chunk)
-            grid = (triton.cdiv(held, BK), triton.cdiv(Q, BQ), B * H)
-            maxima_kernel[grid](q, keys, count, out, H, Q, held, chunks, *q.stride()[:3], *keys.stride()[:3],
-                                *out.stride()[:3], D=D, BQ=BQ, BK=BK, C=chunk)
+
+            def grid(meta):
+                return triton.cdiv(held, meta["BK"] * meta["TILES"]), triton.cdiv(Q, meta["BQ"]), B * H
+
+            arguments = (q, keys, count, out, H, Q, held, chunks, *q.stride()[:3], *keys.stride()[:3],
+                         *out.stride()[:3])
+            if config is None:
+                maxima_tuned[grid](*arguments, D=D, C=chunk)
+            else:
+                bq, bk, tiles, warps, stages = config
+                maxima_kernel[grid](*arguments, D=D, C=chunk, BQ=bq, BK=bk, TILES=tiles, num_warps=warps,
+                                    num_stages=stages)
             return out
 
         @staticmethod
