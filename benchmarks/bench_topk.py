@@ -70,12 +70,30 @@ def time_case(size: int, queries: int, ways: list[str], args: argparse.Namespace
         torch.allclose(scores[way], reference, rtol=0, atol=1e-5) for way in ways))
     if "fused" in ways:
         row["fused_fallbacks"] = f"{fused.fallbacks} of {fused.searches}"
+        row.update(fused_stages(keys, count, size, q, args.k, fused, args))
     flops = 2 * 2 * args.heads * queries * size * 64
     for way in ways:
         ms = statistics.median(times[way])
         row[f"{way}_ms"] = ms
         row[f"{way}_tflops"] = flops / ms / 1e9
     return row
+
+
+def fused_stages(keys, count, size, q, k, fused: search.FusedSearch, args: argparse.Namespace) -> dict:
+    """Where the fused search's time goes: its first stage (chunk maxima), then the rest (top chunks, exact
+    scores, top-k), each timed alone (median of ``--reps``)."""
+    from memorizing_transformers_pytorch.search_kernels import chunk_maxima, chunk_scores
+
+    maxima = chunk_maxima(q, keys, count, size, fused.chunk)
+
+    def rest():
+        _, picked = maxima.topk(min(maxima.shape[-1], fused.chunks_per_k * k), dim=-1)
+        return chunk_scores(q, keys, count, picked, fused.chunk).topk(k, dim=-1)
+
+    stage1 = common.time_calls(lambda: chunk_maxima(q, keys, count, size, fused.chunk), reps=args.reps,
+                               device=args.device)
+    stage2 = common.time_calls(rest, reps=args.reps, device=args.device)
+    return dict(fused_stage1_ms=statistics.median(stage1), fused_stage2_ms=statistics.median(stage2))
 
 
 def _scores(keys: torch.Tensor, slots: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -114,7 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
     columns = [("size", "memory"), ("queries", "queries per head")]
     columns += [(f"{way}_ms", f"{way} (ms)") for way in ways]
     columns += [(f"{way}_share", f"{way}: share of bf16 matmul") for way in ways] + [("same_scores", "same scores")]
-    columns += [("fused_fallbacks", "fused fallbacks")] if "fused" in ways else []
+    if "fused" in ways:
+        columns += [("fused_fallbacks", "fused fallbacks"), ("fused_stage1_ms", "fused stage 1 (ms)"),
+                    ("fused_stage2_ms", "fused stage 2 (ms)")]
     print(common.markdown_table(rows, columns))
     payload = dict(environment=common.environment(args.device), settings=vars(args) | {"out": str(args.out)},
                    bf16_matmul_tflops=rate, rows=rows)

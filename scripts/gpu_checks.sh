@@ -69,12 +69,12 @@ fi
 
 if part 3b; then
 step "3b. the search: one topk, chunked top-k, fused (Triton)"
-timeout "$(limit 45)" $PY benchmarks/bench_topk.py --device "$DEVICE" "${TOPK[@]}" --out "$OUT" 2>&1 | tail -12
+timeout "$(limit 60)" $PY benchmarks/bench_topk.py --device "$DEVICE" "${TOPK[@]}" --out "$OUT" 2>&1 | tail -12
 fi
 
 if part 4; then
 step "4. generation with a 64K memory against none"
-timeout "$(limit 60)" $PY benchmarks/bench_generate.py --device "$DEVICE" --knn-index exact "${GEN[@]}" \
+timeout "$(limit 45)" $PY benchmarks/bench_generate.py --device "$DEVICE" --knn-index exact "${GEN[@]}" \
   --out "$OUT/generate.json" 2>&1 | tail -8
 fi
 
