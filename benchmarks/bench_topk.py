@@ -55,24 +55,33 @@ def time_case(size: int, queries: int, ways: list[str], args: argparse.Namespace
     count = torch.full((2,), size, device=device)
     fused = search.FusedSearch()
     functions = {way: searcher(way, fused) for way in ways}
-    times: dict[str, list[float]] = {way: [] for way in ways}
+    errors: dict[str, str] = {}
+    for way in ways:  # a way that fails (e.g. a kernel that does not build on this GPU) is reported, not fatal
+        try:
+            functions[way](keys, count, size, q, args.k)
+        except Exception as error:  # noqa: BLE001
+            errors[way] = repr(error)[:500]
+            common.log(f"{way} failed: {errors[way]}")
+    working = [way for way in ways if way not in errors]
+    times: dict[str, list[float]] = {way: [] for way in working}
     found = {}
     for rep in range(args.reps + 1):  # the first round warms up
-        for way in common.alternate(ways, rep):
+        for way in common.alternate(working, rep):
             ms = common.time_calls(lambda: functions[way](keys, count, size, q, args.k), reps=1, warmup=0,
                                    device=device)
             if rep:
                 times[way] += ms
             found[way] = functions[way](keys, count, size, q, args.k)
     scores = {way: _scores(keys, s, q) for way, s in found.items()}
-    reference = scores[ways[0]]
-    row = dict(size=size, queries=queries, same_scores=all(
-        torch.allclose(scores[way], reference, rtol=0, atol=1e-5) for way in ways))
-    if "fused" in ways:
+    row = dict(size=size, queries=queries, errors=errors)
+    if working:
+        reference = scores[working[0]]
+        row["same_scores"] = all(torch.allclose(scores[way], reference, rtol=0, atol=1e-5) for way in working)
+    if "fused" in working:
         row["fused_fallbacks"] = f"{fused.fallbacks} of {fused.searches}"
         row.update(fused_stages(keys, count, size, q, args.k, fused, args))
     flops = 2 * 2 * args.heads * queries * size * 64
-    for way in ways:
+    for way in working:
         ms = statistics.median(times[way])
         row[f"{way}_ms"] = ms
         row[f"{way}_tflops"] = flops / ms / 1e9
@@ -126,9 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
         for queries in map(int, args.queries.split(",")):
             row = time_case(size, queries, ways, args)
             for way in ways:
-                row[f"{way}_share"] = row[f"{way}_tflops"] / rate
+                if f"{way}_tflops" in row:
+                    row[f"{way}_share"] = row[f"{way}_tflops"] / rate
             rows.append(row)
-            common.log(f"size {size} queries {queries}: " + ", ".join(f"{way} {row[way + '_ms']:.2f} ms" for way in ways))
+            common.log(f"size {size} queries {queries}: " + ", ".join(
+                f"{way} {row[way + '_ms']:.2f} ms" if way + "_ms" in row else f"{way} failed" for way in ways))
     columns = [("size", "memory"), ("queries", "queries per head")]
     columns += [(f"{way}_ms", f"{way} (ms)") for way in ways]
     columns += [(f"{way}_share", f"{way}: share of bf16 matmul") for way in ways] + [("same_scores", "same scores")]
@@ -139,8 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
     payload = dict(environment=common.environment(args.device), settings=vars(args) | {"out": str(args.out)},
                    bf16_matmul_tflops=rate, rows=rows)
     common.write_json(args.out / f"topk-{args.device.split(':')[0]}.json", payload)
-    if not all(row["same_scores"] for row in rows):
+    if not all(row.get("same_scores", True) for row in rows):
         raise SystemExit("the ways disagree")
+    if any(row["errors"] for row in rows):
+        raise SystemExit(f"some ways failed: {sorted({way for row in rows for way in row['errors']})}")
     return payload
 
 
