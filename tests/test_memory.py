@@ -563,6 +563,28 @@ def test_model_gives_the_same_logits_with_the_flat_index():
         torch.testing.assert_close(got, want)
 
 
+def test_model_gives_the_same_logits_and_gradients_with_the_fused_index():
+    """A model whose memory holds many chunks (512 slots, chunks of 16, k = 4 of them kept), over segments, in
+    training: the fused search's logits and gradients equal the exact search's."""
+    from conftest import tiny_model
+
+    exact = tiny_model(max_knn_memories=512, xl_max_memories=0)
+    fused = tiny_model(knn_index="fused", max_knn_memories=512, xl_max_memories=0)
+    fused.load_state_dict(exact.state_dict())
+    memories = [model.create_knn_memories(batch_size=2) for model in (exact, fused)]
+    for _ in range(12):
+        x = torch.randint(0, 32, (2, 64))
+        want, _ = exact(x, knn_memories=memories[0], labels=x)
+        got, _ = fused(x, knn_memories=memories[1], labels=x)
+        torch.testing.assert_close(got, want)
+    want.backward()
+    got.backward()
+    for (name, a), b in zip(exact.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+    backend = memories[1][0].backend
+    assert backend.searches == 11 and backend.fallbacks < backend.searches  # the first segment finds none
+
+
 def test_ivf_search_is_exact_for_a_stream_cleared_until_it_refills():
     """After a document boundary a stream holds few pairs; IVF would miss most of them, so it is searched exactly."""
     options = dict(index="ivf", ivf_lists=8, ivf_probe=1, ivf_train_size=64)
