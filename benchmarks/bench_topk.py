@@ -1,6 +1,7 @@
 """The exact search's top-k, side by side in one process: one ``topk`` over each block of scores (``topk``), the
 two-stage ``chunked_topk`` (chunk maxima, then the best chunks' scores; ``chunked``, what ``exact_top_slots`` does
-off the CPU), and the ``fused`` backend (``search.FusedSearch``: Triton kernels on CUDA, torch code elsewhere).
+off the CPU), and the ``fused`` backend (``search.FusedSearch``: Triton kernels on CUDA, torch code elsewhere;
+below 16 queries per head it hands the call to the exact search, so its column there times that).
 
     .venv/bin/python benchmarks/bench_topk.py [--device cpu] [--sizes 16384,65536] [--queries 1,512,4096]
         [--heads 4] [--k 32] [--ways topk,chunked,fused] [--reps 5] [--out benchmarks/results]

@@ -438,24 +438,30 @@ class FusedSearch:
     stage-1 error is far smaller, docs/benchmarks.md). The exact scores assume float32 matmuls stay float32
     (``torch.set_float32_matmul_precision("highest")``, torch's default) wherever torch computes them.
 
-    Raises (at construction): ValueError for a chunk that is not a power of two up to 64, ``chunks_per_k < 1`` or
-    a negative slack.
+    Calls with fewer than ``min_queries`` queries per stream and head (generation) go to ``exact_top_slots``.
+
+    Raises (at construction): ValueError for a chunk that is not a power of two up to 64, ``chunks_per_k < 1``, a
+    negative slack or ``min_queries``.
     """
 
     name = "fused"
 
-    def __init__(self, chunk: int = 16, chunks_per_k: int = 1, slack: float = 2.0) -> None:
+    def __init__(self, chunk: int = 16, chunks_per_k: int = 1, slack: float = 2.0, min_queries: int = 16) -> None:
         if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= 64 or chunk & (chunk - 1):
             raise ValueError(f"chunk must be a power of two from 1 to 64, got {chunk!r}")
         if isinstance(chunks_per_k, bool) or not isinstance(chunks_per_k, int) or chunks_per_k < 1:
             raise ValueError(f"chunks_per_k must be an int >= 1, got {chunks_per_k!r}")
         if not slack >= 0:
             raise ValueError(f"slack must be >= 0, got {slack!r}")
-        self.chunk, self.chunks_per_k, self.slack = chunk, chunks_per_k, slack
+        if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 0:
+            raise ValueError(f"min_queries must be an int >= 0, got {min_queries!r}")
+        self.chunk, self.chunks_per_k, self.slack, self.min_queries = chunk, chunks_per_k, slack, min_queries
         self.searches = self.fallbacks = 0
 
     def search(self, keys: Tensor, count: Tensor, held: int, queries: Tensor, k: int) -> Tensor:
         B, H, Q, D = queries.shape
+        if Q < self.min_queries:  # a generated token: a tile of 64 queries on the tensor cores would be mostly empty
+            return exact_top_slots(keys, count, held, queries, k)
         chunks = -(-held // self.chunk)
         # a block of queries' first-stage maxima (and, in torch, its scores) within the score budget
         budget = SCORE_BLOCK_ELEMENTS if queries.device.type == "cpu" else ACCELERATOR_SCORE_BLOCK_ELEMENTS

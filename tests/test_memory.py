@@ -87,6 +87,8 @@ def test_random_add_clear_search_matches_brute_force(max_memories, operations, i
     keep_first = min(keep_first, max_memories - 1)
     options = dict(index="ivf", ivf_lists=2, ivf_probe=2, ivf_train_size=2) if index == "ivf" else dict(index=index)
     memory = KNNMemory(dim=dim, max_memories=max_memories, num_indices=rows, keep_first=keep_first, **options)
+    if index == "fused":
+        memory.backend.min_queries = 1  # its two stages, not the exact search it leaves a few queries to
     reference = BruteForceMemory(max_memories, rows, keep_first)
     for kind, arg, seed in operations:
         generator = torch.Generator().manual_seed(seed)
@@ -180,6 +182,7 @@ def test_fused_search_with_many_chunks_matches_brute_force(operations, unit):
     first stage, the bound that proves a query exact, and the fallback, against brute force."""
     rows, dim, size = 2, 16, 400
     memory = KNNMemory(dim=dim, max_memories=size, num_indices=rows, index="fused")
+    memory.backend.min_queries = 1  # a few queries per call, through the two stages all the same
     reference = BruteForceMemory(size, rows)
     for kind, seed in operations:
         generator = torch.Generator().manual_seed(seed)
@@ -215,7 +218,7 @@ def test_fused_search_on_random_and_on_equal_keys(slack):
                                _brute_force_top_scores(memory, queries, 32), rtol=0, atol=1e-5)
     assert (memory.backend.searches, memory.backend.fallbacks) == (1, 0)
     copies = KNNMemory(dim=64, max_memories=4096, num_indices=2, index="fused")
-    copies.backend.slack = slack
+    copies.backend.slack, copies.backend.min_queries = slack, 1
     keys[:, ::16] = keys[:, :1]
     copies.add(torch.stack((keys, torch.randn(2, 4096, 64)), dim=2))
     kv, _ = copies.search(keys[:, :1].expand(2, 4, 64), 32)
@@ -249,7 +252,7 @@ def test_fused_search_with_a_first_stage_as_wrong_as_its_bound_allows(monkeypatc
     keys[0, :, 0] = 0.5
     keys[0, 0, 0], keys[0, 16, 0], keys[0, 32, 0] = 1.0, 1.0 - 0.2 * margin, 1.0 - 1.5 * margin  # A, B, C
     memory = KNNMemory(dim=dim, max_memories=64, num_indices=1, index="fused")
-    memory.backend.slack, memory.backend.chunks_per_k = slack, 2
+    memory.backend.slack, memory.backend.chunks_per_k, memory.backend.min_queries = slack, 2, 1
     memory.add(torch.stack((keys, torch.randn(1, 64, dim)), dim=2))
     query = torch.zeros(1, 1, dim)
     query[..., 0] = 1.0
@@ -275,7 +278,7 @@ def test_fused_search_in_blocks_of_queries_searches_again_only_the_blocks_that_f
     keys = torch.nn.functional.normalize(torch.randn(2, 4096, 64), dim=-1)
     keys[:, ::16] = keys[:, :1]
     memory = KNNMemory(dim=64, max_memories=4096, num_indices=2, index="fused")
-    memory.backend.slack, memory.backend.chunks_per_k = 0.0, 2
+    memory.backend.slack, memory.backend.chunks_per_k, memory.backend.min_queries = 0.0, 2, 1
     reference = BruteForceMemory(4096, 2)
     pairs = torch.stack((keys, torch.randn(2, 4096, 64)), dim=2)
     memory.add(pairs)
@@ -286,7 +289,19 @@ def test_fused_search_in_blocks_of_queries_searches_again_only_the_blocks_that_f
     assert calls == [2, 2] and memory.backend.fallbacks == 2  # the last block, in each of check_against's searches
 
 
-@pytest.mark.parametrize("settings", [dict(chunk=12), dict(chunk=128), dict(chunks_per_k=0), dict(slack=-1.0)])
+def test_fused_search_leaves_a_few_queries_to_the_exact_search(monkeypatch):
+    calls = []
+    exact = search_module.exact_top_slots
+    monkeypatch.setattr(search_module, "exact_top_slots", lambda *a: calls.append(a[3].shape[2]) or exact(*a))
+    memory = KNNMemory(dim=16, max_memories=400, num_indices=2, index="fused")
+    memory.add(torch.randn(2, 400, 2, 16))
+    memory.search(torch.randn(2, 4, 16), 4)  # a generated token of 4 query heads sharing a key head
+    memory.search(torch.randn(2, 16, 16), 4)
+    assert calls == [4] and memory.backend.searches == 1
+
+
+@pytest.mark.parametrize("settings", [dict(chunk=12), dict(chunk=128), dict(chunks_per_k=0), dict(slack=-1.0),
+                                      dict(min_queries=-1)])
 def test_fused_search_refuses_bad_settings(settings):
     with pytest.raises(ValueError):
         search_module.FusedSearch(**settings)
