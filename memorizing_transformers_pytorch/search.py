@@ -419,7 +419,7 @@ class BFloat16Search:
         self.keys16 = None if keys.dtype == torch.bfloat16 else keys.to(torch.bfloat16)
 
 
-class FusedSearch:
+class FusedSearch(ExactSearch):
     """Top-k search in two stages, for GPUs (``search_kernels.py`` has the kernels and the torch equivalents):
 
     1. the largest score of each chunk of ``chunk`` slots, computed on tensor cores (tf32x3: three tf32 products,
@@ -439,6 +439,7 @@ class FusedSearch:
     (``torch.set_float32_matmul_precision("highest")``, torch's default) wherever torch computes them.
 
     Calls with fewer than ``min_queries`` queries per stream and head (generation) go to ``exact_top_slots``.
+    It keeps no index of its own: the write, clear and load hooks are ``ExactSearch``'s (none).
 
     Raises (at construction): ValueError for a chunk that is not a power of two up to 64, ``chunks_per_k < 1``, a
     negative slack or ``min_queries``.
@@ -496,15 +497,6 @@ class FusedSearch:
             if not bool(accepted.all()):
                 return None
         return slots.masked_fill(best == float("-inf"), -1)
-
-    def added(self, keys: Tensor, count: Tensor, kept: Tensor, slots: Tensor) -> None:
-        pass
-
-    def cleared(self, rows: Tensor) -> None:
-        pass
-
-    def loaded(self, keys: Tensor, count: Tensor) -> None:
-        pass
 
 
 def make_backend(index: str, *, rows: int, heads: int, dim: int, max_memories: int, ivf_lists: int = 256,

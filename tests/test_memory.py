@@ -118,13 +118,9 @@ def test_blocked_search_is_exact(monkeypatch):
         check_against(memory, reference, torch.randn(2, 11, 8), 5)
 
 
-@pytest.mark.parametrize("queries", [1, 3])
-def test_few_queries_search_is_exact_with_keys_streamed(monkeypatch, queries):
-    """The few-query formulation (keys @ queries^T, as for large memories in generation), in several memory blocks,
-    with rows holding different counts, against brute force."""
-    monkeypatch.setattr(search_module, "STREAMED_KEY_BYTES", 0)
-    monkeypatch.setattr(search_module, "MEMORY_BLOCK", 7)
-    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 64)  # all queries in one block, 10-32 keys
+def check_exact_search_with_uneven_rows(queries):
+    """Three adds of 17 pairs to an exact-search memory of 40 (row 1 keeps about 60% of its pairs), each followed
+    by a search of ``queries`` queries per row, top-5, against brute force."""
     memory = KNNMemory(dim=8, max_memories=40, num_indices=2, index="exact")
     reference = BruteForceMemory(40, 2)
     for _ in range(3):
@@ -132,6 +128,16 @@ def test_few_queries_search_is_exact_with_keys_streamed(monkeypatch, queries):
         memory.add(pairs, mask)
         reference.add(pairs, mask)
         check_against(memory, reference, torch.randn(2, queries, 8), 5)
+
+
+@pytest.mark.parametrize("queries", [1, 3])
+def test_few_queries_search_is_exact_with_keys_streamed(monkeypatch, queries):
+    """The few-query formulation (keys @ queries^T, as for large memories in generation), in several memory blocks,
+    with rows holding different counts, against brute force."""
+    monkeypatch.setattr(search_module, "STREAMED_KEY_BYTES", 0)
+    monkeypatch.setattr(search_module, "MEMORY_BLOCK", 7)
+    monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 64)  # all queries in one block, 10-32 keys
+    check_exact_search_with_uneven_rows(queries)
 
 
 @settings(max_examples=300, deadline=None)
@@ -165,13 +171,7 @@ def test_search_with_chunked_topk_is_exact(monkeypatch, queries):
     monkeypatch.setattr(search_module, "CHUNKED_TOPK_ON_CPU", True)  # the accelerators' path, on CPU
     monkeypatch.setattr(search_module, "MEMORY_BLOCK", 13)
     monkeypatch.setattr(search_module, "SCORE_BLOCK_ELEMENTS", 64)
-    memory = KNNMemory(dim=8, max_memories=40, num_indices=2, index="exact")
-    reference = BruteForceMemory(40, 2)
-    for _ in range(3):
-        pairs, mask = torch.randn(2, 17, 2, 8), torch.rand(2, 17) < torch.tensor([[1.0], [0.6]])
-        memory.add(pairs, mask)
-        reference.add(pairs, mask)
-        check_against(memory, reference, torch.randn(2, queries, 8), 5)
+    check_exact_search_with_uneven_rows(queries)
 
 
 @settings(max_examples=25, deadline=None)
